@@ -1,0 +1,227 @@
+//! One error type for every handler, rendered as an RFC 9457 problem document.
+//!
+//! Each variant is one row of API.md's status table. Our extractors (`AppJson`, `AppQuery`)
+//! turn axum's plain-text rejections into the same shape, so a client never sees two error
+//! formats. 5xx bodies stay generic; the cause goes to the log.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::coordinator::CoordinatorError;
+use crate::documents::ServiceError;
+use crate::domain::{ConfigError, TransitionError};
+use crate::store::StoreError;
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:reembed:problem:<slug>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// Every way a request can fail, each mapped to one status and problem slug.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON, or a field has the wrong type or is missing.
+    #[error("{0}")]
+    MalformedBody(String),
+    /// 400: a query-string parameter does not parse.
+    #[error("{0}")]
+    MalformedQuery(String),
+    /// 404: unknown document, migration, model or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the lifecycle does not allow this call in the current state.
+    #[error("{0}")]
+    InvalidTransition(String),
+    /// 409: another migration is still open.
+    #[error("{0}")]
+    MigrationOpen(String),
+    /// 409: the id is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// 413: the body is over the configured limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not declared as JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: a migration config, model choice or migration id is invalid.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// 422: another well-formed but invalid value (a document id, a page size, `top_k`).
+    #[error("{0}")]
+    InvalidValue(String),
+    /// 503: storage or the embedding provider is unavailable; the detail stays generic.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            MalformedBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                "Malformed request body",
+            ),
+            MalformedQuery(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-query",
+                "Malformed query string",
+            ),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            InvalidTransition(_) => (
+                StatusCode::CONFLICT,
+                "invalid-transition",
+                "Invalid transition",
+            ),
+            MigrationOpen(_) => (
+                StatusCode::CONFLICT,
+                "migration-open",
+                "A migration is open",
+            ),
+            AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists", "Already exists"),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            InvalidConfig(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-config",
+                "Invalid configuration",
+            ),
+            InvalidValue(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-value",
+                "Invalid value",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let problem = Problem {
+            kind: format!("urn:reembed:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(error: ConfigError) -> Self {
+        Self::InvalidConfig(error.to_string())
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(error: TransitionError) -> Self {
+        Self::InvalidTransition(error.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(detail) => Self::InvalidTransition(detail),
+            other => {
+                tracing::error!(error = %other, "storage failed");
+                Self::Unavailable("storage is unavailable; retry later".to_owned())
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Store(store) => store.into(),
+            ServiceError::Embed { .. } => {
+                tracing::error!(%error, "embedding failed");
+                Self::Unavailable(
+                    "the embedding provider is unavailable; nothing was written".to_owned(),
+                )
+            }
+        }
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(error: CoordinatorError) -> Self {
+        match error {
+            CoordinatorError::NotFound(_) => Self::NotFound(error.to_string()),
+            CoordinatorError::Transition(t) => t.into(),
+            CoordinatorError::Config(c) => c.into(),
+            CoordinatorError::MigrationOpen { .. } => Self::MigrationOpen(error.to_string()),
+            CoordinatorError::DuplicateId(_) => Self::AlreadyExists(error.to_string()),
+            CoordinatorError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(r) => Self::UnsupportedMediaType(r.body_text()),
+            JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge(r.body_text())
+            }
+            other => Self::MalformedBody(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::MalformedQuery(rejection.body_text())
+    }
+}
+
+/// `axum::Json` whose rejection is our problem document.
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Query` whose rejection is our problem document.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct AppQuery<T>(pub T);

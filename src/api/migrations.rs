@@ -1,0 +1,376 @@
+//! `/v1/migrations`: create, inspect and steer migrations (API.md "Migrations").
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, AppJson, Problem};
+use crate::coordinator::Progress;
+use crate::domain::{BackfillConfig, ConfigPatch, Event, Migration, MigrationState, Phase, Route};
+
+/// Longest accepted migration id.
+const MAX_MIGRATION_ID: usize = 128;
+
+/// Body of `POST /v1/migrations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMigration {
+    /// Letters, digits, `.`, `_` and `-`; generated when absent.
+    pub id: Option<String>,
+    pub target_model: String,
+    /// Must equal the active model (the default).
+    pub source_model: Option<String>,
+    pub config: Option<ConfigPatch>,
+    /// Start the backfill at once (default true).
+    pub start: Option<bool>,
+}
+
+/// A migration as API.md shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationView {
+    pub id: String,
+    pub source_model: String,
+    pub target_model: String,
+    pub config: BackfillConfig,
+    pub state: MigrationState,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub rollback_window_ends_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    /// The reason given to the current pause, if any.
+    pub pause_reason: Option<String>,
+}
+
+/// Response of `GET /v1/migrations`, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationList {
+    pub migrations: Vec<MigrationView>,
+}
+
+/// Response of `GET /v1/migrations/{id}/progress`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProgressView {
+    pub id: String,
+    pub state: MigrationState,
+    pub phase: Phase,
+    pub total: u64,
+    pub processed: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub remaining: u64,
+    /// processed / total.
+    pub progress: f64,
+    /// processed / (total − skipped): what the query threshold compares.
+    pub coverage: f64,
+    pub throughput_per_sec: f64,
+    /// Null while nothing moves.
+    pub eta_secs: Option<f64>,
+    pub in_flight_batches: u32,
+    pub query_route: Route,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Optional body of `POST /v1/migrations/{id}/pause`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseBody {
+    pub reason: Option<String>,
+}
+
+/// One skipped document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkipView {
+    pub document_id: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Response of `GET /v1/migrations/{id}/skips`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkipList {
+    pub skips: Vec<SkipView>,
+}
+
+impl From<Migration> for MigrationView {
+    fn from(m: Migration) -> Self {
+        Self {
+            id: m.id,
+            source_model: m.source_model,
+            target_model: m.target_model,
+            config: m.config,
+            state: m.state,
+            created_at: m.created_at,
+            started_at: m.started_at,
+            completed_at: m.completed_at,
+            rollback_window_ends_at: m.rollback_window_ends_at,
+            error: m.error,
+            pause_reason: m.pause_reason,
+        }
+    }
+}
+
+impl From<Progress> for ProgressView {
+    fn from(p: Progress) -> Self {
+        let m = p.migration;
+        Self {
+            id: m.id,
+            state: m.state,
+            phase: p.routing.phase,
+            total: m.counts.total,
+            processed: m.counts.processed,
+            skipped: m.counts.skipped,
+            failed: m.counts.failed,
+            remaining: p.snapshot.remaining,
+            progress: p.snapshot.progress,
+            coverage: p.snapshot.coverage,
+            throughput_per_sec: p.snapshot.throughput_per_sec,
+            eta_secs: p.snapshot.eta_secs,
+            in_flight_batches: p.in_flight_batches,
+            query_route: p.routing.query_route,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// Checks the request against the registry and builds the planned migration.
+fn plan(
+    state: &AppState,
+    body: CreateMigration,
+    now: DateTime<Utc>,
+) -> Result<Migration, ApiError> {
+    let active = state.coordinator.active_model(now);
+    let source = body.source_model.unwrap_or_else(|| active.clone());
+    let invalid = |detail: String| Err(ApiError::InvalidConfig(detail));
+    if source != active {
+        return invalid(format!(
+            "source_model: must be the active model {active}, got {source}"
+        ));
+    }
+    if state.models.info(&body.target_model).is_none() {
+        return invalid(format!("target_model: unknown model {}", body.target_model));
+    }
+    if body.target_model == source {
+        return invalid(format!(
+            "target_model: must differ from the source model {source}"
+        ));
+    }
+    let config = body
+        .config
+        .unwrap_or_default()
+        .apply_to(BackfillConfig::default())?;
+    let id = match body.id {
+        Some(id) => valid_migration_id(id)?,
+        None => format!("mig-{}", uuid::Uuid::new_v4().simple()),
+    };
+    Ok(Migration::plan(id, source, body.target_model, config, now))
+}
+
+fn valid_migration_id(id: String) -> Result<String, ApiError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > MAX_MIGRATION_ID || !id.chars().all(allowed) {
+        return Err(ApiError::InvalidConfig(format!(
+            "id: 1 to {MAX_MIGRATION_ID} letters, digits, '.', '_' or '-', got {id:?}"
+        )));
+    }
+    Ok(id)
+}
+
+/// Plans a migration and, unless `"start": false`, starts its backfill.
+#[utoipa::path(post, path = "/v1/migrations", tag = "migrations", request_body = CreateMigration,
+    responses((status = 201, body = MigrationView, headers(("location" = String))),
+              (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+pub async fn create_migration(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<CreateMigration>,
+) -> Result<impl IntoResponse, ApiError> {
+    let now = Utc::now();
+    let start = body.start.unwrap_or(true);
+    let planned = plan(&state, body, now)?;
+    let migration = state.coordinator.create(planned, start, now).await?;
+    let location = format!("/v1/migrations/{}", migration.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        AppJson(MigrationView::from(migration)),
+    ))
+}
+
+/// Every migration, newest first.
+#[utoipa::path(get, path = "/v1/migrations", tag = "migrations",
+    responses((status = 200, body = MigrationList), (status = 503, body = Problem)))]
+pub async fn list_migrations(
+    State(state): State<AppState>,
+) -> Result<AppJson<MigrationList>, ApiError> {
+    let latest = state.coordinator.latest();
+    let migrations = state
+        .store
+        .migrations()
+        .await?
+        .into_iter()
+        .map(|stored| match &latest {
+            Some(live) if live.id == stored.id => live.clone().into(),
+            _ => stored.into(),
+        })
+        .collect();
+    Ok(AppJson(MigrationList { migrations }))
+}
+
+/// One migration.
+#[utoipa::path(get, path = "/v1/migrations/{id}", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem)))]
+pub async fn get_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    Ok(AppJson(state.coordinator.migration(&id).await?.into()))
+}
+
+/// Counts, coverage, throughput and ETA of a migration.
+#[utoipa::path(get, path = "/v1/migrations/{id}/progress", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = ProgressView), (status = 404, body = Problem)))]
+pub async fn get_progress(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<ProgressView>, ApiError> {
+    Ok(AppJson(
+        state.coordinator.progress(&id, Utc::now()).await?.into(),
+    ))
+}
+
+async fn apply(
+    state: &AppState,
+    id: &str,
+    event: Event,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    let migration = state.coordinator.transition(id, event, Utc::now()).await?;
+    Ok(AppJson(migration.into()))
+}
+
+/// planned → in_progress.
+#[utoipa::path(post, path = "/v1/migrations/{id}/start", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn start_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    apply(&state, &id, Event::Start).await
+}
+
+/// in_progress → paused: workers stop taking batches; routing stays where it was.
+#[utoipa::path(post, path = "/v1/migrations/{id}/pause", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    request_body(content = Option<PauseBody>, description = "Optional reason"),
+    responses((status = 200, body = MigrationView), (status = 400, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn pause_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    let body: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
+    };
+    apply(
+        &state,
+        &id,
+        Event::Pause {
+            reason: body.reason,
+        },
+    )
+    .await
+}
+
+/// paused or failed → in_progress.
+#[utoipa::path(post, path = "/v1/migrations/{id}/resume", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn resume_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    apply(&state, &id, Event::Resume).await
+}
+
+/// Stops a migration that has not completed; routing returns to the source.
+#[utoipa::path(post, path = "/v1/migrations/{id}/cancel", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn cancel_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    apply(&state, &id, Event::Cancel).await
+}
+
+/// Returns queries and writes to the source model; allowed until the rollback window ends.
+#[utoipa::path(post, path = "/v1/migrations/{id}/rollback", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn rollback_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    apply(&state, &id, Event::Rollback).await
+}
+
+/// Ends the rollback window now: the target becomes the active model.
+#[utoipa::path(post, path = "/v1/migrations/{id}/finalize", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn finalize_migration(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    apply(&state, &id, Event::Finalize).await
+}
+
+/// Changes config fields of a planned or running migration; applies from the next batch.
+#[utoipa::path(patch, path = "/v1/migrations/{id}/config", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    request_body = ConfigPatch,
+    responses((status = 200, body = MigrationView), (status = 400, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn patch_config(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    AppJson(patch): AppJson<ConfigPatch>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    Ok(AppJson(
+        state.coordinator.update_config(&id, patch).await?.into(),
+    ))
+}
+
+/// Documents the backfill gave up on, with the provider's reason.
+#[utoipa::path(get, path = "/v1/migrations/{id}/skips", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = SkipList), (status = 404, body = Problem)))]
+pub async fn list_skips(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<SkipList>, ApiError> {
+    state.coordinator.migration(&id).await?;
+    let skips = state
+        .store
+        .skips(&id)
+        .await?
+        .into_iter()
+        .map(|s| SkipView {
+            document_id: s.document_id,
+            reason: s.reason,
+            at: s.at,
+        })
+        .collect();
+    Ok(AppJson(SkipList { skips }))
+}

@@ -1,0 +1,111 @@
+//! The HTTP face of reembed: thin handlers grouped by resource, registered together with
+//! their OpenAPI description (utoipa-axum), so the served spec cannot drift from the routes.
+
+pub mod documents;
+pub mod error;
+pub mod health;
+pub mod migrations;
+pub mod query;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::coordinator::Coordinator;
+use crate::documents::Documents;
+use crate::embed::ModelRegistry;
+use crate::store::Store;
+use error::ApiError;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// What every handler can reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub coordinator: Arc<Coordinator>,
+    pub documents: Arc<Documents>,
+    pub store: Arc<dyn Store>,
+    pub models: ModelRegistry,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "reembed", description = "Change embedding models with zero downtime."),
+    tags(
+        (name = "documents", description = "Documents and their vectors"),
+        (name = "query", description = "Queries and the routing policy"),
+        (name = "migrations", description = "Model migrations and their backfill"),
+        (name = "operations", description = "Health checks"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route with its OpenAPI operation.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(
+            documents::put_document,
+            documents::get_document,
+            documents::delete_document
+        ))
+        .routes(routes!(documents::bulk_upsert, documents::list_documents))
+        .routes(routes!(query::query))
+        .routes(routes!(query::get_routing))
+        .routes(routes!(query::list_models))
+        .routes(routes!(
+            migrations::create_migration,
+            migrations::list_migrations
+        ))
+        .routes(routes!(migrations::get_migration))
+        .routes(routes!(migrations::get_progress))
+        .routes(routes!(migrations::start_migration))
+        .routes(routes!(migrations::pause_migration))
+        .routes(routes!(migrations::resume_migration))
+        .routes(routes!(migrations::cancel_migration))
+        .routes(routes!(migrations::rollback_migration))
+        .routes(routes!(migrations::finalize_migration))
+        .routes(routes!(migrations::patch_config))
+        .routes(routes!(migrations::list_skips))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
+/// The OpenAPI document, as served at `/openapi.json` and checked in at `openapi/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The application: routes, `/openapi.json`, `/docs`, problem+json for unknown routes, a body
+/// limit, and a request id on every request's log lines and response.
+pub fn app(state: AppState) -> Router {
+    let (router, spec) = routes().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .fallback(unknown_route)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}

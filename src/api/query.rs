@@ -1,0 +1,115 @@
+//! `/v1/query`, `/v1/routing` and `/v1/models`: the read side of the routing policy.
+
+use axum::extract::State;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, AppJson, Problem};
+use crate::domain::{Phase, Route, Routing};
+
+/// `top_k` when the query does not say, and the largest accepted.
+const DEFAULT_TOP_K: i64 = 10;
+const MAX_TOP_K: i64 = 1000;
+
+/// Body of `POST /v1/query`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryBody {
+    pub text: String,
+    /// 1 to 1000, default 10.
+    pub top_k: Option<i64>,
+}
+
+/// One hit of a query.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HitView {
+    pub id: String,
+    pub score: f32,
+    pub text: String,
+}
+
+/// Response of `POST /v1/query`: the hits and the routing that chose the index.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueryResponse {
+    pub route: Route,
+    pub model: String,
+    pub phase: Phase,
+    pub migration_id: Option<String>,
+    pub hits: Vec<HitView>,
+}
+
+/// One model of the registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelView {
+    pub id: String,
+    pub provider: String,
+    pub dimensions: usize,
+}
+
+/// Response of `GET /v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelsResponse {
+    pub active_model: String,
+    pub models: Vec<ModelView>,
+}
+
+/// Searches the current query model's index.
+#[utoipa::path(post, path = "/v1/query", tag = "query", request_body = QueryBody,
+    responses((status = 200, body = QueryResponse), (status = 400, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+pub async fn query(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<QueryBody>,
+) -> Result<AppJson<QueryResponse>, ApiError> {
+    let top_k = body.top_k.unwrap_or(DEFAULT_TOP_K);
+    if !(1..=MAX_TOP_K).contains(&top_k) {
+        return Err(ApiError::InvalidValue(format!(
+            "top_k: must be 1 to {MAX_TOP_K}, got {top_k}"
+        )));
+    }
+    let (routing, hits) = state.documents.query(&body.text, top_k as usize).await?;
+    let hits = hits
+        .into_iter()
+        .map(|h| HitView {
+            id: h.id,
+            score: h.score,
+            text: h.text,
+        })
+        .collect();
+    Ok(AppJson(QueryResponse {
+        route: routing.query_route,
+        model: routing.query_model,
+        phase: routing.phase,
+        migration_id: routing.migration_id,
+        hits,
+    }))
+}
+
+/// The routing decision right now. Never touches storage or an embedder.
+#[utoipa::path(get, path = "/v1/routing", tag = "query",
+    responses((status = 200, body = Routing)))]
+pub async fn get_routing(State(state): State<AppState>) -> AppJson<Routing> {
+    AppJson(state.coordinator.routing(Utc::now()))
+}
+
+/// The model registry and the active model.
+#[utoipa::path(get, path = "/v1/models", tag = "query",
+    responses((status = 200, body = ModelsResponse)))]
+pub async fn list_models(State(state): State<AppState>) -> AppJson<ModelsResponse> {
+    let models = state
+        .models
+        .models()
+        .into_iter()
+        .map(|m| ModelView {
+            id: m.id.clone(),
+            provider: m.provider.clone(),
+            dimensions: m.dimensions,
+        })
+        .collect();
+    AppJson(ModelsResponse {
+        active_model: state.coordinator.active_model(Utc::now()),
+        models,
+    })
+}

@@ -1,0 +1,210 @@
+//! One backfill batch: embed the claimed documents with the target model, isolate inputs the
+//! provider rejects, commit with compare-and-set, and report to the coordinator.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::coordinator::Coordinator;
+use crate::documents::{Documents, ServiceError};
+use crate::domain::Migration;
+use crate::embed::EmbedError;
+use crate::store::{BatchItem, ClaimedDocument};
+
+/// Consecutive failed batches after which the migration moves to `failed`.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+/// First back-off after a failed batch; doubles per consecutive failure.
+const BASE_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest back-off between failed batches.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Runs batches and remembers how many failed in a row.
+pub struct BatchRunner {
+    coordinator: Arc<Coordinator>,
+    documents: Arc<Documents>,
+    /// Failed batches since the last successful one, across all batch tasks.
+    consecutive_failures: Arc<AtomicU32>,
+}
+
+/// What a batch did, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Committed; `written` vectors passed compare-and-set, `skipped` inputs were rejected.
+    Committed { written: usize, skipped: u64 },
+    /// The provider or the store failed; the documents stay queued.
+    Failed,
+}
+
+/// Marks a batch in flight for as long as it lives, so a panicking batch still frees its slot.
+struct InFlight(Arc<Coordinator>);
+
+impl InFlight {
+    fn enter(coordinator: &Arc<Coordinator>) -> Self {
+        coordinator.batch_in_flight(true);
+        Self(coordinator.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.batch_in_flight(false);
+    }
+}
+
+impl BatchRunner {
+    /// A runner with no failures recorded.
+    pub fn new(coordinator: Arc<Coordinator>, documents: Arc<Documents>) -> Self {
+        Self {
+            coordinator,
+            documents,
+            consecutive_failures: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Marks the batch in flight now and runs it as a task on `tracker`.
+    pub fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        migration: &Migration,
+        claimed: Vec<ClaimedDocument>,
+    ) {
+        let in_flight = InFlight::enter(&self.coordinator);
+        let runner = self.clone_handles();
+        let migration_id = migration.id.clone();
+        let target = migration.target_model.clone();
+        let span = tracing::info_span!("batch", migration = %migration_id, size = claimed.len());
+        tracker.spawn(
+            async move {
+                let outcome = runner.run(&migration_id, &target, claimed).await;
+                tracing::debug!(?outcome, "batch done");
+                drop(in_flight);
+            }
+            .instrument(span),
+        );
+    }
+
+    fn clone_handles(&self) -> Self {
+        Self {
+            coordinator: self.coordinator.clone(),
+            documents: self.documents.clone(),
+            consecutive_failures: self.consecutive_failures.clone(),
+        }
+    }
+
+    /// Embeds and commits one batch.
+    pub async fn run(
+        &self,
+        migration_id: &str,
+        target: &str,
+        claimed: Vec<ClaimedDocument>,
+    ) -> BatchOutcome {
+        let items = match self.embed_isolating(target, &claimed).await {
+            Ok(items) => items,
+            Err(error) => {
+                return self
+                    .failed(migration_id, claimed.len() as u64, error.to_string())
+                    .await;
+            }
+        };
+        let skipped = items
+            .iter()
+            .filter(|i| matches!(i, BatchItem::Skipped { .. }))
+            .count() as u64;
+        match self
+            .documents
+            .commit_batch(migration_id, target, items, 0)
+            .await
+        {
+            Ok(receipt) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                BatchOutcome::Committed {
+                    written: receipt.written.len(),
+                    skipped,
+                }
+            }
+            Err(error) => self.failed(migration_id, 0, error.to_string()).await,
+        }
+    }
+
+    /// Embeds `docs`; an input the provider rejects is split off until it stands alone and is
+    /// skipped with the provider's reason, so one poisoned document never blocks its batch.
+    fn embed_isolating<'a>(
+        &'a self,
+        target: &'a str,
+        docs: &'a [ClaimedDocument],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<BatchItem>, ServiceError>> + Send + 'a>> {
+        Box::pin(async move {
+            let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
+            match self.documents.embed(target, &texts).await {
+                Ok(vectors) => Ok(docs
+                    .iter()
+                    .zip(vectors)
+                    .map(|(doc, vector)| BatchItem::Embedded {
+                        id: doc.id.clone(),
+                        version: doc.version,
+                        vector,
+                    })
+                    .collect()),
+                Err(ServiceError::Embed {
+                    source: EmbedError::Rejected(reason),
+                    ..
+                }) if docs.len() == 1 => Ok(vec![BatchItem::Skipped {
+                    id: docs[0].id.clone(),
+                    reason,
+                }]),
+                Err(ServiceError::Embed {
+                    source: EmbedError::Rejected(_),
+                    ..
+                }) => {
+                    let (left, right) = docs.split_at(docs.len() / 2);
+                    let mut items = self.embed_isolating(target, left).await?;
+                    items.extend(self.embed_isolating(target, right).await?);
+                    Ok(items)
+                }
+                Err(error) => Err(error),
+            }
+        })
+    }
+
+    /// Records a failed batch (its documents stay queued), backs off, and fails the migration
+    /// once the failures keep coming.
+    async fn failed(&self, migration_id: &str, documents: u64, error: String) -> BatchOutcome {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(%error, failures, "backfill batch failed; its documents stay queued");
+        if documents > 0 {
+            if let Err(store_error) = self
+                .documents
+                .commit_batch(migration_id, "", Vec::new(), documents)
+                .await
+            {
+                tracing::warn!(%store_error, "could not record the failed batch");
+            }
+        }
+        if failures >= MAX_CONSECUTIVE_FAILURES {
+            let reason = format!("{failures} consecutive batches failed; last error: {error}");
+            if let Err(fail_error) = self
+                .coordinator
+                .fail(migration_id, reason, Utc::now())
+                .await
+            {
+                tracing::debug!(%fail_error, "migration already left in_progress");
+            }
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        tokio::time::sleep(backoff(failures)).await;
+        BatchOutcome::Failed
+    }
+}
+
+/// Exponential back-off for the `failures`-th consecutive failure, capped.
+fn backoff(failures: u32) -> Duration {
+    BASE_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}

@@ -1,0 +1,158 @@
+//! Backfill workers: re-embed the queued documents of the running migration in bounded
+//! batches, as tokio tasks.
+//!
+//! One supervisor task claims batches and spawns one task per batch; `step` is the unit of
+//! work and returns what happened. The bounds are read live from the migration's config on
+//! every claim, so a PATCH applies to the next batch: never more than `max_concurrent` batches
+//! in flight, never more than `batch_size` documents in one.
+//!
+//! The durable checkpoint is the store's backfill queue: a document leaves it in the same
+//! transaction that writes its vector and counts it, so a restart resumes from the queue
+//! without skipping or double-counting. The in-memory cursor only spreads claims so that
+//! concurrent batches never overlap; it restarts from the beginning whenever the batches in
+//! flight drain, which also picks up documents re-queued behind it.
+
+mod batch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::coordinator::Coordinator;
+use crate::documents::Documents;
+use crate::domain::MigrationState;
+use crate::store::Store;
+
+/// Pause after the store refused a claim or a completion, so a broken database is not spun on.
+const STORE_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What one supervisor step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A batch was claimed and spawned; claim again at once.
+    Claimed,
+    /// `max_concurrent` batches are in flight, or the queue is drained but batches are still
+    /// committing: wait for a change.
+    Saturated,
+    /// Nothing is running (no migration in progress, or it just completed): wait for a change.
+    Idle,
+    /// The store failed; wait a moment and try again.
+    Retry,
+}
+
+/// Where the next claim starts, for one migration.
+#[derive(Debug, Default)]
+pub struct Cursor {
+    migration_id: String,
+    after: String,
+}
+
+/// The worker pool of one process.
+pub struct Backfill {
+    coordinator: Arc<Coordinator>,
+    store: Arc<dyn Store>,
+    batches: batch::BatchRunner,
+}
+
+impl Backfill {
+    /// Wires the pool; nothing runs until `spawn`.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        store: Arc<dyn Store>,
+        documents: Arc<Documents>,
+    ) -> Self {
+        let batches = batch::BatchRunner::new(coordinator.clone(), documents.clone());
+        Self {
+            coordinator,
+            store,
+            batches,
+        }
+    }
+
+    /// Starts the supervisor on `tracker`. It stops claiming when `shutdown` fires; batches in
+    /// flight run to their commit, and `tracker.wait()` joins them.
+    pub fn spawn(self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let spawner = tracker.clone();
+        tracker.spawn(async move { self.supervise(spawner, shutdown).await });
+    }
+
+    async fn supervise(self, tracker: TaskTracker, shutdown: CancellationToken) {
+        let mut changes = self.coordinator.subscribe();
+        let mut cursor = Cursor::default();
+        while !shutdown.is_cancelled() {
+            changes.borrow_and_update();
+            let wait_for_change = match self.step(&mut cursor, &tracker).await {
+                Step::Claimed => continue,
+                Step::Saturated | Step::Idle => true,
+                Step::Retry => false,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = changes.changed(), if wait_for_change => {}
+                _ = tokio::time::sleep(STORE_RETRY_DELAY), if !wait_for_change => {}
+            }
+        }
+        tracing::info!("backfill supervisor stopped; batches in flight will finish");
+    }
+
+    /// Claims and spawns at most one batch of the migration in progress.
+    pub async fn step(&self, cursor: &mut Cursor, tracker: &TaskTracker) -> Step {
+        let Some(migration) = self
+            .coordinator
+            .latest()
+            .filter(|m| m.state == MigrationState::InProgress)
+        else {
+            return Step::Idle;
+        };
+        if cursor.migration_id != migration.id {
+            *cursor = Cursor {
+                migration_id: migration.id.clone(),
+                after: String::new(),
+            };
+        }
+        let in_flight = self.coordinator.in_flight_batches();
+        if in_flight >= migration.config.max_concurrent {
+            return Step::Saturated;
+        }
+        let claimed = match self
+            .store
+            .queued_documents(&migration.id, &cursor.after, migration.config.batch_size)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the backfill queue");
+                return Step::Retry;
+            }
+        };
+        let Some(last) = claimed.last() else {
+            return self.drained(cursor, in_flight).await;
+        };
+        cursor.after = last.id.clone();
+        self.batches.spawn(tracker, &migration, claimed);
+        Step::Claimed
+    }
+
+    /// Nothing queued after the cursor: wait for the batches in flight, then sweep again from
+    /// the start, and complete once a sweep from the start finds nothing.
+    async fn drained(&self, cursor: &mut Cursor, in_flight: u32) -> Step {
+        if in_flight > 0 {
+            return Step::Saturated;
+        }
+        if !cursor.after.is_empty() {
+            cursor.after.clear();
+            return Step::Claimed;
+        }
+        match self.coordinator.try_complete(Utc::now()).await {
+            Ok(true) => Step::Idle,
+            Ok(false) => Step::Retry,
+            Err(error) => {
+                tracing::warn!(%error, "could not complete the migration");
+                Step::Retry
+            }
+        }
+    }
+}

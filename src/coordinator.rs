@@ -1,0 +1,417 @@
+//! The live migration: the one place that applies lifecycle events, persists them and
+//! publishes the routing every request reads.
+//!
+//! Two locks, with different jobs:
+//! - `live` is a `std::sync::Mutex` over in-memory state only. Routing calls, count updates
+//!   and progress reads take it for microseconds; it is never held across an `.await`, so a
+//!   routing decision never waits on embedding or storage (invariant 7).
+//! - `transitions` is a `tokio::sync::Mutex` that serialises lifecycle changes, which must
+//!   compute the next state, persist it and only then publish it. It is held across the
+//!   store call, which is why it is async and separate from `live`.
+//!
+//! Counts move through `apply_delta` after the store has committed them (commit, then
+//! publish), so the in-memory copy may trail the database by one transaction but never leads it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::domain::{
+    ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot, Routing,
+    ThroughputMeter, TransitionError, route,
+};
+use crate::store::{CountsDelta, Store, StoreError};
+
+/// Why a lifecycle request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("migration {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("migration {id} is {state}; finish, cancel or roll it back first")]
+    MigrationOpen { id: String, state: MigrationState },
+    #[error("a migration with id {0} already exists")]
+    DuplicateId(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// In-memory state behind `Coordinator::live`.
+struct Live {
+    /// The active model as recorded in the store; answers when no migration ever ran.
+    recorded_active: String,
+    /// The newest migration, with counts as of the last committed transaction.
+    latest: Option<Migration>,
+    /// Processed-count samples of `latest`, for throughput and ETA.
+    meter: ThroughputMeter,
+    /// Backfill batches claimed and not yet committed.
+    in_flight_batches: u32,
+    /// When `latest` last changed (state or counts).
+    updated_at: DateTime<Utc>,
+}
+
+/// A progress report: the migration, its derived figures and live worker state.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub migration: Migration,
+    pub snapshot: ProgressSnapshot,
+    pub in_flight_batches: u32,
+    pub routing: Routing,
+    /// When the migration last changed state or counts.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Owns the live migration; shared by the API, the backfill workers and the window timer.
+pub struct Coordinator {
+    live: Mutex<Live>,
+    transitions: tokio::sync::Mutex<()>,
+    store: Arc<dyn Store>,
+    /// Bumped after every published change, so workers and the window timer can wait for one
+    /// without polling. Arm (`borrow_and_update`) before checking state, then await `changed`.
+    changes: watch::Sender<u64>,
+}
+
+impl Coordinator {
+    /// Builds the coordinator from what the store holds: the newest migration and the active
+    /// model (`initial_model` on a new store).
+    pub async fn load(store: Arc<dyn Store>, initial_model: &str) -> Result<Self, StoreError> {
+        let initial_model = match store.active_model().await? {
+            Some(model) => model,
+            None => {
+                store.set_active_model(initial_model).await?;
+                initial_model.to_owned()
+            }
+        };
+        let latest = store.migrations().await?.into_iter().next();
+        let live = Live {
+            recorded_active: initial_model,
+            latest,
+            meter: ThroughputMeter::default(),
+            in_flight_batches: 0,
+            updated_at: Utc::now(),
+        };
+        Ok(Self {
+            live: Mutex::new(live),
+            transitions: tokio::sync::Mutex::new(()),
+            store,
+            changes: watch::channel(0).0,
+        })
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // A panic while holding this lock leaves only plain data behind; keep serving it.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes on every published change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The routing decision at `now`. In-memory only.
+    pub fn routing(&self, now: DateTime<Utc>) -> Routing {
+        let live = self.live();
+        route(&live.recorded_active, live.latest.as_ref(), now)
+    }
+
+    /// The active model at `now`: the source of an unsettled migration, the target once its
+    /// window has closed, the initial model when none ever ran.
+    pub fn active_model(&self, now: DateTime<Utc>) -> String {
+        let live = self.live();
+        match &live.latest {
+            Some(m) => m.settled_model(now).to_owned(),
+            None => live.recorded_active.clone(),
+        }
+    }
+
+    /// The newest migration as currently published.
+    pub fn latest(&self) -> Option<Migration> {
+        self.live().latest.clone()
+    }
+
+    /// A migration by id: the live copy for the newest one, the stored one otherwise.
+    pub async fn migration(&self, id: &str) -> Result<Migration, CoordinatorError> {
+        if let Some(m) = self.latest().filter(|m| m.id == id) {
+            return Ok(m);
+        }
+        self.store
+            .migration(id)
+            .await?
+            .ok_or_else(|| CoordinatorError::NotFound(id.to_owned()))
+    }
+
+    /// Progress of a migration at `now`.
+    pub async fn progress(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Progress, CoordinatorError> {
+        let live_report = {
+            let live = self.live();
+            live.latest
+                .as_ref()
+                .filter(|m| m.id == id)
+                .map(|m| Progress {
+                    migration: m.clone(),
+                    snapshot: ProgressSnapshot::new(m.counts, live.meter.rate(now)),
+                    in_flight_batches: live.in_flight_batches,
+                    routing: route(&live.recorded_active, Some(m), now),
+                    updated_at: live.updated_at,
+                })
+        };
+        if let Some(report) = live_report {
+            return Ok(report);
+        }
+        let migration = self.migration(id).await?;
+        Ok(Progress {
+            snapshot: ProgressSnapshot::new(migration.counts, 0.0),
+            in_flight_batches: 0,
+            routing: route(&migration.source_model, Some(&migration), now),
+            updated_at: migration
+                .completed_at
+                .or(migration.started_at)
+                .unwrap_or(migration.created_at),
+            migration,
+        })
+    }
+
+    /// Records a new migration (started unless `start` is false). Refused while another
+    /// migration is open.
+    pub async fn create(
+        &self,
+        migration: Migration,
+        start: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let _serial = self.transitions.lock().await;
+        if let Some(open) = self.latest().filter(|m| m.is_open(now)) {
+            return Err(CoordinatorError::MigrationOpen {
+                id: open.id,
+                state: open.state,
+            });
+        }
+        if self.store.migration(&migration.id).await?.is_some() {
+            return Err(CoordinatorError::DuplicateId(migration.id));
+        }
+        self.store.insert_migration(&migration).await?;
+        self.install(migration.clone());
+        if !start {
+            return Ok(migration);
+        }
+        let started = self.start_locked(&migration, now).await?;
+        Ok(self.complete_if_empty_locked(started, now).await)
+    }
+
+    /// Applies an operator event (start, pause, resume, cancel, rollback, finalize).
+    pub async fn transition(
+        &self,
+        id: &str,
+        event: Event,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let _serial = self.transitions.lock().await;
+        let current = self.migration(id).await?;
+        let next = current.apply(event.clone(), now)?;
+        if !self.is_latest(id) {
+            // Older migrations are settled; no event moves them (apply agrees, this guards it).
+            return Err(TransitionError {
+                event: event.name(),
+                state: current.state,
+            }
+            .into());
+        }
+        let published = if event == Event::Start {
+            self.start_locked(&current, now).await?
+        } else {
+            self.store.update_migration(&next, current.state).await?;
+            self.publish_state(next)
+        };
+        if matches!(event, Event::Start | Event::Resume) {
+            return Ok(self.complete_if_empty_locked(published, now).await);
+        }
+        Ok(published)
+    }
+
+    /// Applies a config patch to the newest migration (PATCH), persisting it first. Under the
+    /// transitions lock, so concurrent patches cannot lose each other's fields.
+    pub async fn update_config(
+        &self,
+        id: &str,
+        patch: ConfigPatch,
+    ) -> Result<Migration, CoordinatorError> {
+        let _serial = self.transitions.lock().await;
+        let current = self.migration(id).await?;
+        let config = patch.apply_to(current.config)?;
+        let adjustable = current.state.is_backfilling() || current.state == MigrationState::Planned;
+        if !adjustable || !self.is_latest(id) {
+            return Err(TransitionError {
+                event: "reconfigure",
+                state: current.state,
+            }
+            .into());
+        }
+        let next = Migration {
+            config,
+            ..current.clone()
+        };
+        self.store.update_migration(&next, current.state).await?;
+        Ok(self.publish_state(next))
+    }
+
+    /// Completes the newest migration if its queue is empty; `true` when it did.
+    pub async fn try_complete(&self, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let _serial = self.transitions.lock().await;
+        let Some(current) = self.latest() else {
+            return Ok(false);
+        };
+        self.complete_locked(&current, now).await
+    }
+
+    /// Marks the newest migration failed (the provider keeps failing).
+    pub async fn fail(
+        &self,
+        id: &str,
+        error: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), CoordinatorError> {
+        self.transition(id, Event::Fail { error }, now)
+            .await
+            .map(drop)
+    }
+
+    fn is_latest(&self, id: &str) -> bool {
+        self.live().latest.as_ref().is_some_and(|m| m.id == id)
+    }
+
+    async fn start_locked(
+        &self,
+        planned: &Migration,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let mut started = planned.apply(Event::Start, now)?;
+        started.counts = self.store.start_migration(&started).await?;
+        self.install(started.clone());
+        Ok(started)
+    }
+
+    /// An empty corpus (or a resumed migration whose queue drained) completes at once.
+    async fn complete_if_empty_locked(
+        &self,
+        migration: Migration,
+        now: DateTime<Utc>,
+    ) -> Migration {
+        match self.complete_locked(&migration, now).await {
+            Ok(true) => self.latest().unwrap_or(migration),
+            Ok(false) => migration,
+            Err(error) => {
+                tracing::warn!(%error, "could not complete migration; the backfill will retry");
+                migration
+            }
+        }
+    }
+
+    async fn complete_locked(
+        &self,
+        current: &Migration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Ok(next) = current.apply(Event::Complete, now) else {
+            return Ok(false);
+        };
+        if !self.store.complete_migration(&next).await? {
+            return Ok(false);
+        }
+        tracing::info!(migration = %next.id, "migration completed; rollback window open");
+        self.publish_state(next);
+        Ok(true)
+    }
+
+    /// Installs a new newest migration (create, start) with fresh throughput samples.
+    fn install(&self, migration: Migration) {
+        let mut live = self.live();
+        live.meter = ThroughputMeter::default();
+        live.latest = Some(migration);
+        live.updated_at = Utc::now();
+        drop(live);
+        self.publish();
+    }
+
+    /// Publishes the non-count fields of `next`; counts stay as the live copy has them,
+    /// since batches may have committed while the transition was being persisted.
+    fn publish_state(&self, mut next: Migration) -> Migration {
+        let mut live = self.live();
+        let Live {
+            latest, updated_at, ..
+        } = &mut *live;
+        if let Some(current) = latest.as_mut().filter(|m| m.id == next.id) {
+            next.counts = current.counts;
+            *current = next.clone();
+            *updated_at = Utc::now();
+        }
+        drop(live);
+        self.publish();
+        next
+    }
+
+    /// Follows a committed count change of `migration_id`.
+    pub fn apply_delta(&self, migration_id: &str, delta: CountsDelta, now: DateTime<Utc>) {
+        if delta.is_zero() {
+            return;
+        }
+        let mut live = self.live();
+        let Live {
+            latest,
+            meter,
+            updated_at,
+            ..
+        } = &mut *live;
+        if let Some(m) = latest.as_mut().filter(|m| m.id == migration_id) {
+            m.counts = delta.applied_to(m.counts);
+            meter.record(now, m.counts.processed);
+            *updated_at = now;
+        }
+        drop(live);
+        self.publish();
+    }
+
+    /// Backfill batches claimed and not yet committed.
+    pub fn in_flight_batches(&self) -> u32 {
+        self.live().in_flight_batches
+    }
+
+    /// Adjusts the number of batches in flight (+1 on claim, −1 on commit).
+    pub fn batch_in_flight(&self, started: bool) {
+        let mut live = self.live();
+        if started {
+            live.in_flight_batches += 1;
+        } else {
+            live.in_flight_batches = live.in_flight_batches.saturating_sub(1);
+        }
+        drop(live);
+        self.publish();
+    }
+
+    /// Records in the store that the target of a cut-over migration is now the active model.
+    pub async fn settle_active_model(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let active = self.active_model(now);
+        let changed = {
+            let mut live = self.live();
+            std::mem::replace(&mut live.recorded_active, active.clone()) != active
+        };
+        if changed {
+            self.store.set_active_model(&active).await?;
+            tracing::info!(model = %active, "rollback window closed; active model changed");
+        }
+        Ok(())
+    }
+}

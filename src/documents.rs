@@ -1,0 +1,237 @@
+//! The document write and query paths shared by the API and the backfill workers.
+//!
+//! A departure from DESIGN.md's layout, deliberately: writes, deletes and backfill commits all
+//! change two things — the store and the in-memory indexes — and those must change in the same
+//! order, or a late index update could resurrect a deleted document or undo a newer version.
+//! `commit_order` serialises "commit, then apply to the index" for every writer. It costs
+//! nothing on SQLite, whose single writer connection serialises commits anyway.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::coordinator::Coordinator;
+use crate::domain::Routing;
+use crate::embed::{EmbedError, ModelRegistry};
+use crate::index::IndexSet;
+use crate::store::{
+    BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, WriteOutcome, WriteReceipt,
+};
+
+/// How many times a write is re-routed when it raced a migration completing.
+const MAX_WRITE_ATTEMPTS: usize = 3;
+
+/// A document as a client sent it.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: String,
+    pub text: String,
+    pub metadata: Value,
+}
+
+/// One query hit with its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryHit {
+    pub id: String,
+    pub score: f32,
+    pub text: String,
+}
+
+/// Why a write or query could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("embedding with {model} failed: {source}")]
+    Embed { model: String, source: EmbedError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The write and query paths; one per process, shared behind an `Arc`.
+pub struct Documents {
+    coordinator: Arc<Coordinator>,
+    store: Arc<dyn Store>,
+    models: ModelRegistry,
+    indexes: Arc<IndexSet>,
+    /// Held from a store commit until its effect is applied to `indexes` (see module doc).
+    commit_order: tokio::sync::Mutex<()>,
+}
+
+impl Documents {
+    /// Wires the write path to its collaborators.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        store: Arc<dyn Store>,
+        models: ModelRegistry,
+        indexes: Arc<IndexSet>,
+    ) -> Self {
+        Self {
+            coordinator,
+            store,
+            models,
+            indexes,
+            commit_order: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Embeds `docs` with every current write model and commits them; returns the versions and
+    /// the routing the write followed. Re-routes when the write raced a migration completing.
+    pub async fn upsert(
+        &self,
+        docs: &[NewDocument],
+    ) -> Result<(Vec<WriteOutcome>, Routing), ServiceError> {
+        let mut attempt = 1;
+        loop {
+            let routing = self.coordinator.routing(Utc::now());
+            let writes = self.embed_for_write(docs, &routing.write_models).await?;
+            match self.commit_writes(writes).await {
+                Ok(outcomes) => return Ok((outcomes, routing)),
+                Err(StoreError::Conflict(reason)) if attempt < MAX_WRITE_ATTEMPTS => {
+                    tracing::debug!(%reason, attempt, "write raced a migration change; re-routing");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    async fn embed_for_write(
+        &self,
+        docs: &[NewDocument],
+        write_models: &[String],
+    ) -> Result<Vec<DocumentWrite>, ServiceError> {
+        let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
+        let mut writes: Vec<DocumentWrite> = docs
+            .iter()
+            .map(|d| DocumentWrite {
+                id: d.id.clone(),
+                text: d.text.clone(),
+                metadata: d.metadata.clone(),
+                vectors: Vec::with_capacity(write_models.len()),
+            })
+            .collect();
+        for model in write_models {
+            let vectors = self.embed(model, &texts).await?;
+            for (write, vector) in writes.iter_mut().zip(vectors) {
+                write.vectors.push((model.clone(), vector));
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Embeds `texts` with `model`, checking the provider kept its promised dimensions.
+    pub async fn embed(
+        &self,
+        model: &str,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, ServiceError> {
+        let fail = |source| ServiceError::Embed {
+            model: model.to_owned(),
+            source,
+        };
+        let embedder = self.models.get(model).ok_or_else(|| {
+            fail(EmbedError::Unavailable(format!(
+                "model {model} is not configured"
+            )))
+        })?;
+        let vectors = embedder.embed(texts).await.map_err(fail)?;
+        let dims = embedder.dimensions();
+        if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != dims) {
+            return Err(fail(EmbedError::Unavailable(format!(
+                "expected {} vectors of {dims} dimensions",
+                texts.len()
+            ))));
+        }
+        Ok(vectors)
+    }
+
+    async fn commit_writes(
+        &self,
+        writes: Vec<DocumentWrite>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let _order = self.commit_order.lock().await;
+        let receipt = self.store.write_documents(writes.clone()).await?;
+        for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
+            for (model, vector) in &write.vectors {
+                self.indexes
+                    .upsert(model, &write.id, outcome.version, vector);
+            }
+        }
+        self.follow_counts(&receipt);
+        Ok(receipt.outcomes)
+    }
+
+    /// Deletes a document everywhere; `false` when it did not exist.
+    pub async fn delete(&self, id: &str) -> Result<bool, ServiceError> {
+        let _order = self.commit_order.lock().await;
+        let Some(receipt) = self.store.delete_document(id).await? else {
+            return Ok(false);
+        };
+        self.indexes.remove(id);
+        self.follow_counts(&receipt);
+        Ok(true)
+    }
+
+    /// Commits one backfill batch and applies the vectors that passed compare-and-set.
+    pub async fn commit_batch(
+        &self,
+        migration_id: &str,
+        target_model: &str,
+        items: Vec<BatchItem>,
+        failed: u64,
+    ) -> Result<BatchReceipt, StoreError> {
+        let mut vectors: HashMap<String, Vec<f32>> = items
+            .iter()
+            .filter_map(|item| match item {
+                BatchItem::Embedded { id, vector, .. } => Some((id.clone(), vector.clone())),
+                BatchItem::Skipped { .. } => None,
+            })
+            .collect();
+        let _order = self.commit_order.lock().await;
+        let receipt = self
+            .store
+            .commit_batch(migration_id, target_model, items, failed)
+            .await?;
+        for (id, version) in &receipt.written {
+            if let Some(vector) = vectors.remove(id) {
+                self.indexes.upsert(target_model, id, *version, &vector);
+            }
+        }
+        self.coordinator
+            .apply_delta(migration_id, receipt.delta, Utc::now());
+        Ok(receipt)
+    }
+
+    fn follow_counts(&self, receipt: &WriteReceipt) {
+        if let Some((migration_id, delta)) = &receipt.migration {
+            self.coordinator
+                .apply_delta(migration_id, *delta, Utc::now());
+        }
+    }
+
+    /// Embeds `text` with the current query model and searches that model's index only.
+    pub async fn query(
+        &self,
+        text: &str,
+        top_k: usize,
+    ) -> Result<(Routing, Vec<QueryHit>), ServiceError> {
+        let routing = self.coordinator.routing(Utc::now());
+        let query = self.embed(&routing.query_model, &[text.to_owned()]).await?;
+        let hits = self.indexes.search(&routing.query_model, &query[0], top_k);
+        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+        let texts: HashMap<String, String> = self.store.texts(&ids).await?.into_iter().collect();
+        let hits = hits
+            .into_iter()
+            .filter_map(|hit| {
+                let text = texts.get(&hit.id)?.clone();
+                Some(QueryHit {
+                    id: hit.id,
+                    score: hit.score,
+                    text,
+                })
+            })
+            .collect();
+        Ok((routing, hits))
+    }
+}

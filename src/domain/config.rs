@@ -1,0 +1,301 @@
+//! The migration config of `POST /v1/migrations` and `PATCH /v1/migrations/{id}/config`:
+//! defaults and limits from API.md (mirroring lattice-embed's `BackfillConfig`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Largest accepted `batch_size`: bounds memory per batch and the length of one transaction.
+pub const MAX_BATCH_SIZE: i64 = 10_000;
+/// Largest accepted `max_concurrent`: more batches in flight only queue on the store's writer.
+pub const MAX_CONCURRENT: i64 = 64;
+/// Longest accepted rollback window (ten years): keeps deadline arithmetic far from overflow.
+pub const MAX_ROLLBACK_WINDOW_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// A validated migration config.
+///
+/// Persisted as JSON in the `migrations` table: renaming a field needs a data migration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackfillConfig {
+    /// Documents per backfill batch, at most.
+    pub batch_size: u32,
+    /// Backfill batches in flight at once, at most.
+    pub max_concurrent: u32,
+    /// Whether writes during the migration embed with both models (else they are queued).
+    pub dual_write: bool,
+    /// Coverage at which queries switch from the source to the target model.
+    pub target_query_threshold: f64,
+    /// How long after completion both models keep being written, so rollback is lossless.
+    pub rollback_window_secs: u64,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            max_concurrent: 4,
+            dual_write: true,
+            target_query_threshold: 0.8,
+            rollback_window_secs: 86_400,
+        }
+    }
+}
+
+/// A config as a client sent it: every field optional, numbers not yet range-checked.
+///
+/// Integers are read as `i64` so that a negative `batch_size` is a 422 naming the field, not
+/// a type error; a non-number is still a 400 from the JSON parser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigPatch {
+    /// 1 to 10000.
+    pub batch_size: Option<i64>,
+    /// 1 to 64.
+    pub max_concurrent: Option<i64>,
+    pub dual_write: Option<bool>,
+    /// 0.0 to 1.0 inclusive.
+    pub target_query_threshold: Option<f64>,
+    /// 0 to 315360000 (ten years).
+    pub rollback_window_secs: Option<i64>,
+}
+
+/// A config value outside its limits; `field` names the offending JSON field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ConfigPatch {
+    /// Applies the present fields over `base` and validates the result as a whole, so a
+    /// rejected patch leaves nothing half-applied.
+    pub fn apply_to(&self, base: BackfillConfig) -> Result<BackfillConfig, ConfigError> {
+        let mut config = base;
+        if let Some(v) = self.batch_size {
+            config.batch_size = in_range("batch_size", v, 1, MAX_BATCH_SIZE)?;
+        }
+        if let Some(v) = self.max_concurrent {
+            config.max_concurrent = in_range("max_concurrent", v, 1, MAX_CONCURRENT)?;
+        }
+        if let Some(v) = self.dual_write {
+            config.dual_write = v;
+        }
+        if let Some(v) = self.target_query_threshold {
+            config.target_query_threshold = valid_threshold(v)?;
+        }
+        if let Some(v) = self.rollback_window_secs {
+            config.rollback_window_secs =
+                in_range("rollback_window_secs", v, 0, MAX_ROLLBACK_WINDOW_SECS)?.into();
+        }
+        Ok(config)
+    }
+}
+
+fn in_range(field: &'static str, value: i64, min: i64, max: i64) -> Result<u32, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value as u32)
+    } else {
+        Err(ConfigError {
+            field,
+            message: format!("must be between {min} and {max}, got {value}"),
+        })
+    }
+}
+
+fn valid_threshold(value: f64) -> Result<f64, ConfigError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            field: "target_query_threshold",
+            message: format!("must be a number between 0.0 and 1.0, got {value}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(json: &str) -> ConfigPatch {
+        serde_json::from_str(json).expect("a well-formed patch")
+    }
+
+    #[test]
+    fn defaults_are_100_4_true_0_8_86400() {
+        let d = BackfillConfig::default();
+        assert_eq!(d.batch_size, 100);
+        assert_eq!(d.max_concurrent, 4);
+        assert!(d.dual_write);
+        assert_eq!(d.target_query_threshold, 0.8);
+        assert_eq!(d.rollback_window_secs, 86_400);
+    }
+
+    #[test]
+    fn an_empty_patch_yields_the_base() {
+        let base = BackfillConfig::default();
+        assert_eq!(patch("{}").apply_to(base), Ok(base));
+    }
+
+    /// One case per limit of API.md ("Limits"): each bound and one step past it.
+    #[test]
+    fn each_limit_is_inclusive_and_the_error_names_the_field() {
+        let base = BackfillConfig::default();
+        let with = |change: fn(&mut BackfillConfig)| {
+            let mut config = base;
+            change(&mut config);
+            config
+        };
+        let accepted = [
+            (r#"{"batch_size": 1}"#, with(|c| c.batch_size = 1)),
+            (r#"{"batch_size": 10000}"#, with(|c| c.batch_size = 10_000)),
+            (r#"{"max_concurrent": 1}"#, with(|c| c.max_concurrent = 1)),
+            (r#"{"max_concurrent": 64}"#, with(|c| c.max_concurrent = 64)),
+            (r#"{"dual_write": false}"#, with(|c| c.dual_write = false)),
+            (
+                r#"{"target_query_threshold": 0.0}"#,
+                with(|c| c.target_query_threshold = 0.0),
+            ),
+            (
+                r#"{"target_query_threshold": 1.0}"#,
+                with(|c| c.target_query_threshold = 1.0),
+            ),
+            (
+                r#"{"target_query_threshold": 0.5}"#,
+                with(|c| c.target_query_threshold = 0.5),
+            ),
+            (
+                r#"{"rollback_window_secs": 0}"#,
+                with(|c| c.rollback_window_secs = 0),
+            ),
+            (
+                r#"{"rollback_window_secs": 3600}"#,
+                with(|c| c.rollback_window_secs = 3600),
+            ),
+            (
+                r#"{"rollback_window_secs": 315360000}"#,
+                with(|c| c.rollback_window_secs = 315_360_000),
+            ),
+        ];
+        for (json, expected) in accepted {
+            assert_eq!(patch(json).apply_to(base), Ok(expected), "{json}");
+        }
+
+        let rejected = [
+            (r#"{"batch_size": 0}"#, "batch_size"),
+            (r#"{"batch_size": 10001}"#, "batch_size"),
+            (r#"{"batch_size": -1}"#, "batch_size"),
+            // 2^32 + 1 would wrap to 1 if it were narrowed before the range check.
+            (r#"{"batch_size": 4294967297}"#, "batch_size"),
+            (r#"{"max_concurrent": 0}"#, "max_concurrent"),
+            (r#"{"max_concurrent": 65}"#, "max_concurrent"),
+            (
+                r#"{"target_query_threshold": -0.01}"#,
+                "target_query_threshold",
+            ),
+            (
+                r#"{"target_query_threshold": 1.01}"#,
+                "target_query_threshold",
+            ),
+            (r#"{"rollback_window_secs": -1}"#, "rollback_window_secs"),
+            (
+                r#"{"rollback_window_secs": 315360001}"#,
+                "rollback_window_secs",
+            ),
+        ];
+        for (json, field) in rejected {
+            let err = patch(json).apply_to(base).expect_err(json);
+            assert_eq!(err.field, field, "{json}");
+            assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_nan_or_infinite_threshold_is_rejected() {
+        // JSON has no NaN literal, so these only arrive through code paths that build patches.
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let p = ConfigPatch {
+                target_query_threshold: Some(value),
+                ..ConfigPatch::default()
+            };
+            let err = p
+                .apply_to(BackfillConfig::default())
+                .expect_err("non-finite threshold");
+            assert_eq!(err.field, "target_query_threshold");
+        }
+    }
+
+    #[test]
+    fn a_patch_with_one_bad_field_changes_nothing() {
+        let base = BackfillConfig {
+            batch_size: 7,
+            ..BackfillConfig::default()
+        };
+        let p = ConfigPatch {
+            batch_size: Some(500),
+            max_concurrent: Some(8),
+            dual_write: Some(false),
+            target_query_threshold: Some(0.5),
+            rollback_window_secs: Some(-5),
+        };
+        let err = p
+            .apply_to(base)
+            .expect_err("rollback_window_secs is negative");
+        assert_eq!(err.field, "rollback_window_secs");
+        assert_eq!(base.batch_size, 7);
+        assert_eq!(
+            base,
+            BackfillConfig {
+                batch_size: 7,
+                ..BackfillConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_valid_patch_changes_only_the_fields_it_names() {
+        let base = BackfillConfig::default();
+        let config = patch(r#"{"max_concurrent": 8, "target_query_threshold": 0.9}"#)
+            .apply_to(base)
+            .unwrap();
+        assert_eq!(
+            config,
+            BackfillConfig {
+                max_concurrent: 8,
+                target_query_threshold: 0.9,
+                ..base
+            }
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_the_parser() {
+        let err = serde_json::from_str::<ConfigPatch>(r#"{"batch_size": 5, "batch_sise": 6}"#)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_a_parse_error_but_a_negative_number_is_not() {
+        assert!(serde_json::from_str::<ConfigPatch>(r#"{"batch_size": "many"}"#).is_err());
+        assert!(serde_json::from_str::<ConfigPatch>(r#"{"dual_write": 1}"#).is_err());
+        assert_eq!(patch(r#"{"batch_size": -3}"#).batch_size, Some(-3));
+    }
+
+    #[test]
+    fn the_persisted_form_keeps_its_field_names() {
+        let json = serde_json::to_value(BackfillConfig::default()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "batch_size": 100,
+                "max_concurrent": 4,
+                "dual_write": true,
+                "target_query_threshold": 0.8,
+                "rollback_window_secs": 86400
+            })
+        );
+        let back: BackfillConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, BackfillConfig::default());
+    }
+}

@@ -1,0 +1,19 @@
+//! Pure migration policy: the lifecycle state machine, the routing table, progress arithmetic
+//! and config validation.
+//!
+//! Nothing here performs I/O, spawns tasks or reads a clock: every function that depends on
+//! time takes `now` as a parameter, so each row of API.md's tables is a plain unit test.
+//! The rest of the crate asks this module *what* to do and then does it durably.
+
+pub mod config;
+pub mod migration;
+pub mod progress;
+pub mod routing;
+
+#[cfg(test)]
+mod proptests;
+
+pub use config::{BackfillConfig, ConfigError, ConfigPatch};
+pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
+pub use progress::{ProgressSnapshot, ThroughputMeter};
+pub use routing::{Phase, Route, Routing, route};

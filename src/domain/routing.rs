@@ -1,0 +1,391 @@
+//! The routing table of API.md as one pure function: which model answers queries, which
+//! models a write embeds with, and which phase the service is in.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::migration::{Migration, MigrationState};
+
+/// Coarse phase of the service (API.md routing `phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Stable,
+    Migrating,
+    RollbackWindow,
+}
+
+/// Side of the latest migration a query or write goes to (API.md `query_route`/`write_route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// The migration's source model, or the active model when none ever ran.
+    Legacy,
+    /// The migration's target model.
+    Target,
+    /// Both models.
+    DualWrite,
+}
+
+/// One routing decision, complete enough to serve `GET /v1/routing`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Routing {
+    pub phase: Phase,
+    pub query_model: String,
+    pub write_models: Vec<String>,
+    pub migration_id: Option<String>,
+    pub query_route: Route,
+    pub write_route: Route,
+    /// Coverage of the routing migration, 0.0 to 1.0 (1.0 when no migration ever ran).
+    pub progress: f64,
+}
+
+/// Routes for `latest` (the newest migration, if any) at `now`; `active_model` is used only
+/// when no migration ever ran, since every migration's source is the model active before it.
+pub fn route(active_model: &str, latest: Option<&Migration>, now: DateTime<Utc>) -> Routing {
+    let Some(m) = latest else {
+        return stable(active_model, None, Route::Legacy, 1.0);
+    };
+    let coverage = m.counts.coverage();
+    let id = Some(m.id.clone());
+    match m.state {
+        MigrationState::InProgress | MigrationState::Paused => migrating(m, coverage),
+        MigrationState::Completed if m.window_open(now) => Routing {
+            phase: Phase::RollbackWindow,
+            query_model: m.target_model.clone(),
+            write_models: vec![m.source_model.clone(), m.target_model.clone()],
+            migration_id: id,
+            query_route: Route::Target,
+            write_route: Route::DualWrite,
+            progress: coverage,
+        },
+        MigrationState::Completed => stable(&m.target_model, id, Route::Target, coverage),
+        MigrationState::Planned
+        | MigrationState::Failed
+        | MigrationState::Cancelled
+        | MigrationState::RolledBack => stable(&m.source_model, id, Route::Legacy, coverage),
+    }
+}
+
+fn stable(model: &str, migration_id: Option<String>, side: Route, progress: f64) -> Routing {
+    Routing {
+        phase: Phase::Stable,
+        query_model: model.to_owned(),
+        write_models: vec![model.to_owned()],
+        migration_id,
+        query_route: side,
+        write_route: side,
+        progress,
+    }
+}
+
+/// In progress or paused: a pause keeps routing where it was (API.md's first departure from
+/// lattice-embed), and the threshold compares coverage so skips cannot pin queries to the source.
+fn migrating(m: &Migration, coverage: f64) -> Routing {
+    let on_target = coverage >= m.config.target_query_threshold;
+    let (query_model, query_route) = if on_target {
+        (&m.target_model, Route::Target)
+    } else {
+        (&m.source_model, Route::Legacy)
+    };
+    let (write_models, write_route) = if m.config.dual_write {
+        (
+            vec![m.source_model.clone(), m.target_model.clone()],
+            Route::DualWrite,
+        )
+    } else {
+        (vec![m.source_model.clone()], Route::Legacy)
+    };
+    Routing {
+        phase: Phase::Migrating,
+        query_model: query_model.clone(),
+        write_models,
+        migration_id: Some(m.id.clone()),
+        query_route,
+        write_route,
+        progress: coverage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::config::BackfillConfig;
+    use crate::domain::migration::{Counts, Event};
+    use MigrationState::*;
+
+    const SRC: &str = "hash-v1";
+    const TGT: &str = "hash-v2";
+    const WINDOW_END: i64 = 1000;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    /// A migration in `state` with `processed` of `total` documents embedded (none skipped);
+    /// a completed one completed at 0 with its window ending at `WINDOW_END`.
+    fn migration(state: MigrationState, dual_write: bool, processed: u64, total: u64) -> Migration {
+        let config = BackfillConfig {
+            dual_write,
+            target_query_threshold: 0.8,
+            rollback_window_secs: WINDOW_END as u64,
+            ..BackfillConfig::default()
+        };
+        let mut m = Migration::plan("mig-7".into(), SRC.into(), TGT.into(), config, at(-10));
+        m.state = state;
+        m.counts = Counts {
+            total,
+            processed,
+            skipped: 0,
+            failed: 0,
+        };
+        if state == Completed {
+            m.completed_at = Some(at(0));
+            m.rollback_window_ends_at = Some(at(WINDOW_END));
+        }
+        m
+    }
+
+    fn routing(
+        phase: Phase,
+        query: (&str, Route),
+        writes: (&[&str], Route),
+        migration_id: Option<&str>,
+        progress: f64,
+    ) -> Routing {
+        Routing {
+            phase,
+            query_model: query.0.into(),
+            write_models: writes.0.iter().map(|s| s.to_string()).collect(),
+            migration_id: migration_id.map(Into::into),
+            query_route: query.1,
+            write_route: writes.1,
+            progress,
+        }
+    }
+
+    /// API.md's routing table, one case per row and per variant the row names.
+    #[test]
+    fn every_row_of_the_routing_table() {
+        use Phase::{Migrating, RollbackWindow, Stable};
+        use Route::{DualWrite, Legacy, Target};
+        let id = Some("mig-7");
+        let stable_source = |p| routing(Stable, (SRC, Legacy), (&[SRC], Legacy), id, p);
+        let mut cases: Vec<(String, Option<Migration>, i64, Routing)> = vec![
+            (
+                "none: the active model".into(),
+                None,
+                0,
+                routing(
+                    Stable,
+                    ("hash-v0", Legacy),
+                    (&["hash-v0"], Legacy),
+                    None,
+                    1.0,
+                ),
+            ),
+            (
+                "planned".into(),
+                Some(migration(Planned, true, 0, 10)),
+                0,
+                stable_source(0.0),
+            ),
+            (
+                "failed".into(),
+                Some(migration(Failed, true, 5, 10)),
+                0,
+                stable_source(0.5),
+            ),
+            (
+                "cancelled".into(),
+                Some(migration(Cancelled, true, 9, 10)),
+                0,
+                stable_source(0.9),
+            ),
+            (
+                "rolled_back".into(),
+                Some(migration(RolledBack, true, 10, 10)),
+                0,
+                stable_source(1.0),
+            ),
+        ];
+        // in_progress or paused: (dual_write, processed of 10 at threshold 0.8, query, writes)
+        let dual: (&[&str], Route) = (&[SRC, TGT], DualWrite);
+        let single: (&[&str], Route) = (&[SRC], Legacy);
+        let migrating_rows = [
+            (true, 7, (SRC, Legacy), dual),
+            (true, 8, (TGT, Target), dual),
+            (true, 9, (TGT, Target), dual),
+            (false, 7, (SRC, Legacy), single),
+            (false, 8, (TGT, Target), single),
+            (false, 9, (TGT, Target), single),
+        ];
+        for state in [InProgress, Paused] {
+            for (dual_write, processed, query, writes) in migrating_rows {
+                cases.push((
+                    format!("{state}, dual_write = {dual_write}, {processed} of 10"),
+                    Some(migration(state, dual_write, processed, 10)),
+                    0,
+                    routing(Migrating, query, writes, id, processed as f64 / 10.0),
+                ));
+            }
+        }
+        let completed = migration(Completed, true, 10, 10);
+        let finalized = completed.apply(Event::Finalize, at(5)).unwrap();
+        cases.extend([
+            (
+                "completed, window open".into(),
+                Some(completed.clone()),
+                WINDOW_END - 1,
+                routing(
+                    RollbackWindow,
+                    (TGT, Target),
+                    (&[SRC, TGT], DualWrite),
+                    id,
+                    1.0,
+                ),
+            ),
+            (
+                "completed, window elapsed".into(),
+                Some(completed),
+                WINDOW_END,
+                routing(Stable, (TGT, Target), (&[TGT], Target), id, 1.0),
+            ),
+            (
+                "completed, finalized".into(),
+                Some(finalized),
+                5,
+                routing(Stable, (TGT, Target), (&[TGT], Target), id, 1.0),
+            ),
+        ]);
+        assert_eq!(cases.len(), 5 + 12 + 3);
+        for (name, m, now, expected) in cases {
+            assert_eq!(route("hash-v0", m.as_ref(), at(now)), expected, "{name}");
+        }
+    }
+
+    fn in_progress(threshold: f64, total: u64, processed: u64, skipped: u64) -> Migration {
+        let mut m = migration(InProgress, true, processed, total);
+        m.config.target_query_threshold = threshold;
+        m.counts.skipped = skipped;
+        m
+    }
+
+    fn query_route(m: &Migration) -> Route {
+        route(SRC, Some(m), at(0)).query_route
+    }
+
+    #[test]
+    fn coverage_equal_to_the_threshold_routes_queries_to_the_target() {
+        // Each coverage is computed as processed / (total - skipped) and equals the threshold.
+        let cases = [
+            (0.8, 10, 8, 0),
+            (0.9, 10, 9, 0),
+            (0.7, 20, 7, 10),
+            (0.5, 4, 1, 2),
+        ];
+        for (threshold, total, processed, skipped) in cases {
+            let m = in_progress(threshold, total, processed, skipped);
+            assert_eq!(m.counts.coverage(), threshold);
+            assert_eq!(query_route(&m), Route::Target, "{:?}", m.counts);
+            let r = route(SRC, Some(&m), at(0));
+            assert_eq!(r.query_model, TGT);
+        }
+    }
+
+    #[test]
+    fn a_zero_threshold_routes_to_the_target_with_nothing_processed() {
+        let m = in_progress(0.0, 1000, 0, 0);
+        let r = route(SRC, Some(&m), at(0));
+        assert_eq!(
+            (r.query_route, r.query_model.as_str(), r.progress),
+            (Route::Target, TGT, 0.0)
+        );
+    }
+
+    #[test]
+    fn a_threshold_of_one_stays_on_the_source_until_full_coverage() {
+        for (processed, expected) in [
+            (0, Route::Legacy),
+            (999, Route::Legacy),
+            (1000, Route::Target),
+        ] {
+            let m = in_progress(1.0, 1000, processed, 0);
+            assert_eq!(query_route(&m), expected, "{processed} of 1000");
+        }
+        // Skips complete the coverage too: 990 embedded + 10 skipped of 1000.
+        assert_eq!(query_route(&in_progress(1.0, 1000, 990, 10)), Route::Target);
+    }
+
+    #[test]
+    fn skips_count_toward_coverage_not_against_it() {
+        // processed / total = 0.4, but processed / (total - skipped) = 0.8.
+        let m = in_progress(0.8, 10, 4, 5);
+        let r = route(SRC, Some(&m), at(0));
+        assert_eq!(r.progress, 0.8);
+        assert_eq!(r.query_route, Route::Target);
+        // One fewer skip and the same processed count stays on the source.
+        assert_eq!(query_route(&in_progress(0.8, 10, 4, 4)), Route::Legacy);
+    }
+
+    #[test]
+    fn progress_is_one_when_nothing_is_left_to_embed() {
+        for (total, skipped) in [(0, 0), (5, 5)] {
+            let m = in_progress(1.0, total, 0, skipped);
+            let r = route(SRC, Some(&m), at(0));
+            assert_eq!(r.progress, 1.0, "total {total}, skipped {skipped}");
+            assert_eq!(r.query_route, Route::Target);
+        }
+    }
+
+    #[test]
+    fn a_pause_keeps_queries_where_they_were() {
+        for processed in [0, 7, 8, 10] {
+            let running = migration(InProgress, true, processed, 10);
+            let paused = running.apply(Event::Pause { reason: None }, at(0)).unwrap();
+            let mut before = route(SRC, Some(&running), at(0));
+            let after = route(SRC, Some(&paused), at(0));
+            before.phase = after.phase;
+            assert_eq!(before, after, "{processed} of 10");
+        }
+    }
+
+    #[test]
+    fn with_a_migration_the_models_come_from_it_not_from_the_active_argument() {
+        for state in MigrationState::ALL {
+            let m = migration(state, true, 10, 10);
+            let r = route("some-other-model", Some(&m), at(0));
+            assert!(
+                r.write_models.iter().all(|w| w == SRC || w == TGT),
+                "{state}: {r:?}"
+            );
+            assert!(
+                r.query_model == SRC || r.query_model == TGT,
+                "{state}: {r:?}"
+            );
+            assert_eq!(r.migration_id.as_deref(), Some("mig-7"));
+        }
+    }
+
+    #[test]
+    fn routes_and_phases_serialize_in_snake_case() {
+        let r = route(SRC, Some(&migration(Completed, true, 10, 10)), at(0));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "phase": "rollback_window",
+                "query_model": TGT,
+                "write_models": [SRC, TGT],
+                "migration_id": "mig-7",
+                "query_route": "target",
+                "write_route": "dual_write",
+                "progress": 1.0
+            })
+        );
+        assert_eq!(serde_json::to_value(Route::Legacy).unwrap(), "legacy");
+        assert_eq!(serde_json::to_value(Phase::Stable).unwrap(), "stable");
+        assert_eq!(serde_json::to_value(Phase::Migrating).unwrap(), "migrating");
+    }
+}

@@ -1,0 +1,246 @@
+//! Embedding models: the `Embedder` contract and the registry of configured models.
+//!
+//! Every model the service may write or query with is registered once at start-up in a
+//! `ModelRegistry`; the rest of the service looks models up by id and never builds one.
+//! `builtin` holds the two offline hash models that make the service usable without a provider.
+
+pub mod builtin;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use builtin::HashEmbedder;
+
+/// The public description of one model: an element of `models` in `GET /v1/models`
+/// (API.md, "Models").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    /// The id that migrations, routing and the store use to name the model.
+    pub id: String,
+    /// Who computes the vectors (`builtin` for the hash models).
+    pub provider: String,
+    /// The length of every vector the model returns.
+    pub dimensions: usize,
+}
+
+/// Why a batch could not be embedded; the variant tells the caller whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// Transient: the provider is down, overloaded or misbehaving; the same input may succeed
+    /// later.
+    #[error("embedding provider unavailable: {0}")]
+    Unavailable(String),
+    /// Permanent for this input: retrying the same text will fail the same way.
+    #[error("input rejected by the model: {0}")]
+    Rejected(String),
+}
+
+/// A model that turns texts into vectors; implemented by the built-in models and by providers.
+#[async_trait::async_trait]
+pub trait Embedder: Send + Sync + 'static {
+    /// The length of every vector `embed` returns.
+    fn dimensions(&self) -> usize;
+
+    /// Embeds a batch: one L2-normalised vector of `dimensions()` per text, in the order of
+    /// `texts`. Batches let providers amortise a request over many texts.
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+}
+
+/// The models this process can embed with, and the one a new data directory starts with.
+///
+/// Built once at start-up and shared by cloning; a clone shares the embedders (they sit
+/// behind `Arc`s), so cloning is cheap.
+#[derive(Clone)]
+pub struct ModelRegistry {
+    /// The model a fresh store makes active; the store's own choice wins after that.
+    active_model: String,
+    /// In registration order, which is the order `GET /v1/models` lists them in.
+    entries: Vec<(ModelInfo, Arc<dyn Embedder>)>,
+}
+
+impl ModelRegistry {
+    /// The two offline models: `hash-v1` (256 dimensions, active) and `hash-v2` (384).
+    pub fn builtin() -> Self {
+        let mut registry = Self::new("hash-v1");
+        let v1 = HashEmbedder::hash_v1();
+        registry.insert(builtin_info("hash-v1", 256), Arc::new(v1));
+        let v2 = HashEmbedder::hash_v2();
+        registry.insert(builtin_info("hash-v2", 384), Arc::new(v2));
+        registry
+    }
+
+    /// An empty registry whose active model is `active_model`, to be filled with `insert`.
+    pub fn new(active_model: impl Into<String>) -> Self {
+        Self {
+            active_model: active_model.into(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Registers `embedder` as `info.id`, replacing a model of the same id in its place (so
+    /// tests can swap in an instrumented model), or appending a new one.
+    ///
+    /// `info.dimensions` must equal `embedder.dimensions()`: indexes are sized from the
+    /// former and vectors are checked against the latter.
+    pub fn insert(&mut self, info: ModelInfo, embedder: Arc<dyn Embedder>) {
+        debug_assert_eq!(
+            info.dimensions,
+            embedder.dimensions(),
+            "model {} advertises other dimensions than its embedder returns",
+            info.id
+        );
+        match self.position(&info.id) {
+            Some(at) => self.entries[at] = (info, embedder),
+            None => self.entries.push((info, embedder)),
+        }
+    }
+
+    /// The embedder registered as `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn Embedder>> {
+        self.position(id).map(|at| &self.entries[at].1)
+    }
+
+    /// The description of the model registered as `id`.
+    pub fn info(&self, id: &str) -> Option<&ModelInfo> {
+        self.position(id).map(|at| &self.entries[at].0)
+    }
+
+    /// A copy of every registered model's description, in registration order. Owned, so a
+    /// caller can keep or consume it; the list is short and read at start-up and by
+    /// `GET /v1/models` only.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        self.entries.iter().map(|(info, _)| info.clone()).collect()
+    }
+
+    /// The model a fresh store makes active.
+    pub fn active_model(&self) -> &str {
+        &self.active_model
+    }
+
+    /// Changes the model a fresh store makes active. Not checked against the registered
+    /// models, so it may be called before or after the `insert`s.
+    pub fn set_active_model(&mut self, id: impl Into<String>) {
+        self.active_model = id.into();
+    }
+
+    // A linear scan: a registry holds a handful of models.
+    fn position(&self, id: &str) -> Option<usize> {
+        self.entries.iter().position(|(info, _)| info.id == id)
+    }
+}
+
+fn builtin_info(id: &str, dimensions: usize) -> ModelInfo {
+    ModelInfo {
+        id: id.into(),
+        provider: "builtin".into(),
+        dimensions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers with one fixed unit vector per text, so a test can tell it from a hash model.
+    struct Constant(usize);
+
+    #[async_trait::async_trait]
+    impl Embedder for Constant {
+        fn dimensions(&self) -> usize {
+            self.0
+        }
+
+        async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+            let mut unit = vec![0.0; self.0];
+            unit[0] = 1.0;
+            Ok(vec![unit; texts.len()])
+        }
+    }
+
+    fn info(id: &str, dimensions: usize) -> ModelInfo {
+        ModelInfo {
+            id: id.into(),
+            provider: "test".into(),
+            dimensions,
+        }
+    }
+
+    fn ids(registry: &ModelRegistry) -> Vec<String> {
+        registry.models().into_iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn builtin_lists_both_hash_models_with_hash_v1_active() {
+        let registry = ModelRegistry::builtin();
+        assert_eq!(registry.active_model(), "hash-v1");
+        let expected = [builtin_info("hash-v1", 256), builtin_info("hash-v2", 384)];
+        assert_eq!(registry.models(), expected);
+    }
+
+    #[test]
+    fn builtin_embedders_match_their_advertised_dimensions() {
+        let registry = ModelRegistry::builtin();
+        for model in registry.models() {
+            let embedder = registry.get(&model.id).expect("registered");
+            assert_eq!(embedder.dimensions(), model.dimensions, "{}", model.id);
+        }
+    }
+
+    #[test]
+    fn new_registry_is_empty_with_the_given_active_model() {
+        let registry = ModelRegistry::new("remote");
+        assert_eq!(registry.active_model(), "remote");
+        assert!(registry.models().is_empty());
+        assert!(registry.get("remote").is_none());
+        assert!(registry.info("remote").is_none());
+    }
+
+    #[test]
+    fn insert_appends_new_ids_in_order() {
+        let mut registry = ModelRegistry::new("b");
+        registry.insert(info("b", 2), Arc::new(Constant(2)));
+        registry.insert(info("a", 3), Arc::new(Constant(3)));
+        assert_eq!(ids(&registry), ["b", "a"]);
+        assert_eq!(registry.info("a"), Some(&info("a", 3)));
+        assert_eq!(registry.get("a").map(|e| e.dimensions()), Some(3));
+    }
+
+    #[tokio::test]
+    async fn insert_replaces_a_known_id_in_place() {
+        let mut registry = ModelRegistry::builtin();
+        let replacement = ModelInfo {
+            provider: "test".into(),
+            ..builtin_info("hash-v1", 256)
+        };
+        registry.insert(replacement.clone(), Arc::new(Constant(256)));
+
+        assert_eq!(ids(&registry), ["hash-v1", "hash-v2"]);
+        assert_eq!(registry.info("hash-v1"), Some(&replacement));
+        let vectors = registry
+            .get("hash-v1")
+            .unwrap()
+            .embed(&["anything".into()])
+            .await
+            .unwrap();
+        assert_eq!(vectors[0][0], 1.0, "the replacement embedder answers");
+    }
+
+    #[test]
+    fn set_active_model_changes_only_the_active_model() {
+        let mut registry = ModelRegistry::builtin();
+        registry.set_active_model("hash-v2");
+        assert_eq!(registry.active_model(), "hash-v2");
+        assert_eq!(ids(&registry), ["hash-v1", "hash-v2"]);
+    }
+
+    #[test]
+    fn clones_share_embedders() {
+        let registry = ModelRegistry::builtin();
+        let clone = registry.clone();
+        assert!(Arc::ptr_eq(
+            registry.get("hash-v2").unwrap(),
+            clone.get("hash-v2").unwrap()
+        ));
+    }
+}

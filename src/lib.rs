@@ -1,0 +1,102 @@
+//! reembed: change the embedding model of a document corpus with zero downtime.
+//!
+//! # A tour
+//! - **A write** (`PUT /v1/documents/{id}`): `api::documents` asks `documents::Documents` to
+//!   upsert; it reads the routing from the `coordinator` (which models to write), embeds with
+//!   each (`embed`), commits document and vectors in one transaction (`store`), then applies
+//!   them to the in-memory indexes (`index`). While a migration backfills, the same
+//!   transaction queues the document for the backfill if it lacks a current target vector.
+//! - **A query** (`POST /v1/query`): the routing names the query model; the text is embedded
+//!   with it and searched in that model's index only (vectors of two models never meet).
+//! - **A batch** (`backfill`): the supervisor claims up to `batch_size` queued documents,
+//!   never with more than `max_concurrent` batches in flight; each batch embeds with the
+//!   target model and commits with compare-and-set on the document version, dequeuing and
+//!   counting each document in the same transaction; the coordinator follows the counts and
+//!   completes the migration when the queue is empty.
+//! - **The policy** (`domain`) is pure: the state machine, the routing table, progress maths.
+//!
+//! Start reading at `domain::routing::route`, then `coordinator`, then `backfill`.
+
+pub mod api;
+pub mod backfill;
+pub mod config;
+pub mod coordinator;
+pub mod documents;
+pub mod domain;
+pub mod embed;
+pub mod index;
+pub mod store;
+pub mod telemetry;
+mod window;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use api::AppState;
+use backfill::Backfill;
+use coordinator::Coordinator;
+use documents::Documents;
+use embed::ModelRegistry;
+use index::IndexSet;
+use store::Store;
+use store::sqlite::SqliteStore;
+
+/// Runs the service on `listener` until `shutdown` resolves: opens the store, rebuilds the
+/// indexes, resumes a migration that was in progress, serves HTTP, then stops the workers
+/// after their in-flight batches and closes the database.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    models: ModelRegistry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.data_dir)
+            .await
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+    );
+    let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
+    let active = coordinator.active_model(chrono::Utc::now());
+    anyhow::ensure!(
+        models.info(&active).is_some(),
+        "the store's active model {active} is not configured; add it to the model registry"
+    );
+    let indexes = Arc::new(IndexSet::load(&models, store.as_ref()).await?);
+    let documents = Arc::new(Documents::new(
+        coordinator.clone(),
+        store.clone(),
+        models.clone(),
+        indexes,
+    ));
+    let workers = TaskTracker::new();
+    let stop_workers = CancellationToken::new();
+    Backfill::new(coordinator.clone(), store.clone(), documents.clone())
+        .spawn(&workers, stop_workers.clone());
+    window::spawn(coordinator.clone(), &workers, stop_workers.clone());
+
+    let state = AppState {
+        coordinator,
+        documents,
+        store: store.clone(),
+        models,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
+
+    stop_workers.cancel();
+    workers.close();
+    workers.wait().await;
+    store.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The `reembed` binary: parse the command line, set up logging, and serve until SIGTERM or
+//! Ctrl-C. Everything else lives in the library so tests can build the same application.
+
+use anyhow::Context;
+use clap::Parser;
+use reembed::config::{Cli, Command, ServeArgs};
+use reembed::embed::ModelRegistry;
+use std::io::Write;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command() {
+        Command::Serve(args) => serve(args).await,
+        Command::Openapi => {
+            println!("{}", reembed::api::openapi().to_pretty_json()?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    reembed::telemetry::init();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("reembed listening on http://{addr}");
+    std::io::stdout().flush()?;
+    let config = reembed::Config::new(args.data_dir);
+    reembed::serve(
+        listener,
+        config,
+        ModelRegistry::builtin(),
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing requests and in-flight batches");
+}

@@ -1,0 +1,221 @@
+//! Durable storage: documents, one vector per (model, document), migrations with their
+//! counts, the backfill queue and the skip list.
+//!
+//! The `Store` trait is what the rest of the crate sees; `sqlite.rs` is the embedded default.
+//! Every method that acknowledges a change commits it before returning (invariant 5). Storage
+//! knows nothing of routing, but it does own one consistency rule that must be atomic with
+//! each write: while a migration is backfilling, a document written without a current target
+//! vector is queued for the backfill in the same transaction (API.md, "Every write during a
+//! migration leaves the target index consistent").
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::domain::{Counts, Migration, MigrationState};
+
+/// A document as stored, with which models hold a vector for it and for which version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    pub id: String,
+    pub text: String,
+    pub metadata: Value,
+    pub version: u64,
+    /// Sorted by model id.
+    pub embeddings: Vec<VectorInfo>,
+}
+
+/// The vector one model holds for a document (API.md `embeddings` entry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorInfo {
+    pub model: String,
+    pub version: u64,
+    pub dimensions: usize,
+}
+
+/// One document to upsert, already embedded with every model it must be written with.
+#[derive(Debug, Clone)]
+pub struct DocumentWrite {
+    pub id: String,
+    pub text: String,
+    pub metadata: Value,
+    /// (model id, normalised vector); stored tagged with the document's new version.
+    pub vectors: Vec<(String, Vec<f32>)>,
+}
+
+/// The version a write produced for one document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub id: String,
+    pub version: u64,
+}
+
+/// How one committed transaction changed the counts of a migration, so the in-memory copy can
+/// follow the database without re-reading it. Signed because a delete shrinks `total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountsDelta {
+    pub total: i64,
+    pub processed: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+impl CountsDelta {
+    /// Whether the transaction changed nothing.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `counts` after this delta.
+    pub fn applied_to(&self, counts: Counts) -> Counts {
+        Counts {
+            total: counts.total.saturating_add_signed(self.total),
+            processed: counts.processed + self.processed,
+            skipped: counts.skipped + self.skipped,
+            failed: counts.failed + self.failed,
+        }
+    }
+}
+
+/// The result of a write or delete: per-document versions and the effect on the backfilling
+/// migration, if one was affected.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteReceipt {
+    pub outcomes: Vec<WriteOutcome>,
+    pub migration: Option<(String, CountsDelta)>,
+}
+
+/// A document handed to a backfill batch, with the version its text belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedDocument {
+    pub id: String,
+    pub text: String,
+    pub version: u64,
+}
+
+/// What a backfill batch produced for one claimed document.
+#[derive(Debug, Clone)]
+pub enum BatchItem {
+    /// Embedded: write the vector if the document is still at `version` (compare-and-set).
+    Embedded {
+        id: String,
+        version: u64,
+        vector: Vec<f32>,
+    },
+    /// Permanently rejected by the provider: take it off the queue and list it as skipped.
+    Skipped { id: String, reason: String },
+}
+
+/// What `commit_batch` wrote: the vectors that passed compare-and-set (for the in-memory
+/// index) and the count changes it persisted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchReceipt {
+    /// (document id, version) of every target vector written.
+    pub written: Vec<(String, u64)>,
+    pub delta: CountsDelta,
+}
+
+/// A document the backfill gave up on (API.md `GET /v1/migrations/{id}/skips`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub document_id: String,
+    pub reason: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation; the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The write raced a state change (for example, a migration completed while a write that
+    /// lacked its target vector was in flight). Nothing was written; re-route and retry.
+    #[error("write conflicts with a concurrent migration change: {0}")]
+    Conflict(String),
+    /// Stored data does not decode (an unknown state name, a wrong-sized vector blob).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Durable storage behind the service. Implementations serialise writers so that each method's
+/// transaction sees a consistent migration state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The model whose index answers when no migration ever ran; `None` on a new store.
+    async fn active_model(&self) -> Result<Option<String>, StoreError>;
+    /// Records the active model (at first start, and when a rollback window closes).
+    async fn set_active_model(&self, model: &str) -> Result<(), StoreError>;
+
+    /// Upserts documents and their vectors in one transaction: each version grows by one, each
+    /// given vector is stored at the new version. While the latest migration is backfilling
+    /// (`MigrationState::is_backfilling`), a document now lacking a current target vector is
+    /// queued (total + 1 if newly queued) and one whose queued entry is satisfied by a target
+    /// vector in this write is dequeued (processed + 1). If the latest migration is
+    /// `completed` and a document is written without its target vector, nothing is written
+    /// and `Conflict` is returned.
+    async fn write_documents(&self, writes: Vec<DocumentWrite>)
+    -> Result<WriteReceipt, StoreError>;
+    /// Deletes a document and all its vectors; a queued entry leaves the total (total − 1).
+    /// `None` when the document did not exist.
+    async fn delete_document(&self, id: &str) -> Result<Option<WriteReceipt>, StoreError>;
+    async fn get_document(&self, id: &str) -> Result<Option<StoredDocument>, StoreError>;
+    /// Documents with id > `after` in id order, at most `limit`.
+    async fn list_documents(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredDocument>, StoreError>;
+    /// Texts of the given documents (for query hits); missing ids are left out.
+    async fn texts(&self, ids: &[String]) -> Result<Vec<(String, String)>, StoreError>;
+    /// Every stored vector of `model` as (id, version, vector), to rebuild the in-memory index.
+    async fn vectors(&self, model: &str) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError>;
+
+    /// Inserts a new planned migration.
+    async fn insert_migration(&self, migration: &Migration) -> Result<(), StoreError>;
+    /// Moves a planned migration to `migration` (in progress) and, in the same transaction,
+    /// queues every document lacking a current vector of the target model. Returns the counts
+    /// it persisted (`total` = documents queued).
+    async fn start_migration(&self, migration: &Migration) -> Result<Counts, StoreError>;
+    /// Persists state, timestamps, config, error and pause reason (never counts), only if the
+    /// stored state is still `expected`; otherwise `Conflict`. Leaving the backfilling states
+    /// for cancelled or rolled back clears the migration's queue.
+    async fn update_migration(
+        &self,
+        migration: &Migration,
+        expected: MigrationState,
+    ) -> Result<(), StoreError>;
+    /// Persists `migration` (completed) only if its queue is empty; `false` when documents
+    /// were queued meanwhile and the backfill must go on.
+    async fn complete_migration(&self, migration: &Migration) -> Result<bool, StoreError>;
+    /// All migrations, newest first.
+    async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
+    async fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError>;
+
+    /// Up to `limit` queued documents of a migration with id > `after`, in id order, with their
+    /// current text and version. Reads only: claims are tracked by the caller.
+    async fn queued_documents(
+        &self,
+        migration_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDocument>, StoreError>;
+    /// Commits one backfill batch in one transaction: each embedded vector is written only if
+    /// the document is still queued and at the embedded version (compare-and-set); skips leave
+    /// the queue for the skip list; the migration's counts move by exactly what happened.
+    async fn commit_batch(
+        &self,
+        migration_id: &str,
+        target_model: &str,
+        items: Vec<BatchItem>,
+        failed: u64,
+    ) -> Result<BatchReceipt, StoreError>;
+    async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError>;
+
+    /// Flushes and closes the database at shutdown.
+    async fn close(&self);
+}

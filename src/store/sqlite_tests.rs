@@ -1,0 +1,771 @@
+//! Tests of the SQLite store on real database files in a temporary directory: the write path's
+//! queue rule, the backfill compare-and-set, lifecycle conflicts, and what survives a reopen.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::SqliteStore;
+use crate::domain::{BackfillConfig, Counts, Event, Migration, MigrationState};
+use crate::store::{BatchItem, CountsDelta, DocumentWrite, Store, StoreError, VectorInfo};
+
+const SOURCE: &str = "hash-v1";
+const TARGET: &str = "hash-v2";
+/// The target of a second migration, after `SOURCE` → `TARGET` completed.
+const THIRD: &str = "hash-v3";
+
+async fn open() -> (TempDir, SqliteStore) {
+    let dir = TempDir::new().expect("temp dir");
+    let store = SqliteStore::open(dir.path()).await.expect("open store");
+    (dir, store)
+}
+
+/// A write of `id` with the given text, embedded with `models`.
+fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite {
+    DocumentWrite {
+        id: id.to_owned(),
+        text: text.to_owned(),
+        metadata: json!({ "source": "test" }),
+        vectors: models
+            .iter()
+            .map(|m| ((*m).to_owned(), vector_of(m, text)))
+            .collect(),
+    }
+}
+
+fn write(id: &str, models: &[&str]) -> DocumentWrite {
+    write_text(id, &format!("text of {id}"), models)
+}
+
+/// A vector that differs by model and text, so tests can tell which write produced it.
+fn vector_of(model: &str, text: &str) -> Vec<f32> {
+    let seed = (model.len() * 31 + text.len()) as f32;
+    vec![seed, -seed / 3.0, 0.25]
+}
+
+async fn put(store: &SqliteStore, writes: Vec<DocumentWrite>) {
+    store.write_documents(writes).await.expect("write");
+}
+
+/// A timestamp with nanoseconds, to show they survive storage.
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 123_456_789)
+        .single()
+        .expect("valid time")
+}
+
+fn planned(id: &str) -> Migration {
+    Migration::plan(
+        id.to_owned(),
+        SOURCE.to_owned(),
+        TARGET.to_owned(),
+        BackfillConfig::default(),
+        at(0),
+    )
+}
+
+/// Inserts and starts a migration; returns it as the store now holds it.
+async fn started(store: &SqliteStore, id: &str) -> Migration {
+    let plan = planned(id);
+    store.insert_migration(&plan).await.expect("insert");
+    let running = plan.apply(Event::Start, at(1)).expect("start");
+    let counts = store.start_migration(&running).await.expect("start");
+    Migration { counts, ..running }
+}
+
+async fn stored(store: &SqliteStore, id: &str) -> Migration {
+    store.migration(id).await.expect("read").expect("exists")
+}
+
+async fn queued(store: &SqliteStore, migration_id: &str) -> Vec<(String, u64)> {
+    let claimed = store.queued_documents(migration_id, "", 1000).await;
+    claimed
+        .expect("queue")
+        .into_iter()
+        .map(|d| (d.id, d.version))
+        .collect()
+}
+
+fn embedded(id: &str, version: u64) -> BatchItem {
+    BatchItem::Embedded {
+        id: id.to_owned(),
+        version,
+        vector: vector_of(TARGET, "from the backfill"),
+    }
+}
+
+fn counts(total: u64, processed: u64, skipped: u64, failed: u64) -> Counts {
+    Counts {
+        total,
+        processed,
+        skipped,
+        failed,
+    }
+}
+
+async fn version_of(store: &SqliteStore, id: &str) -> Option<u64> {
+    let document = store.get_document(id).await.expect("read");
+    document.map(|d| d.version)
+}
+
+// ---- Opening ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn open_sets_wal_full_sync_and_foreign_keys() {
+    let (dir, store) = open().await;
+    let setting = |name: &'static str| sqlx::query_scalar::<_, i64>(name);
+    let mode = sqlx::query_scalar::<_, String>("PRAGMA journal_mode");
+    let mode = mode.fetch_one(&store.writer).await;
+    let sync = setting("PRAGMA synchronous").fetch_one(&store.writer).await;
+    let keys = setting("PRAGMA foreign_keys")
+        .fetch_one(&store.writer)
+        .await;
+    assert_eq!(mode.unwrap(), "wal");
+    assert_eq!(sync.unwrap(), 2, "2 is FULL");
+    assert_eq!(keys.unwrap(), 1);
+    assert!(dir.path().join("reembed.db").exists());
+    store.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn open_creates_a_missing_data_dir() {
+    let dir = TempDir::new().unwrap();
+    let nested = dir.path().join("a/b");
+    let store = SqliteStore::open(&nested).await.expect("open");
+    assert!(nested.join("reembed.db").exists());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn active_model_starts_unset_and_can_be_replaced() {
+    let (_dir, store) = open().await;
+    assert_eq!(store.active_model().await.unwrap(), None);
+    store.set_active_model(SOURCE).await.unwrap();
+    store.set_active_model(TARGET).await.unwrap();
+    assert_eq!(store.active_model().await.unwrap().as_deref(), Some(TARGET));
+}
+
+// ---- Documents ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn each_write_of_an_id_grows_its_version_by_one() {
+    let (_dir, store) = open().await;
+    for expected in 1..=3 {
+        let receipt = store.write_documents(vec![write("a", &[SOURCE])]).await;
+        let receipt = receipt.unwrap();
+        assert_eq!(receipt.outcomes[0].version, expected);
+        assert_eq!(receipt.migration, None);
+    }
+    assert_eq!(version_of(&store, "a").await, Some(3));
+}
+
+#[tokio::test]
+async fn a_bulk_write_applies_a_repeated_id_in_order() {
+    let (_dir, store) = open().await;
+    let writes = vec![
+        write_text("a", "first", &[SOURCE]),
+        write("b", &[SOURCE]),
+        write_text("a", "second", &[SOURCE]),
+    ];
+    let receipt = store.write_documents(writes).await.unwrap();
+    let versions: Vec<(&str, u64)> = receipt
+        .outcomes
+        .iter()
+        .map(|o| (o.id.as_str(), o.version))
+        .collect();
+    assert_eq!(versions, [("a", 1), ("b", 1), ("a", 2)]);
+    let a = store.get_document("a").await.unwrap().unwrap();
+    assert_eq!((a.text.as_str(), a.version), ("second", 2));
+}
+
+#[tokio::test]
+async fn vectors_round_trip_bit_exactly() {
+    let (_dir, store) = open().await;
+    let values = vec![
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7fc0_0001),
+        0.1,
+        -1.0 / 3.0,
+    ];
+    let doc = DocumentWrite {
+        vectors: vec![(SOURCE.to_owned(), values.clone())],
+        ..write("a", &[])
+    };
+    put(&store, vec![doc]).await;
+    let stored = store.vectors(SOURCE).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    let (id, version, vector) = &stored[0];
+    assert_eq!((id.as_str(), *version), ("a", 1));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(vector), bits(&values));
+    assert!(store.vectors(TARGET).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_document_lists_its_embeddings_by_model_with_their_versions() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[TARGET, SOURCE])]).await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let a = store.get_document("a").await.unwrap().unwrap();
+    assert_eq!(a.metadata, json!({ "source": "test" }));
+    let info = |model: &str, version| VectorInfo {
+        model: model.to_owned(),
+        version,
+        dimensions: 3,
+    };
+    assert_eq!(a.embeddings, [info(SOURCE, 2), info(TARGET, 1)]);
+    assert_eq!(store.get_document("missing").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn documents_are_listed_in_pages_of_id_order() {
+    let (_dir, store) = open().await;
+    put(
+        &store,
+        ["c", "a", "d", "b"].map(|id| write(id, &[SOURCE])).to_vec(),
+    )
+    .await;
+    let first = store.list_documents(None, 3).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(first[0].embeddings.len(), 1);
+    let rest = store.list_documents(Some("c"), 3).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].id.as_str(), rest[0].embeddings.len()), ("d", 1));
+}
+
+#[tokio::test]
+async fn texts_leave_out_missing_ids() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write_text("a", "alpha", &[SOURCE])]).await;
+    let ids = vec!["a".to_owned(), "zzz".to_owned()];
+    let texts = store.texts(&ids).await.unwrap();
+    assert_eq!(texts, [("a".to_owned(), "alpha".to_owned())]);
+}
+
+#[tokio::test]
+async fn delete_removes_the_document_and_its_vectors() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE, TARGET])]).await;
+    let receipt = store.delete_document("a").await.unwrap();
+    assert_eq!(receipt.map(|r| r.migration), Some(None));
+    assert_eq!(store.get_document("a").await.unwrap(), None);
+    assert!(store.vectors(SOURCE).await.unwrap().is_empty());
+    assert!(store.delete_document("a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_recreated_document_continues_its_version_so_an_old_claim_fails() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    store.delete_document("a").await.unwrap();
+    let receipt = store.write_documents(vec![write("a", &[SOURCE])]).await;
+    assert_eq!(receipt.unwrap().outcomes[0].version, 2);
+    let batch = vec![embedded("a", claim[0].version)];
+    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    assert!(receipt.written.is_empty());
+    assert_eq!(queued(&store, "m1").await, [("a".to_owned(), 2)]);
+}
+
+// ---- Writes during a migration ------------------------------------------------------------
+
+#[tokio::test]
+async fn start_queues_exactly_the_documents_lacking_a_current_target_vector() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("missing", &[SOURCE])]).await;
+    put(&store, vec![write("stale", &[SOURCE, TARGET])]).await;
+    put(&store, vec![write("stale", &[SOURCE])]).await;
+    put(&store, vec![write("current", &[SOURCE, TARGET])]).await;
+    let m = started(&store, "m1").await;
+    assert_eq!(m.counts, counts(2, 0, 0, 0));
+    let expected = [("missing".to_owned(), 1), ("stale".to_owned(), 2)];
+    assert_eq!(queued(&store, "m1").await, expected);
+    assert_eq!(stored(&store, "m1").await, m);
+}
+
+#[tokio::test]
+async fn start_is_refused_unless_the_migration_is_planned() {
+    let (_dir, store) = open().await;
+    let m = started(&store, "m1").await;
+    let again = store.start_migration(&m).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_write_with_the_target_vector_dequeues_and_counts_processed() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    started(&store, "m1").await;
+    let receipt = store
+        .write_documents(vec![write("a", &[SOURCE, TARGET])])
+        .await;
+    let processed = CountsDelta {
+        processed: 1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(
+        receipt.unwrap().migration,
+        Some(("m1".to_owned(), processed))
+    );
+    assert!(queued(&store, "m1").await.is_empty());
+    let again = store
+        .write_documents(vec![write("a", &[SOURCE, TARGET])])
+        .await;
+    assert_eq!(again.unwrap().migration, None, "no longer queued");
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn a_write_without_the_target_vector_queues_and_counts_total_once() {
+    let (_dir, store) = open().await;
+    started(&store, "m1").await;
+    let receipt = store.write_documents(vec![write("new", &[SOURCE])]).await;
+    let one_more = CountsDelta {
+        total: 1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(
+        receipt.unwrap().migration,
+        Some(("m1".to_owned(), one_more))
+    );
+    let again = store.write_documents(vec![write("new", &[SOURCE])]).await;
+    assert_eq!(again.unwrap().migration, None, "already queued");
+    assert_eq!(queued(&store, "m1").await, [("new".to_owned(), 2)]);
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_paused_or_failed_migration_still_follows_writes() {
+    let (_dir, store) = open().await;
+    let m = started(&store, "m1").await;
+    let paused = m.apply(Event::Pause { reason: None }, at(2)).unwrap();
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    assert_eq!(stored(&store, "m1").await.counts.total, 1);
+}
+
+#[tokio::test]
+async fn deleting_a_queued_document_shrinks_the_total() {
+    let (_dir, store) = open().await;
+    put(
+        &store,
+        vec![write("a", &[SOURCE]), write("b", &[SOURCE, TARGET])],
+    )
+    .await;
+    started(&store, "m1").await;
+    let receipt = store.delete_document("a").await.unwrap().unwrap();
+    let one_less = CountsDelta {
+        total: -1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(receipt.migration, Some(("m1".to_owned(), one_less)));
+    let unqueued = store.delete_document("b").await.unwrap().unwrap();
+    assert_eq!(unqueued.migration, None);
+    assert_eq!(stored(&store, "m1").await.counts, counts(0, 0, 0, 0));
+    assert!(queued(&store, "m1").await.is_empty());
+}
+
+#[tokio::test]
+async fn after_completion_a_write_lacking_the_target_conflicts_and_changes_nothing() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE, TARGET])]).await;
+    let m = started(&store, "m1").await;
+    let done = m.apply(Event::Complete, at(5)).unwrap();
+    assert!(store.complete_migration(&done).await.unwrap());
+    let writes = vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])];
+    let refused = store.write_documents(writes).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(version_of(&store, "a").await, Some(1));
+    assert_eq!(version_of(&store, "b").await, None);
+    let accepted = store
+        .write_documents(vec![write("b", &[SOURCE, TARGET])])
+        .await;
+    assert_eq!(accepted.unwrap().outcomes[0].version, 1);
+}
+
+// ---- Backfill batches ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE]), write("b", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let claim = store.queued_documents(&m.id, "a", 10).await.unwrap();
+    assert_eq!(claim.len(), 1, "after = a leaves only b");
+    let batch = vec![embedded("a", 1), embedded("b", 1), embedded("b", 1)];
+    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
+    assert_eq!(receipt.delta.processed, 2);
+    assert_eq!(stored(&store, "m1").await.counts, counts(2, 2, 0, 0));
+    let target = store.vectors(TARGET).await.unwrap();
+    assert_eq!(target[0].2, vector_of(TARGET, "from the backfill"));
+}
+
+#[tokio::test]
+async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let batch = vec![embedded("a", claim[0].version)];
+    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    assert!(receipt.written.is_empty());
+    assert!(receipt.delta.is_zero());
+    assert!(store.vectors(TARGET).await.unwrap().is_empty());
+    assert_eq!(queued(&store, "m1").await, [("a".to_owned(), 2)]);
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_batch_does_not_overwrite_or_recount_a_dual_written_document() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    put(&store, vec![write_text("a", "newer", &[SOURCE, TARGET])]).await;
+    let batch = vec![embedded("a", claim[0].version)];
+    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    assert!(receipt.written.is_empty());
+    let target = store.vectors(TARGET).await.unwrap();
+    assert_eq!(target, [("a".to_owned(), 2, vector_of(TARGET, "newer"))]);
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn a_skip_leaves_the_queue_for_the_skip_list_once() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let skip = || BatchItem::Skipped {
+        id: "a".to_owned(),
+        reason: "input too long".to_owned(),
+    };
+    let receipt = store
+        .commit_batch(&m.id, TARGET, vec![skip(), skip()], 3)
+        .await;
+    let delta = receipt.unwrap().delta;
+    assert_eq!((delta.skipped, delta.failed), (1, 3));
+    let skips = store.skips(&m.id).await.unwrap();
+    assert_eq!(skips.len(), 1);
+    assert_eq!(
+        (skips[0].document_id.as_str(), skips[0].reason.as_str()),
+        ("a", "input too long")
+    );
+    assert!(queued(&store, "m1").await.is_empty());
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 1, 3));
+}
+
+#[tokio::test]
+async fn a_failed_batch_only_counts_its_failures() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let receipt = store.commit_batch(&m.id, "", Vec::new(), 1).await.unwrap();
+    assert_eq!(receipt.delta.failed, 1);
+    assert_eq!(queued(&store, "m1").await.len(), 1);
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 1));
+}
+
+// ---- Lifecycle ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn completion_is_refused_while_documents_are_queued() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let mut done = m.clone();
+    done.state = MigrationState::Completed;
+    done.completed_at = Some(at(5));
+    assert!(!store.complete_migration(&done).await.unwrap());
+    assert_eq!(stored(&store, "m1").await.state, MigrationState::InProgress);
+    store
+        .commit_batch(&m.id, TARGET, vec![embedded("a", 1)], 0)
+        .await
+        .unwrap();
+    assert!(store.complete_migration(&done).await.unwrap());
+    let completed = stored(&store, "m1").await;
+    assert_eq!(completed.state, MigrationState::Completed);
+    assert_eq!(completed.completed_at, Some(at(5)));
+}
+
+#[tokio::test]
+async fn an_update_from_the_wrong_state_conflicts_and_changes_nothing() {
+    let (_dir, store) = open().await;
+    let m = started(&store, "m1").await;
+    let paused = m
+        .apply(
+            Event::Pause {
+                reason: Some("slow down".to_owned()),
+            },
+            at(2),
+        )
+        .unwrap();
+    let wrong = store
+        .update_migration(&paused, MigrationState::Planned)
+        .await;
+    assert!(matches!(wrong, Err(StoreError::Conflict(_))), "{wrong:?}");
+    assert_eq!(stored(&store, "m1").await, m);
+    let unknown = Migration {
+        id: "nope".to_owned(),
+        ..paused.clone()
+    };
+    let missing = store
+        .update_migration(&unknown, MigrationState::InProgress)
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::Conflict(_))),
+        "{missing:?}"
+    );
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    assert_eq!(stored(&store, "m1").await, paused);
+}
+
+#[tokio::test]
+async fn cancel_clears_the_queue_and_later_writes_are_not_queued() {
+    let (_dir, store) = open().await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&store, "m1").await;
+    let cancelled = m.apply(Event::Cancel, at(3)).unwrap();
+    store
+        .update_migration(&cancelled, MigrationState::InProgress)
+        .await
+        .unwrap();
+    assert!(queued(&store, "m1").await.is_empty());
+    let receipt = store.write_documents(vec![write("b", &[SOURCE])]).await;
+    assert_eq!(receipt.unwrap().migration, None);
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_duplicate_migration_id_conflicts() {
+    let (_dir, store) = open().await;
+    store.insert_migration(&planned("m1")).await.unwrap();
+    let again = store.insert_migration(&planned("m1")).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+#[tokio::test]
+async fn migrations_are_listed_newest_first() {
+    let (_dir, store) = open().await;
+    for id in ["m1", "m2", "m3"] {
+        store.insert_migration(&planned(id)).await.unwrap();
+    }
+    let ids: Vec<String> = store
+        .migrations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, ["m3", "m2", "m1"]);
+}
+
+#[tokio::test]
+async fn timestamps_round_trip_exactly() {
+    let (_dir, store) = open().await;
+    let times = [
+        Utc.timestamp_opt(0, 0).unwrap(),
+        Utc.timestamp_opt(-86_400 * 365, 1).unwrap(),
+        Utc.timestamp_opt(1_700_000_000, 999_999_999).unwrap(),
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+    ];
+    for (i, time) in times.into_iter().enumerate() {
+        let m = Migration {
+            started_at: Some(time),
+            completed_at: Some(time),
+            rollback_window_ends_at: Some(time),
+            ..Migration::plan(
+                format!("m{i}"),
+                SOURCE.into(),
+                TARGET.into(),
+                BackfillConfig::default(),
+                time,
+            )
+        };
+        store.insert_migration(&m).await.unwrap();
+        assert_eq!(stored(&store, &m.id).await, m);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_stored_state_is_reported_as_corrupt() {
+    let (_dir, store) = open().await;
+    store.insert_migration(&planned("m1")).await.unwrap();
+    sqlx::query("UPDATE migrations SET state = 'bogus'")
+        .execute(&store.writer)
+        .await
+        .unwrap();
+    let read = store.migration("m1").await;
+    assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+}
+
+// ---- Durability ---------------------------------------------------------------------------
+
+/// A completed migration with every timestamp set, then a running one with a queue, a skip,
+/// a processed document, a failure and a pause reason.
+async fn populate(store: &SqliteStore) -> (Migration, Migration) {
+    store.set_active_model(SOURCE).await.unwrap();
+    put(
+        store,
+        vec![
+            write("a", &[SOURCE]),
+            write("b", &[SOURCE]),
+            write("c", &[SOURCE]),
+        ],
+    )
+    .await;
+    let first = started(store, "m1").await;
+    let items = ["a", "b", "c"].map(|id| embedded(id, 1)).to_vec();
+    let receipt = store.commit_batch("m1", TARGET, items, 0).await.unwrap();
+    let first = Migration {
+        counts: receipt.delta.applied_to(first.counts),
+        ..first
+    };
+    let first = first.apply(Event::Complete, at(4)).unwrap();
+    assert!(store.complete_migration(&first).await.unwrap());
+    let second = Migration {
+        source_model: TARGET.to_owned(),
+        target_model: THIRD.to_owned(),
+        ..planned("m2")
+    };
+    store.insert_migration(&second).await.unwrap();
+    let second = second.apply(Event::Start, at(10)).unwrap();
+    let second = Migration {
+        counts: store.start_migration(&second).await.unwrap(),
+        ..second
+    };
+    let skip = BatchItem::Skipped {
+        id: "a".to_owned(),
+        reason: "rejected".to_owned(),
+    };
+    let batch = vec![
+        skip,
+        BatchItem::Embedded {
+            id: "b".to_owned(),
+            version: 1,
+            vector: vec![1.0],
+        },
+    ];
+    let receipt = store.commit_batch("m2", THIRD, batch, 2).await.unwrap();
+    let second = Migration {
+        counts: receipt.delta.applied_to(second.counts),
+        ..second
+    };
+    let paused = second
+        .apply(
+            Event::Pause {
+                reason: Some("night".to_owned()),
+            },
+            at(11),
+        )
+        .unwrap();
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    (first, paused)
+}
+
+#[tokio::test]
+async fn everything_survives_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let (first, second) = populate(&store).await;
+    assert_eq!(second.counts, counts(3, 1, 1, 2));
+    let skips = store.skips("m2").await.unwrap();
+    let documents = store.list_documents(None, 10).await.unwrap();
+    store.close().await;
+    assert!(
+        !dir.path().join("reembed.db-wal").exists(),
+        "close checkpoints the WAL"
+    );
+
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    assert_eq!(store.migrations().await.unwrap(), [second, first]);
+    assert_eq!(store.active_model().await.unwrap().as_deref(), Some(SOURCE));
+    assert_eq!(queued(&store, "m2").await, [("c".to_owned(), 1)]);
+    assert_eq!(store.skips("m2").await.unwrap(), skips);
+    assert_eq!(store.list_documents(None, 10).await.unwrap(), documents);
+    assert_eq!(store.vectors(TARGET).await.unwrap().len(), 3);
+    store.close().await;
+}
+
+// ---- Concurrency --------------------------------------------------------------------------
+
+/// Every document off the queue has a target vector for its current version, and the counts
+/// balance: total = processed + skipped + still queued.
+async fn assert_consistent(store: &SqliteStore, migration_id: &str) {
+    let queue = queued(store, migration_id).await;
+    let c = stored(store, migration_id).await.counts;
+    assert_eq!(
+        c.total,
+        c.processed + c.skipped + queue.len() as u64,
+        "{c:?}"
+    );
+    let target = store.vectors(TARGET).await.unwrap();
+    for document in store.list_documents(None, 1000).await.unwrap() {
+        if queue.iter().any(|(id, _)| *id == document.id) {
+            continue;
+        }
+        let vector = target.iter().find(|(id, ..)| *id == document.id);
+        assert_eq!(
+            vector.map(|v| v.1),
+            Some(document.version),
+            "{}",
+            document.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_and_batches_keep_counts_and_vectors_consistent() {
+    let (_dir, store) = open().await;
+    let ids: Vec<String> = (0..40).map(|i| format!("doc-{i:02}")).collect();
+    put(&store, ids.iter().map(|id| write(id, &[SOURCE])).collect()).await;
+    started(&store, "m1").await;
+    let store = std::sync::Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for (i, id) in ids.iter().cycle().take(120).enumerate() {
+                let models: &[&str] = if i % 3 == 0 {
+                    &[SOURCE, TARGET]
+                } else {
+                    &[SOURCE]
+                };
+                put(&store, vec![write_text(id, &format!("edit {i}"), models)]).await;
+            }
+        })
+    };
+    for _ in 0..60 {
+        let claim = store.queued_documents("m1", "", 7).await.unwrap();
+        let items = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
+        store.commit_batch("m1", TARGET, items, 0).await.unwrap();
+    }
+    writer.await.unwrap();
+    assert_consistent(&store, "m1").await;
+    while !queued(&store, "m1").await.is_empty() {
+        let claim = store.queued_documents("m1", "", 7).await.unwrap();
+        let items = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
+        store.commit_batch("m1", TARGET, items, 0).await.unwrap();
+    }
+    assert_consistent(&store, "m1").await;
+}
