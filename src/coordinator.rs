@@ -185,6 +185,18 @@ impl Coordinator {
         })
     }
 
+    /// Refuses while a migration is open (API.md: 409 `migration-open`). A cheap in-memory
+    /// check callers can make before expensive work; `create` repeats it under the lock.
+    pub fn ensure_none_open(&self, now: DateTime<Utc>) -> Result<(), CoordinatorError> {
+        match self.latest().filter(|m| m.is_open(now)) {
+            Some(open) => Err(CoordinatorError::MigrationOpen {
+                id: open.id,
+                state: open.state,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Records a new migration (started unless `start` is false). Refused while another
     /// migration is open.
     pub async fn create(
@@ -194,12 +206,7 @@ impl Coordinator {
         now: DateTime<Utc>,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
-        if let Some(open) = self.latest().filter(|m| m.is_open(now)) {
-            return Err(CoordinatorError::MigrationOpen {
-                id: open.id,
-                state: open.state,
-            });
-        }
+        self.ensure_none_open(now)?;
         if self.store.migration(&migration.id).await?.is_some() {
             return Err(CoordinatorError::DuplicateId(migration.id));
         }
@@ -266,6 +273,27 @@ impl Coordinator {
         };
         self.store.update_migration(&next, current.state).await?;
         Ok(self.publish_state(next))
+    }
+
+    /// Puts the skipped documents of the newest migration back on its queue; only while it
+    /// is backfilling, since a completed migration's queue is closed.
+    pub async fn retry_skips(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let _serial = self.transitions.lock().await;
+        let current = self.migration(id).await?;
+        if !current.state.is_backfilling() || !self.is_latest(id) {
+            return Err(TransitionError {
+                event: "retry the skips of",
+                state: current.state,
+            }
+            .into());
+        }
+        let delta = self.store.requeue_skips(id).await?;
+        self.apply_delta(id, delta, now);
+        Ok(self.latest().unwrap_or(current))
     }
 
     /// Completes the newest migration if its queue is empty; `true` when it did.
@@ -399,6 +427,18 @@ impl Coordinator {
         }
         drop(live);
         self.publish();
+    }
+
+    /// Makes `model` the active model of a store that never ran a migration (a registry file
+    /// changed before anything was indexed). Refused once a migration exists.
+    pub async fn adopt_initial_model(&self, model: &str) -> Result<bool, StoreError> {
+        if self.live().latest.is_some() {
+            return Ok(false);
+        }
+        self.store.set_active_model(model).await?;
+        self.live().recorded_active = model.to_owned();
+        self.publish();
+        Ok(true)
     }
 
     /// Records in the store that the target of a cut-over migration is now the active model.

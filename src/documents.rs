@@ -31,6 +31,14 @@ pub struct NewDocument {
     pub metadata: Value,
 }
 
+/// What a write did: the versions, the models it was embedded with, and the routing it followed.
+#[derive(Debug, Clone)]
+pub struct Upserted {
+    pub outcomes: Vec<WriteOutcome>,
+    pub embedded_with: Vec<String>,
+    pub routing: Routing,
+}
+
 /// One query hit with its text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryHit {
@@ -44,6 +52,13 @@ pub struct QueryHit {
 pub enum ServiceError {
     #[error("embedding with {model} failed: {source}")]
     Embed { model: String, source: EmbedError },
+    /// The provider answered with vectors that do not match the registry: never stored.
+    #[error("{model} returned {got} where the registry promises {expected}")]
+    WrongShape {
+        model: String,
+        expected: String,
+        got: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -75,18 +90,25 @@ impl Documents {
         }
     }
 
-    /// Embeds `docs` with every current write model and commits them; returns the versions and
-    /// the routing the write followed. Re-routes when the write raced a migration completing.
-    pub async fn upsert(
-        &self,
-        docs: &[NewDocument],
-    ) -> Result<(Vec<WriteOutcome>, Routing), ServiceError> {
+    /// Embeds `docs` with every current write model and commits them. Re-routes when the
+    /// write raced a migration completing.
+    ///
+    /// A write model whose embedder fails refuses the write (nothing changes), except the target
+    /// of a dual write while migrating: then the documents are written on the source alone and
+    /// the store queues them, so the backfill embeds them later (API.md: "a failed dual write").
+    pub async fn upsert(&self, docs: &[NewDocument]) -> Result<Upserted, ServiceError> {
         let mut attempt = 1;
         loop {
             let routing = self.coordinator.routing(Utc::now());
-            let writes = self.embed_for_write(docs, &routing.write_models).await?;
+            let (writes, embedded_with) = self.embed_for_write(docs, &routing).await?;
             match self.commit_writes(writes).await {
-                Ok(outcomes) => return Ok((outcomes, routing)),
+                Ok(outcomes) => {
+                    return Ok(Upserted {
+                        outcomes,
+                        embedded_with,
+                        routing,
+                    });
+                }
                 Err(StoreError::Conflict(reason)) if attempt < MAX_WRITE_ATTEMPTS => {
                     tracing::debug!(%reason, attempt, "write raced a migration change; re-routing");
                     attempt += 1;
@@ -99,8 +121,8 @@ impl Documents {
     async fn embed_for_write(
         &self,
         docs: &[NewDocument],
-        write_models: &[String],
-    ) -> Result<Vec<DocumentWrite>, ServiceError> {
+        routing: &Routing,
+    ) -> Result<(Vec<DocumentWrite>, Vec<String>), ServiceError> {
         let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
         let mut writes: Vec<DocumentWrite> = docs
             .iter()
@@ -108,16 +130,25 @@ impl Documents {
                 id: d.id.clone(),
                 text: d.text.clone(),
                 metadata: d.metadata.clone(),
-                vectors: Vec::with_capacity(write_models.len()),
+                vectors: Vec::with_capacity(routing.write_models.len()),
             })
             .collect();
-        for model in write_models {
-            let vectors = self.embed(model, &texts).await?;
+        let mut embedded_with = Vec::with_capacity(routing.write_models.len());
+        for model in &routing.write_models {
+            let vectors = match self.embed(model, &texts).await {
+                Ok(vectors) => vectors,
+                Err(error) if routing.is_best_effort_write(model) => {
+                    tracing::warn!(%error, "dual write to the target failed; queued for the backfill");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             for (write, vector) in writes.iter_mut().zip(vectors) {
                 write.vectors.push((model.clone(), vector));
             }
+            embedded_with.push(model.clone());
         }
-        Ok(writes)
+        Ok((writes, embedded_with))
     }
 
     /// Embeds `texts` with `model`, checking the provider kept its promised dimensions.
@@ -136,14 +167,26 @@ impl Documents {
             )))
         })?;
         let vectors = embedder.embed(texts).await.map_err(fail)?;
-        let dims = embedder.dimensions();
-        if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != dims) {
-            return Err(fail(EmbedError::Unavailable(format!(
-                "expected {} vectors of {dims} dimensions",
-                texts.len()
-            ))));
-        }
+        check_shape(model, embedder.dimensions(), texts.len(), &vectors)?;
         Ok(vectors)
+    }
+
+    /// Embeds a search query with `model`, which may mark queries apart from documents
+    /// (`Embedder::embed_query`), checking the promised dimensions as `embed` does.
+    async fn embed_query(&self, model: &str, text: &str) -> Result<Vec<f32>, ServiceError> {
+        let fail = |source| ServiceError::Embed {
+            model: model.to_owned(),
+            source,
+        };
+        let embedder = self.models.get(model).ok_or_else(|| {
+            fail(EmbedError::Unavailable(format!(
+                "model {model} is not configured"
+            )))
+        })?;
+        let vector = embedder.embed_query(text).await.map_err(fail)?;
+        let vectors = std::slice::from_ref(&vector);
+        check_shape(model, embedder.dimensions(), 1, vectors)?;
+        Ok(vector)
     }
 
     async fn commit_writes(
@@ -217,8 +260,8 @@ impl Documents {
         top_k: usize,
     ) -> Result<(Routing, Vec<QueryHit>), ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
-        let query = self.embed(&routing.query_model, &[text.to_owned()]).await?;
-        let hits = self.indexes.search(&routing.query_model, &query[0], top_k);
+        let query = self.embed_query(&routing.query_model, text).await?;
+        let hits = self.indexes.search(&routing.query_model, &query, top_k);
         let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
         let texts: HashMap<String, String> = self.store.texts(&ids).await?.into_iter().collect();
         let hits = hits
@@ -233,5 +276,32 @@ impl Documents {
             })
             .collect();
         Ok((routing, hits))
+    }
+}
+
+/// Refuses a provider answer with the wrong number of vectors or a wrong dimension.
+fn check_shape(
+    model: &str,
+    dims: usize,
+    count: usize,
+    vectors: &[Vec<f32>],
+) -> Result<(), ServiceError> {
+    let wrong = |expected: String, got: String| ServiceError::WrongShape {
+        model: model.to_owned(),
+        expected,
+        got,
+    };
+    if vectors.len() != count {
+        return Err(wrong(
+            format!("{count} vectors"),
+            format!("{} vectors", vectors.len()),
+        ));
+    }
+    match vectors.iter().find(|v| v.len() != dims) {
+        Some(v) => Err(wrong(
+            format!("{dims} dimensions"),
+            format!("{} dimensions", v.len()),
+        )),
+        None => Ok(()),
     }
 }

@@ -63,11 +63,7 @@ pub async fn serve(
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
     let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
-    let active = coordinator.active_model(chrono::Utc::now());
-    anyhow::ensure!(
-        models.info(&active).is_some(),
-        "the store's active model {active} is not configured; add it to the model registry"
-    );
+    check_active_model(&coordinator, store.as_ref(), &models, &config).await?;
     let indexes = Arc::new(IndexSet::load(&models, store.as_ref()).await?);
     let documents = Arc::new(Documents::new(
         coordinator.clone(),
@@ -77,8 +73,13 @@ pub async fn serve(
     ));
     let workers = TaskTracker::new();
     let stop_workers = CancellationToken::new();
-    Backfill::new(coordinator.clone(), store.clone(), documents.clone())
-        .spawn(&workers, stop_workers.clone());
+    Backfill::new(
+        coordinator.clone(),
+        store.clone(),
+        documents.clone(),
+        config.max_failed_batches,
+    )
+    .spawn(&workers, stop_workers.clone());
     window::spawn(coordinator.clone(), &workers, stop_workers.clone());
 
     let state = AppState {
@@ -98,5 +99,34 @@ pub async fn serve(
     workers.wait().await;
     store.close().await;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Refuses to start when the store's active model is not in the registry, or when a registry
+/// file names another active model for a store that already holds documents: the active model
+/// changes only through a migration, never by editing a file.
+async fn check_active_model(
+    coordinator: &Coordinator,
+    store: &dyn Store,
+    models: &ModelRegistry,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let active = coordinator.active_model(chrono::Utc::now());
+    let named = models.active_model();
+    if config.registry_names_active_model && named != active {
+        let holds_documents = !store.list_documents(None, 1).await?.is_empty();
+        if !holds_documents && coordinator.adopt_initial_model(named).await? {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the config file names {named} as the active model, but this store's documents are \
+             indexed with {active}; the active model changes only through a migration \
+             (POST /v1/migrations with target_model = \"{named}\"), so set active_model = \"{active}\""
+        );
+    }
+    anyhow::ensure!(
+        models.info(&active).is_some(),
+        "the store's active model {active} is not configured; add it to the model registry"
+    );
     Ok(())
 }

@@ -20,6 +20,10 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     reembed::telemetry::init();
+    let models = match &args.config_file {
+        Some(path) => ModelRegistry::from_file(path)?,
+        None => ModelRegistry::builtin(),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -27,14 +31,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("reembed listening on http://{addr}");
     std::io::stdout().flush()?;
-    let config = reembed::Config::new(args.data_dir);
-    reembed::serve(
-        listener,
-        config,
-        ModelRegistry::builtin(),
-        shutdown_signal(),
-    )
-    .await
+    reembed::serve(listener, args.config(), models, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

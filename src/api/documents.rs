@@ -9,10 +9,10 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, AppJson, AppQuery, Problem};
-use crate::documents::NewDocument;
-use crate::domain::{Route, Routing};
-use crate::store::{StoredDocument, WriteOutcome};
+use super::error::{ApiError, AppJson, AppQuery, Problem, objects};
+use crate::documents::{NewDocument, Upserted};
+use crate::domain::Route;
+use crate::store::StoredDocument;
 
 /// Longest accepted document id, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -43,6 +43,7 @@ pub struct BulkDocument {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
+    #[serde(deserialize_with = "objects")]
     pub documents: Vec<BulkDocument>,
 }
 
@@ -132,13 +133,18 @@ fn validate_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn write_results(outcomes: Vec<WriteOutcome>, routing: &Routing) -> Vec<WriteResult> {
+fn write_results(upserted: Upserted) -> Vec<WriteResult> {
+    let Upserted {
+        outcomes,
+        embedded_with,
+        routing,
+    } = upserted;
     outcomes
         .into_iter()
         .map(|o| WriteResult {
             id: o.id,
             version: o.version,
-            embedded_with: routing.write_models.clone(),
+            embedded_with: embedded_with.clone(),
             write_route: routing.write_route,
         })
         .collect()
@@ -161,8 +167,8 @@ pub async fn put_document(
         text: body.text,
         metadata: body.metadata.unwrap_or(Value::Null),
     };
-    let (outcomes, routing) = state.documents.upsert(std::slice::from_ref(&doc)).await?;
-    let result = write_results(outcomes, &routing).pop();
+    let upserted = state.documents.upsert(std::slice::from_ref(&doc)).await?;
+    let result = write_results(upserted).pop();
     result
         .map(AppJson)
         .ok_or_else(|| ApiError::Unavailable("the store returned no outcome".to_owned()))
@@ -194,9 +200,9 @@ pub async fn bulk_upsert(
             results: Vec::new(),
         }));
     }
-    let (outcomes, routing) = state.documents.upsert(&docs).await?;
+    let upserted = state.documents.upsert(&docs).await?;
     Ok(AppJson(BulkResult {
-        results: write_results(outcomes, &routing),
+        results: write_results(upserted),
     }))
 }
 

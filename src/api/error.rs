@@ -5,10 +5,12 @@
 //! formats. 5xx bodies stay generic; the cause goes to the log.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::coordinator::CoordinatorError;
@@ -169,11 +171,9 @@ impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
             ServiceError::Store(store) => store.into(),
-            ServiceError::Embed { .. } => {
+            ServiceError::Embed { .. } | ServiceError::WrongShape { .. } => {
                 tracing::error!(%error, "embedding failed");
-                Self::Unavailable(
-                    "the embedding provider is unavailable; nothing was written".to_owned(),
-                )
+                Self::Unavailable("the embedding provider is unavailable; retry later".to_owned())
             }
         }
     }
@@ -210,10 +210,65 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejection is our problem document.
-#[derive(Debug, Clone, Copy, Default, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` whose rejection is our problem document, and which takes only a JSON object:
+/// serde's derive would otherwise read `["text"]` as a struct, field by position.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(body) = axum::Json::<Value>::from_request(request, state).await?;
+        from_object(body).map(AppJson)
+    }
+}
+
+/// Deserialises `value` as `T` only if it is a JSON object.
+fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::MalformedBody(
+            "the body must be a JSON object".to_owned(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::MalformedBody(e.to_string()))
+}
+
+/// `deserialize_with` for a field holding one struct: accepts only a JSON object there, for
+/// the same reason as `AppJson`.
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let map = Map::<String, Value>::deserialize(deserializer)?;
+    serde_json::from_value(Value::Object(map)).map_err(serde::de::Error::custom)
+}
+
+/// `deserialize_with` for an optional struct field (use with `#[serde(default)]`).
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    object(deserializer).map(Some)
+}
+
+/// `deserialize_with` for a list of structs: every element must be a JSON object.
+pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Vec::<Map<String, Value>>::deserialize(deserializer)?
+        .into_iter()
+        .map(|map| serde_json::from_value(Value::Object(map)).map_err(serde::de::Error::custom))
+        .collect()
+}
 
 impl<T: Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {

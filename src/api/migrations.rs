@@ -3,15 +3,23 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, AppJson, Problem};
+use super::error::{ApiError, AppJson, Problem, optional_object};
 use crate::coordinator::Progress;
-use crate::domain::{BackfillConfig, ConfigPatch, Event, Migration, MigrationState, Phase, Route};
+use crate::documents::ServiceError;
+use crate::domain::{
+    BackfillConfig, ConfigPatch, Event, Migration, MigrationState, Phase, Route, estimate_secs,
+    estimate_tokens,
+};
+use crate::embed::{EmbedError, ModelRegistry};
+
+/// The text the preflight check embeds with the target model.
+const PREFLIGHT_PROBE: &str = "reembed preflight: is this model reachable and the right size?";
 
 /// Longest accepted migration id.
 const MAX_MIGRATION_ID: usize = 128;
@@ -25,9 +33,26 @@ pub struct CreateMigration {
     pub target_model: String,
     /// Must equal the active model (the default).
     pub source_model: Option<String>,
+    #[serde(default, deserialize_with = "optional_object")]
     pub config: Option<ConfigPatch>,
     /// Start the backfill at once (default true).
     pub start: Option<bool>,
+    /// Plan only: answer with what the migration would do, create nothing (default false).
+    pub dry_run: Option<bool>,
+}
+
+/// Response of `POST /v1/migrations` with `"dry_run": true`: what the migration would embed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationPlan {
+    pub source_model: String,
+    pub target_model: String,
+    pub config: BackfillConfig,
+    /// Documents lacking a current target vector now.
+    pub documents: u64,
+    /// Their estimated tokens (characters / 4).
+    pub estimated_tokens: u64,
+    /// Seconds at the target's configured requests/tokens per minute; null when unpaced.
+    pub estimated_secs: Option<f64>,
 }
 
 /// A migration as API.md shows it.
@@ -73,6 +98,9 @@ pub struct ProgressView {
     pub eta_secs: Option<f64>,
     pub in_flight_batches: u32,
     pub query_route: Route,
+    /// Seconds callers of the target model have spent held back by its pacing and back-offs
+    /// in this process (summed over concurrent batches).
+    pub throttled_secs: f64,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -115,8 +143,12 @@ impl From<Migration> for MigrationView {
     }
 }
 
-impl From<Progress> for ProgressView {
-    fn from(p: Progress) -> Self {
+impl ProgressView {
+    /// The report of `p`, with the target model's throttled time from `models`.
+    pub fn new(p: Progress, models: &ModelRegistry) -> Self {
+        let throttled_secs = models
+            .get(&p.migration.target_model)
+            .map_or(0.0, |e| e.throttled().as_secs_f64());
         let m = p.migration;
         Self {
             id: m.id,
@@ -133,6 +165,7 @@ impl From<Progress> for ProgressView {
             eta_secs: p.snapshot.eta_secs,
             in_flight_batches: p.in_flight_batches,
             query_route: p.routing.query_route,
+            throttled_secs,
             updated_at: p.updated_at,
         }
     }
@@ -181,25 +214,67 @@ fn valid_migration_id(id: String) -> Result<String, ApiError> {
     Ok(id)
 }
 
+/// Embeds one probe text with the target model before anything starts, so a wrong dimension
+/// or a misconfigured provider is a 422 on creation rather than a failed migration later.
+async fn preflight(state: &AppState, target: &str) -> Result<(), ApiError> {
+    let probe = [PREFLIGHT_PROBE.to_owned()];
+    match state.documents.embed(target, &probe).await {
+        Ok(_) => Ok(()),
+        Err(
+            error @ (ServiceError::WrongShape { .. }
+            | ServiceError::Embed {
+                source: EmbedError::Rejected(_),
+                ..
+            }),
+        ) => Err(ApiError::InvalidConfig(format!(
+            "target_model: preflight failed: {error}"
+        ))),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Plans a migration and, unless `"start": false`, starts its backfill.
 #[utoipa::path(post, path = "/v1/migrations", tag = "migrations", request_body = CreateMigration,
     responses((status = 201, body = MigrationView, headers(("location" = String))),
+              (status = 200, body = MigrationPlan, description = "The plan, for `\"dry_run\": true`"),
               (status = 400, body = Problem), (status = 409, body = Problem),
               (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn create_migration(
     State(state): State<AppState>,
     AppJson(body): AppJson<CreateMigration>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let now = Utc::now();
     let start = body.start.unwrap_or(true);
+    let dry_run = body.dry_run.unwrap_or(false);
     let planned = plan(&state, body, now)?;
+    state.coordinator.ensure_none_open(now)?;
+    preflight(&state, &planned.target_model).await?;
+    if dry_run {
+        return Ok(AppJson(estimate(&state, planned).await?).into_response());
+    }
     let migration = state.coordinator.create(planned, start, now).await?;
     let location = format!("/v1/migrations/{}", migration.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        AppJson(MigrationView::from(migration)),
-    ))
+    let view = AppJson(MigrationView::from(migration));
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], view).into_response())
+}
+
+/// The dry-run answer: what `planned` would embed now and how long its pace allows.
+async fn estimate(state: &AppState, planned: Migration) -> Result<MigrationPlan, ApiError> {
+    let (documents, chars) = state.store.backfill_estimate(&planned.target_model).await?;
+    let estimated_tokens = estimate_tokens(chars);
+    let pace = state
+        .models
+        .get(&planned.target_model)
+        .map(|e| e.pace())
+        .unwrap_or_default();
+    Ok(MigrationPlan {
+        estimated_secs: estimate_secs(documents, estimated_tokens, planned.config.batch_size, pace),
+        source_model: planned.source_model,
+        target_model: planned.target_model,
+        config: planned.config,
+        documents,
+        estimated_tokens,
+    })
 }
 
 /// Every migration, newest first.
@@ -241,9 +316,8 @@ pub async fn get_progress(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<AppJson<ProgressView>, ApiError> {
-    Ok(AppJson(
-        state.coordinator.progress(&id, Utc::now()).await?.into(),
-    ))
+    let progress = state.coordinator.progress(&id, Utc::now()).await?;
+    Ok(AppJson(ProgressView::new(progress, &state.models)))
 }
 
 async fn apply(
@@ -373,4 +447,17 @@ pub async fn list_skips(
         })
         .collect();
     Ok(AppJson(SkipList { skips }))
+}
+
+/// Puts the skipped documents back on the queue of a running, paused or failed migration.
+#[utoipa::path(post, path = "/v1/migrations/{id}/skips/retry", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn retry_skips(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    Ok(AppJson(
+        state.coordinator.retry_skips(&id, Utc::now()).await?.into(),
+    ))
 }

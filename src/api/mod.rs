@@ -3,6 +3,7 @@
 
 pub mod documents;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod migrations;
 pub mod query;
@@ -67,6 +68,7 @@ fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(migrations::get_migration))
         .routes(routes!(migrations::get_progress))
+        .routes(routes!(events::migration_events))
         .routes(routes!(migrations::start_migration))
         .routes(routes!(migrations::pause_migration))
         .routes(routes!(migrations::resume_migration))
@@ -75,6 +77,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(migrations::finalize_migration))
         .routes(routes!(migrations::patch_config))
         .routes(routes!(migrations::list_skips))
+        .routes(routes!(migrations::retry_skips))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }

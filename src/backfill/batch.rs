@@ -17,8 +17,6 @@ use crate::domain::Migration;
 use crate::embed::EmbedError;
 use crate::store::{BatchItem, ClaimedDocument};
 
-/// Consecutive failed batches after which the migration moves to `failed`.
-pub const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 /// First back-off after a failed batch; doubles per consecutive failure.
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest back-off between failed batches.
@@ -30,6 +28,8 @@ pub struct BatchRunner {
     documents: Arc<Documents>,
     /// Failed batches since the last successful one, across all batch tasks.
     consecutive_failures: Arc<AtomicU32>,
+    /// Consecutive failures after which the migration moves to `failed`.
+    max_failures: u32,
 }
 
 /// What a batch did, for its log line.
@@ -58,12 +58,17 @@ impl Drop for InFlight {
 }
 
 impl BatchRunner {
-    /// A runner with no failures recorded.
-    pub fn new(coordinator: Arc<Coordinator>, documents: Arc<Documents>) -> Self {
+    /// A runner with no failures recorded, failing migrations after `max_failures` in a row.
+    pub fn new(
+        coordinator: Arc<Coordinator>,
+        documents: Arc<Documents>,
+        max_failures: u32,
+    ) -> Self {
         Self {
             coordinator,
             documents,
             consecutive_failures: Arc::new(AtomicU32::new(0)),
+            max_failures,
         }
     }
 
@@ -94,6 +99,7 @@ impl BatchRunner {
             coordinator: self.coordinator.clone(),
             documents: self.documents.clone(),
             consecutive_failures: self.consecutive_failures.clone(),
+            max_failures: self.max_failures,
         }
     }
 
@@ -107,9 +113,13 @@ impl BatchRunner {
         let items = match self.embed_isolating(target, &claimed).await {
             Ok(items) => items,
             Err(error) => {
-                return self
-                    .failed(migration_id, claimed.len() as u64, error.to_string())
-                    .await;
+                let fatal = is_misconfiguration(&error);
+                let failure = Failure {
+                    documents: claimed.len() as u64,
+                    error: error.to_string(),
+                    fatal,
+                };
+                return self.failed(migration_id, failure).await;
             }
         };
         let skipped = items
@@ -128,7 +138,14 @@ impl BatchRunner {
                     skipped,
                 }
             }
-            Err(error) => self.failed(migration_id, 0, error.to_string()).await,
+            Err(error) => {
+                let failure = Failure {
+                    documents: 0,
+                    error: error.to_string(),
+                    fatal: false,
+                };
+                self.failed(migration_id, failure).await
+            }
         }
     }
 
@@ -174,7 +191,12 @@ impl BatchRunner {
 
     /// Records a failed batch (its documents stay queued), backs off, and fails the migration
     /// once the failures keep coming.
-    async fn failed(&self, migration_id: &str, documents: u64, error: String) -> BatchOutcome {
+    async fn failed(&self, migration_id: &str, failure: Failure) -> BatchOutcome {
+        let Failure {
+            documents,
+            error,
+            fatal,
+        } = failure;
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(%error, failures, "backfill batch failed; its documents stay queued");
         if documents > 0 {
@@ -186,8 +208,12 @@ impl BatchRunner {
                 tracing::warn!(%store_error, "could not record the failed batch");
             }
         }
-        if failures >= MAX_CONSECUTIVE_FAILURES {
-            let reason = format!("{failures} consecutive batches failed; last error: {error}");
+        if fatal || failures >= self.max_failures {
+            let reason = if fatal {
+                format!("the target model is misconfigured: {error}")
+            } else {
+                format!("{failures} consecutive batches failed; last error: {error}")
+            };
             if let Err(fail_error) = self
                 .coordinator
                 .fail(migration_id, reason, Utc::now())
@@ -200,6 +226,28 @@ impl BatchRunner {
         tokio::time::sleep(backoff(failures)).await;
         BatchOutcome::Failed
     }
+}
+
+/// A batch that did not commit.
+struct Failure {
+    /// Documents that go back to waiting on the queue (0 when the commit itself failed).
+    documents: u64,
+    error: String,
+    /// No retry can succeed until an operator fixes the configuration: fail the migration now.
+    fatal: bool,
+}
+
+/// Whether `error` blames the provider's configuration rather than the moment: a wrong key,
+/// URL or model name, or vectors of the wrong size.
+fn is_misconfiguration(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::WrongShape { .. }
+            | ServiceError::Embed {
+                source: EmbedError::Misconfigured(_),
+                ..
+            }
+    )
 }
 
 /// Exponential back-off for the `failures`-th consecutive failure, capped.

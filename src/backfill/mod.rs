@@ -58,13 +58,15 @@ pub struct Backfill {
 }
 
 impl Backfill {
-    /// Wires the pool; nothing runs until `spawn`.
+    /// Wires the pool; nothing runs until `spawn`. A migration fails after `max_failed_batches`
+    /// consecutive failed batches.
     pub fn new(
         coordinator: Arc<Coordinator>,
         store: Arc<dyn Store>,
         documents: Arc<Documents>,
+        max_failed_batches: u32,
     ) -> Self {
-        let batches = batch::BatchRunner::new(coordinator.clone(), documents.clone());
+        let batches = batch::BatchRunner::new(coordinator.clone(), documents, max_failed_batches);
         Self {
             coordinator,
             store,

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod migration;
 pub mod progress;
+pub mod retry;
 pub mod routing;
 
 #[cfg(test)]
@@ -15,5 +16,6 @@ mod proptests;
 
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
-pub use progress::{ProgressSnapshot, ThroughputMeter};
+pub use progress::{Pace, ProgressSnapshot, ThroughputMeter, estimate_secs, estimate_tokens};
+pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
 pub use routing::{Phase, Route, Routing, route};

@@ -218,3 +218,38 @@ mod tests {
         }
     }
 }
+
+/// A provider's client-side budget, as far as estimates need it; `None` means unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pace {
+    /// Inputs per request.
+    pub max_batch: Option<usize>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// Estimated tokens of a text of `chars` characters: about four characters a token for
+/// English, rounded up (the same rule the providers' pacing uses).
+pub fn estimate_tokens(chars: u64) -> u64 {
+    chars.div_ceil(4)
+}
+
+/// Seconds a backfill of `documents` texts totalling `tokens` takes at `pace`, when the
+/// pace bounds it; `None` when neither budget is set (the provider's own speed decides).
+pub fn estimate_secs(documents: u64, tokens: u64, batch_size: u32, pace: Pace) -> Option<f64> {
+    let per_request = pace
+        .max_batch
+        .map_or(batch_size as u64, |m| (m as u64).min(batch_size as u64))
+        .max(1);
+    let requests = documents.div_ceil(per_request);
+    let by_requests = pace
+        .requests_per_minute
+        .map(|rpm| requests as f64 * 60.0 / rpm as f64);
+    let by_tokens = pace
+        .tokens_per_minute
+        .map(|tpm| tokens as f64 * 60.0 / tpm as f64);
+    match (by_requests, by_tokens) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (one, other) => one.or(other),
+    }
+}

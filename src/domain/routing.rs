@@ -41,6 +41,20 @@ pub struct Routing {
     pub progress: f64,
 }
 
+impl Routing {
+    /// Whether a write may go ahead without `model` when its embedder fails: only the target of
+    /// a dual write while migrating, because the store then queues the document and the
+    /// backfill embeds it before completion. Every other write model is required.
+    pub fn is_best_effort_write(&self, model: &str) -> bool {
+        self.phase == Phase::Migrating
+            && self.write_route == Route::DualWrite
+            && self
+                .write_models
+                .last()
+                .is_some_and(|target| target == model)
+    }
+}
+
 /// Routes for `latest` (the newest migration, if any) at `now`; `active_model` is used only
 /// when no migration ever ran, since every migration's source is the model active before it.
 pub fn route(active_model: &str, latest: Option<&Migration>, now: DateTime<Utc>) -> Routing {

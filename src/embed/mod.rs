@@ -2,13 +2,21 @@
 //!
 //! Every model the service may write or query with is registered once at start-up in a
 //! `ModelRegistry`; the rest of the service looks models up by id and never builds one.
-//! `builtin` holds the two offline hash models that make the service usable without a provider.
+//! `builtin` holds the two offline hash models that make the service usable without a provider;
+//! `openai` speaks the OpenAI-compatible embeddings API (paced by `pacing`); `registry_file`
+//! builds the registry from `reembed.toml`.
 
 pub mod builtin;
+pub mod openai;
+pub mod pacing;
+pub mod registry_file;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::domain::Pace;
 
 use builtin::HashEmbedder;
 
@@ -34,6 +42,11 @@ pub enum EmbedError {
     /// Permanent for this input: retrying the same text will fail the same way.
     #[error("input rejected by the model: {0}")]
     Rejected(String),
+    /// Permanent for every input: the provider refuses us (bad credentials, wrong URL or model
+    /// name) or answers in a shape the registry does not promise. Unlike `Rejected` no text is
+    /// to blame, so no document may be skipped for it; an operator must fix the configuration.
+    #[error("embedding provider misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 /// A model that turns texts into vectors; implemented by the built-in models and by providers.
@@ -45,6 +58,30 @@ pub trait Embedder: Send + Sync + 'static {
     /// Embeds a batch: one L2-normalised vector of `dimensions()` per text, in the order of
     /// `texts`. Batches let providers amortise a request over many texts.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// Embeds a search query. Separate from `embed` because instruction-tuned models (e5,
+    /// bge) want queries and documents marked differently; by default a query is embedded
+    /// like a document.
+    async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let vectors = self.embed(&[text.to_owned()]).await?;
+        let [vector]: [Vec<f32>; 1] = vectors.try_into().map_err(|vectors: Vec<_>| {
+            EmbedError::Unavailable(format!("{} vectors for one query", vectors.len()))
+        })?;
+        Ok(vector)
+    }
+
+    /// Total time callers have spent held back by client-side pacing and back-off (summed
+    /// over concurrent callers), for the metrics: a migration that crawls because of rate
+    /// limits should say so. Zero for models that are never throttled.
+    fn throttled(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// The client-side budget the model is paced at, for `dry_run` estimates; unbounded for
+    /// models that only spend CPU.
+    fn pace(&self) -> Pace {
+        Pace::default()
+    }
 }
 
 /// The models this process can embed with, and the one a new data directory starts with.

@@ -52,12 +52,13 @@ pub struct WriteOutcome {
 }
 
 /// How one committed transaction changed the counts of a migration, so the in-memory copy can
-/// follow the database without re-reading it. Signed because a delete shrinks `total`.
+/// follow the database without re-reading it. `total` is signed because a delete shrinks it,
+/// `skipped` because re-queueing the skipped documents takes them off the skip list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountsDelta {
     pub total: i64,
     pub processed: u64,
-    pub skipped: u64,
+    pub skipped: i64,
     pub failed: u64,
 }
 
@@ -72,7 +73,7 @@ impl CountsDelta {
         Counts {
             total: counts.total.saturating_add_signed(self.total),
             processed: counts.processed + self.processed,
-            skipped: counts.skipped + self.skipped,
+            skipped: counts.skipped.saturating_add_signed(self.skipped),
             failed: counts.failed + self.failed,
         }
     }
@@ -175,6 +176,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored vector of `model` as (id, version, vector), to rebuild the in-memory index.
     async fn vectors(&self, model: &str) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError>;
 
+    /// What a migration to `target_model` would embed now: the documents lacking a current
+    /// vector of it, and their total text length in characters (for `dry_run` estimates).
+    async fn backfill_estimate(&self, target_model: &str) -> Result<(u64, u64), StoreError>;
+
     /// Inserts a new planned migration.
     async fn insert_migration(&self, migration: &Migration) -> Result<(), StoreError>;
     /// Moves a planned migration to `migration` (in progress) and, in the same transaction,
@@ -215,6 +220,10 @@ pub trait Store: Send + Sync + 'static {
         failed: u64,
     ) -> Result<BatchReceipt, StoreError>;
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError>;
+    /// Puts every skipped document that still exists back on the migration's queue and clears
+    /// its skip list, in one transaction: skipped shrinks by the list's length, and total by
+    /// the skipped documents deleted since (they have nothing left to embed).
+    async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError>;
 
     /// Flushes and closes the database at shutdown.
     async fn close(&self);

@@ -252,6 +252,22 @@ impl Store for SqliteStore {
         rows.iter().map(decode_vector_row).collect()
     }
 
+    async fn backfill_estimate(&self, target_model: &str) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS documents, COALESCE(SUM(LENGTH(d.text)), 0) AS chars
+             FROM documents d
+             LEFT JOIN vectors v ON v.model = ?1 AND v.doc_id = d.id
+             WHERE v.doc_id IS NULL OR v.version < d.version",
+        )
+        .bind(target_model)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let documents = stored_u64(column(&row, "documents")?, "document count")?;
+        let chars = stored_u64(column(&row, "chars")?, "text length")?;
+        Ok((documents, chars))
+    }
+
     async fn insert_migration(&self, migration: &Migration) -> Result<(), StoreError> {
         insert_migration_row(&self.writer, migration).await
     }
@@ -384,6 +400,37 @@ impl Store for SqliteStore {
         .await
         .map_err(store_error)?;
         rows.iter().map(decode_skip).collect()
+    }
+
+    async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let requeued = sqlx::query(
+            "INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id)
+             SELECT DISTINCT s.migration_id, s.doc_id FROM skips s
+             JOIN documents d ON d.id = s.doc_id
+             WHERE s.migration_id = ?1",
+        )
+        .bind(migration_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        let listed = sqlx::query("DELETE FROM skips WHERE migration_id = ?1")
+            .bind(migration_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+        let delta = CountsDelta {
+            total: sql_int(requeued)? - sql_int(listed)?,
+            skipped: -sql_int(listed)?,
+            ..CountsDelta::default()
+        };
+        if !delta.is_zero() {
+            apply_delta(&mut tx, migration_id, delta).await?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(delta)
     }
 
     async fn close(&self) {
@@ -569,7 +616,7 @@ async fn apply_delta(
     .bind(migration_id)
     .bind(delta.total)
     .bind(sql_int(delta.processed)?)
-    .bind(sql_int(delta.skipped)?)
+    .bind(delta.skipped)
     .bind(sql_int(delta.failed)?)
     .execute(&mut **tx)
     .await

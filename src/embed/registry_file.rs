@@ -1,0 +1,343 @@
+//! The model registry file (`--config reembed.toml`), read once at start-up.
+//!
+//! ```toml
+//! active_model = "hash-v1"
+//!
+//! [[models]]
+//! id = "hash-v1"
+//! provider = "builtin"
+//! dimensions = 256
+//!
+//! [[models]]
+//! id = "openai-small"
+//! provider = "openai"
+//! dimensions = 1536
+//! base_url = "https://api.openai.com/v1"
+//! model = "text-embedding-3-small"
+//! api_key_env = "OPENAI_API_KEY"
+//! ```
+//! `reembed.example.toml` lists every field. Unknown fields are errors, so a typo cannot
+//! silently drop a limit.
+//!
+//! Keys never sit in the file: `api_key_env` names the environment variable holding one, and a
+//! variable that is unset (or empty) stops start-up with its name — except for a loopback
+//! `base_url`, where local servers usually need no key and an unset variable means "send none".
+//! A model without `api_key_env` sends no key (keyless servers on a private network).
+//!
+//! Two environment variables override the file, so one file can serve several deployments:
+//! `REEMBED_ACTIVE_MODEL` replaces `active_model` (which, like the file's, only decides the
+//! model of a fresh store), and `REEMBED_MODEL_<ID>_BASE_URL` replaces a provider model's
+//! `base_url`, `<ID>` being its id uppercased with every other character than A-Z and 0-9
+//! turned into `_` (`openai-small` → `REEMBED_MODEL_OPENAI_SMALL_BASE_URL`). Empty values are
+//! ignored.
+
+use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use super::builtin::HashEmbedder;
+use super::openai::{DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, OpenAiEmbedder, OpenAiSettings};
+use super::{Embedder, ModelInfo, ModelRegistry};
+
+/// The environment variable that overrides `active_model`.
+pub const ACTIVE_MODEL_ENV: &str = "REEMBED_ACTIVE_MODEL";
+
+/// Why the registry file could not become a registry; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file is missing or unreadable.
+    #[error("cannot read the model registry {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, a missing or unknown field, a value of the wrong type or zero where a count
+    /// is expected; the message points at the line.
+    #[error("invalid model registry: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Also when two ids differ only in case or punctuation: their environment variables
+    /// would be the same.
+    #[error("model id {0:?} is configured twice (or twice up to case and punctuation)")]
+    DuplicateId(String),
+    /// `active_model` (or `REEMBED_ACTIVE_MODEL`) names no configured model.
+    #[error("active_model {0:?} is not among the configured models")]
+    UnknownActiveModel(String),
+    /// A model's fields do not fit together: a builtin that does not exist, a missing
+    /// `base_url`, a URL that is not http(s), a key where a variable name belongs.
+    #[error("model {model}: {message}")]
+    InvalidModel { model: String, message: String },
+    /// The variable named by `api_key_env` is unset or empty, and the server is not local.
+    #[error("model {model}: environment variable {variable} (its api_key_env) is not set")]
+    MissingKey { model: String, variable: String },
+}
+
+/// The file's shape.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    active_model: String,
+    models: Vec<ModelTable>,
+}
+
+/// One `[[models]]` table. Flat rather than an enum tagged by `provider`, so that a parse
+/// error points at the offending line instead of the first `[[models]]`; which fields each
+/// provider takes is checked in `build`. See `OpenAiSettings` for the meaning of each field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelTable {
+    id: String,
+    provider: Provider,
+    dimensions: NonZeroUsize,
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key_env: Option<String>,
+    send_dimensions: Option<bool>,
+    max_batch: Option<NonZeroUsize>,
+    requests_per_minute: Option<NonZeroU32>,
+    tokens_per_minute: Option<NonZeroU32>,
+    timeout_secs: Option<NonZeroU64>,
+    query_prefix: Option<String>,
+    document_prefix: Option<String>,
+}
+
+/// Who computes a model's vectors; also `ModelInfo::provider`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Provider {
+    /// `hash-v1` or `hash-v2`, computed in process.
+    Builtin,
+    /// An OpenAI-compatible embeddings server.
+    Openai,
+}
+
+/// Reads an environment variable; a parameter so tests need not touch the process's own.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// A registry entry ready to insert.
+type Built = (ModelInfo, Arc<dyn Embedder>);
+
+impl ModelRegistry {
+    /// The registry described by the TOML file at `path`, with the process environment's
+    /// overrides and keys.
+    pub fn from_file(path: &Path) -> Result<Self, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// The registry described by `text`, reading overrides and keys through `env`.
+    pub fn from_toml_str(text: &str, env: Env<'_>) -> Result<Self, RegistryError> {
+        let mut file: RegistryFile = toml::from_str(text)?;
+        if let Some(active) = non_empty(env, ACTIVE_MODEL_ENV) {
+            file.active_model = active;
+        }
+        check_ids(&file)?;
+        let mut registry = ModelRegistry::new(file.active_model);
+        for table in file.models {
+            let (info, embedder) = table.build(env)?;
+            registry.insert(info, embedder);
+        }
+        Ok(registry)
+    }
+}
+
+/// The variable overriding the `base_url` of the model `id`.
+pub fn base_url_env_var(id: &str) -> String {
+    format!("REEMBED_MODEL_{}_BASE_URL", env_key(id))
+}
+
+fn env_key(id: &str) -> String {
+    id.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' => c.to_ascii_uppercase(),
+            _ => '_',
+        })
+        .collect()
+}
+
+/// Ids must be present and unique — also as environment keys, or one override would hit two models —
+/// and the active model must be one of them.
+fn check_ids(file: &RegistryFile) -> Result<(), RegistryError> {
+    let mut keys = std::collections::HashSet::new();
+    for table in &file.models {
+        if table.id.trim().is_empty() {
+            return Err(invalid(&table.id, "id must not be blank"));
+        }
+        if !keys.insert(env_key(&table.id)) {
+            return Err(RegistryError::DuplicateId(table.id.clone()));
+        }
+    }
+    match file
+        .models
+        .iter()
+        .any(|table| table.id == file.active_model)
+    {
+        true => Ok(()),
+        false => Err(RegistryError::UnknownActiveModel(file.active_model.clone())),
+    }
+}
+
+impl ModelTable {
+    fn build(self, env: Env<'_>) -> Result<Built, RegistryError> {
+        match self.provider {
+            Provider::Builtin => self.build_builtin(),
+            Provider::Openai => self.build_openai(env),
+        }
+    }
+
+    fn build_builtin(self) -> Result<Built, RegistryError> {
+        if let Some(field) = self.openai_fields_set().first() {
+            let message = format!("{field} is for provider = \"openai\" only");
+            return Err(invalid(&self.id, &message));
+        }
+        let embedder = match self.id.as_str() {
+            "hash-v1" => HashEmbedder::hash_v1(),
+            "hash-v2" => HashEmbedder::hash_v2(),
+            _ => {
+                return Err(invalid(
+                    &self.id,
+                    "the builtin models are hash-v1 and hash-v2",
+                ));
+            }
+        };
+        let (fixed, asked) = (embedder.dimensions(), self.dimensions.get());
+        if asked != fixed {
+            let message = format!("{} has {fixed} dimensions, not {asked}", self.id);
+            return Err(invalid(&self.id, &message));
+        }
+        Ok((model_info(self.id, "builtin", fixed), Arc::new(embedder)))
+    }
+
+    /// The fields only an `openai` model takes that this table sets.
+    fn openai_fields_set(&self) -> Vec<&'static str> {
+        [
+            ("base_url", self.base_url.is_some()),
+            ("model", self.model.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
+            ("send_dimensions", self.send_dimensions.is_some()),
+            ("max_batch", self.max_batch.is_some()),
+            ("requests_per_minute", self.requests_per_minute.is_some()),
+            ("tokens_per_minute", self.tokens_per_minute.is_some()),
+            ("timeout_secs", self.timeout_secs.is_some()),
+            ("query_prefix", self.query_prefix.is_some()),
+            ("document_prefix", self.document_prefix.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(field, set)| set.then_some(field))
+        .collect()
+    }
+
+    fn build_openai(self, env: Env<'_>) -> Result<Built, RegistryError> {
+        let id = self.id.clone();
+        let base_url = non_empty(env, &base_url_env_var(&id))
+            .or_else(|| self.base_url.clone())
+            .ok_or_else(|| invalid(&id, "base_url is required for provider = \"openai\""))?;
+        let base_url = parse_base_url(&base_url).map_err(|message| invalid(&id, &message))?;
+        let api_key = self.api_key(&base_url, env)?;
+        let dimensions = self.dimensions.get();
+        let settings = self.openai_settings(base_url, api_key)?;
+        let embedder = OpenAiEmbedder::new(settings).map_err(|e| invalid(&id, &e.to_string()))?;
+        Ok((model_info(id, "openai", dimensions), Arc::new(embedder)))
+    }
+
+    /// The key named by `api_key_env` (see the module doc for when it may be missing).
+    fn api_key(&self, base_url: &Url, env: Env<'_>) -> Result<Option<String>, RegistryError> {
+        let Some(variable) = &self.api_key_env else {
+            return Ok(None);
+        };
+        if !is_variable_name(variable) {
+            let message = "api_key_env must name an environment variable (letters, digits, `_`), \
+                           never hold the key itself";
+            return Err(invalid(&self.id, message));
+        }
+        match non_empty(env, variable) {
+            Some(key) => Ok(Some(key)),
+            None if is_loopback(base_url) => Ok(None),
+            None => Err(RegistryError::MissingKey {
+                model: self.id.clone(),
+                variable: variable.clone(),
+            }),
+        }
+    }
+
+    fn openai_settings(
+        self,
+        base_url: Url,
+        api_key: Option<String>,
+    ) -> Result<OpenAiSettings, RegistryError> {
+        let model = self.model.filter(|model| !model.trim().is_empty());
+        let Some(model) = model else {
+            let message = "model is required for provider = \"openai\": the provider's model name";
+            return Err(invalid(&self.id, message));
+        };
+        let timeout = self
+            .timeout_secs
+            .map(|secs| Duration::from_secs(secs.get()));
+        Ok(OpenAiSettings {
+            api_key,
+            send_dimensions: self.send_dimensions.unwrap_or(false),
+            max_batch: self.max_batch.unwrap_or(DEFAULT_MAX_BATCH),
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+            query_prefix: self.query_prefix.unwrap_or_default(),
+            document_prefix: self.document_prefix.unwrap_or_default(),
+            ..OpenAiSettings::new(base_url, model, self.dimensions.get())
+        })
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("base_url {text:?}: {error}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err(format!(
+            "base_url {text:?} must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+/// Whether `url` points at this machine, where servers usually run without keys.
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn non_empty(env: Env<'_>, name: &str) -> Option<String> {
+    env(name).filter(|value| !value.is_empty())
+}
+
+fn model_info(id: String, provider: &str, dimensions: usize) -> ModelInfo {
+    ModelInfo {
+        id,
+        provider: provider.into(),
+        dimensions,
+    }
+}
+
+fn invalid(model: &str, message: &str) -> RegistryError {
+    RegistryError::InvalidModel {
+        model: model.into(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+#[path = "registry_file_tests.rs"]
+mod tests;
