@@ -1,0 +1,278 @@
+//! Bad input (API.md status table): each case asserts the status, the problem type, and that
+//! the rejected request changed nothing. Never a 500 for bad input.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, TestApp};
+use crate::wire::Migration;
+
+/// What a rejected request must leave as it was: the documents and the migrations.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    documents: Vec<(String, u64, String)>,
+    migrations: Vec<Migration>,
+}
+
+async fn snapshot(api: &Api) -> Snapshot {
+    let docs = api.all_documents(1000).await;
+    Snapshot {
+        documents: docs
+            .into_iter()
+            .map(|d| (d.id, d.version, d.text))
+            .collect(),
+        migrations: api.migrations().await,
+    }
+}
+
+/// A server with one document (`kept`, version 1) and a planned migration `mig-1`.
+async fn app_with_state() -> TestApp {
+    let app = TestApp::spawn().await;
+    app.put_document("kept", "the original text").await;
+    let body = json!({ "id": "mig-1", "target_model": "hash-v2", "start": false });
+    app.start_migration(&body).await;
+    app
+}
+
+/// Sends `body` as JSON text and asserts `status`/`slug` and that nothing changed.
+async fn assert_rejected(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: &str,
+    status: u16,
+    slug: &str,
+) {
+    let before = snapshot(app).await;
+    let reply = app
+        .send_raw(method, path, Some(("application/json", body.to_owned())))
+        .await;
+    reply.problem(status, slug);
+    assert_eq!(
+        snapshot(app).await,
+        before,
+        "rejected {body} changed something: {reply}"
+    );
+}
+
+/// Every endpoint that takes a JSON body.
+const JSON_ENDPOINTS: [(&str, &str); 6] = [
+    ("PUT", "/v1/documents/kept"),
+    ("PUT", "/v1/documents/fresh"),
+    ("POST", "/v1/documents"),
+    ("POST", "/v1/migrations"),
+    ("PATCH", "/v1/migrations/mig-1/config"),
+    ("POST", "/v1/query"),
+];
+
+fn method(name: &str) -> Method {
+    name.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_400_malformed_body_everywhere() {
+    let app = app_with_state().await;
+    for (verb, path) in JSON_ENDPOINTS {
+        for body in [
+            r#"{"text": "cut off"#,
+            "not json at all",
+            r#"{"text": "x",}"#,
+            "",
+        ] {
+            assert_rejected(&app, method(verb), path, body, 400, "malformed-body").await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_field_types_and_missing_required_fields_are_400() {
+    let app = app_with_state().await;
+    let cases: [(&str, &str, Value); 13] = [
+        ("PUT", "/v1/documents/kept", json!({ "text": 5 })),
+        ("PUT", "/v1/documents/kept", json!({ "text": ["a"] })),
+        ("PUT", "/v1/documents/fresh", json!({})),
+        ("PUT", "/v1/documents/fresh", json!(["text"])),
+        (
+            "POST",
+            "/v1/documents",
+            json!({ "documents": { "id": "a", "text": "b" } }),
+        ),
+        (
+            "POST",
+            "/v1/documents",
+            json!({ "documents": [{ "id": "a" }] }),
+        ),
+        ("POST", "/v1/migrations", json!({ "target_model": 2 })),
+        (
+            "POST",
+            "/v1/migrations",
+            json!({ "target_model": "hash-v2", "config": { "batch_size": "ten" } }),
+        ),
+        (
+            "POST",
+            "/v1/migrations",
+            json!({ "target_model": "hash-v2", "start": "yes" }),
+        ),
+        ("POST", "/v1/migrations", json!({ "config": {} })),
+        (
+            "PATCH",
+            "/v1/migrations/mig-1/config",
+            json!({ "dual_write": "no" }),
+        ),
+        ("POST", "/v1/query", json!({ "text": "x", "top_k": "ten" })),
+        ("POST", "/v1/query", json!({ "top_k": 3 })),
+    ];
+    for (verb, path, body) in cases {
+        assert_rejected(
+            &app,
+            method(verb),
+            path,
+            &body.to_string(),
+            400,
+            "malformed-body",
+        )
+        .await;
+    }
+}
+
+/// Each out-of-range value is refused with 422 naming the field, on create and on PATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_config_is_422_invalid_config_naming_the_field() {
+    let cases = [
+        ("target_query_threshold", json!(1.5)),
+        ("target_query_threshold", json!(-0.1)),
+        ("batch_size", json!(0)),
+        ("batch_size", json!(10_001)),
+        ("batch_size", json!(-5)),
+        ("max_concurrent", json!(0)),
+        ("max_concurrent", json!(65)),
+        ("rollback_window_secs", json!(-1)),
+    ];
+    let app = TestApp::spawn().await;
+    for (field, value) in &cases {
+        let body = json!({ "target_model": "hash-v2", "config": { *field: value } });
+        let reply = app.create_migration(&body).await;
+        let problem = reply.problem(422, "invalid-config");
+        assert!(
+            problem.detail().contains(field),
+            "detail must name {field}: {reply}"
+        );
+        assert!(
+            app.migrations().await.is_empty(),
+            "a refused migration was recorded"
+        );
+    }
+    let body = json!({ "id": "m", "target_model": "hash-v2", "start": false });
+    let config = app.start_migration(&body).await.config;
+    for (field, value) in &cases {
+        let reply = app.patch_config("m", &json!({ *field: value })).await;
+        let problem = reply.problem(422, "invalid-config");
+        assert!(
+            problem.detail().contains(field),
+            "detail must name {field}: {reply}"
+        );
+        assert_eq!(
+            app.migration("m").await.config,
+            config,
+            "a refused PATCH changed the config"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_models_are_422() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        json!({ "target_model": "hash-v9" }),
+        json!({ "target_model": "hash-v1" }),
+        json!({ "source_model": "hash-v1", "target_model": "hash-v1" }),
+        json!({ "source_model": "hash-v2", "target_model": "hash-v1" }),
+        json!({ "source_model": "hash-v9", "target_model": "hash-v2" }),
+    ];
+    for body in cases {
+        let reply = app.create_migration(&body).await;
+        reply.problem(422, "invalid-config");
+        assert!(
+            app.migrations().await.is_empty(),
+            "{body} was recorded: {reply}"
+        );
+    }
+    assert_eq!(app.routing().await.phase, "stable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_documents_and_migrations_are_404() {
+    let app = app_with_state().await;
+    let before = snapshot(&app).await;
+    let mut replies = vec![
+        app.document_reply("missing").await,
+        app.delete("missing").await,
+        app.get("/v1/migrations/missing").await,
+        app.get("/v1/migrations/missing/progress").await,
+        app.get("/v1/migrations/missing/skips").await,
+        app.patch_config("missing", &json!({ "batch_size": 5 }))
+            .await,
+    ];
+    for action in ["start", "pause", "resume", "cancel", "rollback", "finalize"] {
+        replies.push(app.action("missing", action).await);
+    }
+    for reply in replies {
+        reply.problem(404, "not-found");
+    }
+    assert_eq!(snapshot(&app).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_with_one_invalid_document_writes_none() {
+    let app = app_with_state().await;
+    let invalid = [
+        json!({ "id": "bad", "text": 5 }),
+        json!({ "id": "bad" }),
+        json!({ "id": "", "text": "no id" }),
+    ];
+    for bad in invalid {
+        let before = snapshot(&app).await;
+        let good = [
+            json!({ "id": "good", "text": "fine" }),
+            json!({ "id": "kept", "text": "changed" }),
+        ];
+        let body = json!({ "documents": [good[0], bad, good[1]] });
+        let reply = app.bulk_reply(&body).await;
+        let problem = reply.any_problem();
+        assert!(matches!(problem.status, 400 | 422), "{reply}");
+        assert_eq!(
+            snapshot(&app).await,
+            before,
+            "a rejected bulk wrote something: {reply}"
+        );
+        app.document_reply("good").await.problem(404, "not-found");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_not_declared_as_json_gets_a_problem_document() {
+    let app = app_with_state().await;
+    let body = r#"{"text": "valid JSON, wrong content type"}"#;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let before = snapshot(&app).await;
+        let sent = content_type.map(|ct| (ct, body.to_owned()));
+        let reply = app.send_raw(Method::PUT, "/v1/documents/fresh", sent).await;
+        let problem = reply.any_problem();
+        assert!((400..500).contains(&problem.status), "{reply}");
+        assert_eq!(snapshot(&app).await, before);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_parameters_of_the_wrong_type_are_400_problem_documents() {
+    let app = app_with_state().await;
+    for query in ["limit=abc", "limit=-1", "limit=1.5"] {
+        let reply = app.get(&format!("/v1/documents?{query}")).await;
+        assert_eq!(reply.status, 400, "{reply}");
+        reply.any_problem();
+    }
+}

@@ -1,0 +1,25 @@
+//! Black-box tests of reembed's HTTP contract (API.md): every test talks to a real server over
+//! TCP, in-process on a port-0 listener or, for crash tests, as a child process.
+//!
+//! One binary keeps link time down; one module per resource keeps each file about one part of
+//! the contract. `helpers` holds `TestApp`, `client` its typed request methods, `wire` the response
+//! shapes, `probe` an instrumented hash-v2 embedder, `states` the way to each migration state.
+//! Set `TEST_LOG=1` to see the server's logs.
+
+mod client;
+mod helpers;
+mod probe;
+mod process;
+mod states;
+mod wire;
+
+mod backfill;
+mod bad_input;
+mod crash;
+mod documents;
+mod lifecycle;
+mod migrations;
+mod operations;
+mod query;
+mod routing;
+mod walkthrough;
