@@ -1,4 +1,8 @@
 # Mirrors the README: build the release binary, run `reembed serve` with data on a volume.
+#   docker build -t reembed .
+#   docker run -p 8080:8080 -v reembed-data:/var/lib/reembed/data \
+#              -e REEMBED_API_TOKEN=... reembed
+# Listening beyond loopback needs an API token (or --insecure behind an authenticating proxy).
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY . .

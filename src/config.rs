@@ -1,7 +1,10 @@
 //! Settings from the command line and the environment, parsed once at start-up.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +19,48 @@ pub struct Config {
     /// store's: then a store holding documents of another active model is refused at start-up
     /// (the active model changes only through a migration).
     pub registry_names_active_model: bool,
+    /// Bearer tokens for `/v1`, `/metrics` and `/`; `None` leaves them open (loopback use).
+    pub tokens: Option<Tokens>,
+    /// Request size and time limits.
+    pub limits: Limits,
+}
+
+/// The API tokens: `write` may do everything, `read` only GET and HEAD.
+#[derive(Clone)]
+pub struct Tokens {
+    pub write: String,
+    pub read: Option<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    // Never print a secret, not even in a debug log of the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens { .. }")
+    }
+}
+
+/// Limits that keep one request from hogging the service (API.md 413 / 422 / 503).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest request body; larger is 413.
+    pub max_body_bytes: usize,
+    /// Most documents in one bulk request; more is 422 naming the cap.
+    pub max_bulk_documents: usize,
+    /// Longest document text in bytes; longer is 422 naming the cap.
+    pub max_text_bytes: usize,
+    /// Longest time to produce a response's head; longer is 503 (streams are not cut).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_bulk_documents: 1000,
+            max_text_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Default of `--max-failed-batches`: enough to ride out a provider's brief hiccup (each
@@ -30,6 +75,8 @@ impl Config {
             data_dir: data_dir.into(),
             max_failed_batches: DEFAULT_MAX_FAILED_BATCHES,
             registry_names_active_model: false,
+            tokens: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -58,6 +105,10 @@ pub enum Command {
     /// Print the OpenAPI document (regenerate the checked-in copy with
     /// `cargo run -- openapi > openapi/openapi.json`).
     Openapi,
+    /// The client subcommands (import, migrate, status, pause, ...), which talk to a running
+    /// service over HTTP.
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Flags of `reembed serve`.
@@ -76,17 +127,80 @@ pub struct ServeArgs {
     #[arg(long, env = "REEMBED_MAX_FAILED_BATCHES", default_value_t = DEFAULT_MAX_FAILED_BATCHES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_failed_batches: u32,
+    /// File holding the API token (one line). `REEMBED_API_TOKEN` gives it directly instead.
+    #[arg(long, env = "REEMBED_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// File holding a read-only token (GET and HEAD only). Or `REEMBED_READ_TOKEN`.
+    #[arg(long, env = "REEMBED_READ_TOKEN_FILE")]
+    pub read_token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without an API token (anyone who reaches the port can
+    /// change or delete documents).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Largest request body in bytes (larger is 413).
+    #[arg(long, env = "REEMBED_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+    /// Most documents in one bulk request (more is 422).
+    #[arg(long, env = "REEMBED_MAX_BULK_DOCUMENTS", default_value_t = Limits::default().max_bulk_documents)]
+    pub max_bulk_documents: usize,
+    /// Longest document text in bytes (longer is 422).
+    #[arg(long, env = "REEMBED_MAX_TEXT_BYTES", default_value_t = Limits::default().max_text_bytes)]
+    pub max_text_bytes: usize,
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, env = "REEMBED_REQUEST_TIMEOUT_SECS", default_value_t = Limits::default().request_timeout.as_secs())]
+    pub request_timeout_secs: u64,
 }
 
 impl ServeArgs {
-    /// The library config these flags describe.
-    pub fn config(&self) -> Config {
-        Config {
+    /// The library config these flags and the environment describe. Fails when a token file
+    /// cannot be read, or when listening beyond loopback without a token and `--insecure`.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let tokens = self.tokens()?;
+        if tokens.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
+            anyhow::bail!(
+                "refusing to listen on {} without an API token: anyone who can reach it could \
+                 change or delete your documents. Set REEMBED_API_TOKEN (or --api-token-file), \
+                 or pass --insecure if a proxy in front of reembed authenticates",
+                self.listen
+            );
+        }
+        Ok(Config {
             data_dir: self.data_dir.clone(),
             max_failed_batches: self.max_failed_batches,
             registry_names_active_model: self.config_file.is_some(),
+            tokens,
+            limits: Limits {
+                max_body_bytes: self.max_body_bytes,
+                max_bulk_documents: self.max_bulk_documents,
+                max_text_bytes: self.max_text_bytes,
+                request_timeout: Duration::from_secs(self.request_timeout_secs),
+            },
+        })
+    }
+
+    fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
+        let write = secret("REEMBED_API_TOKEN", self.api_token_file.as_deref())?;
+        let read = secret("REEMBED_READ_TOKEN", self.read_token_file.as_deref())?;
+        match (write, read) {
+            (Some(write), read) => Ok(Some(Tokens { write, read })),
+            (None, Some(_)) => {
+                anyhow::bail!("a read-only token needs an API token too (REEMBED_API_TOKEN)")
+            }
+            (None, None) => Ok(None),
         }
     }
+}
+
+/// A secret from `file` (first line, trimmed) or else the environment variable `var`; an empty
+/// value counts as absent.
+fn secret(var: &str, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let value = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?,
+        None => std::env::var(var).unwrap_or_default(),
+    };
+    let value = value.lines().next().unwrap_or_default().trim().to_owned();
+    Ok(Some(value).filter(|v| !v.is_empty()))
 }
 
 impl Cli {

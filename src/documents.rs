@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use serde_json::Value;
 
 use crate::coordinator::Coordinator;
-use crate::domain::Routing;
-use crate::embed::{EmbedError, ModelRegistry};
+use crate::domain::{Route, Routing};
+use crate::embed::{EmbedError, Embedder, ModelRegistry};
 use crate::index::IndexSet;
 use crate::store::{
     BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, WriteOutcome, WriteReceipt,
@@ -103,6 +104,7 @@ impl Documents {
             let (writes, embedded_with) = self.embed_for_write(docs, &routing).await?;
             match self.commit_writes(writes).await {
                 Ok(outcomes) => {
+                    count_route("write", routing.write_route);
                     return Ok(Upserted {
                         outcomes,
                         embedded_with,
@@ -157,16 +159,10 @@ impl Documents {
         model: &str,
         texts: &[String],
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
-        let fail = |source| ServiceError::Embed {
-            model: model.to_owned(),
-            source,
-        };
-        let embedder = self.models.get(model).ok_or_else(|| {
-            fail(EmbedError::Unavailable(format!(
-                "model {model} is not configured"
-            )))
-        })?;
-        let vectors = embedder.embed(texts).await.map_err(fail)?;
+        let embedder = self.embedder(model)?;
+        let started = Instant::now();
+        let result = embedder.embed(texts).await;
+        let vectors = observed(model, started, result)?;
         check_shape(model, embedder.dimensions(), texts.len(), &vectors)?;
         Ok(vectors)
     }
@@ -174,19 +170,24 @@ impl Documents {
     /// Embeds a search query with `model`, which may mark queries apart from documents
     /// (`Embedder::embed_query`), checking the promised dimensions as `embed` does.
     async fn embed_query(&self, model: &str, text: &str) -> Result<Vec<f32>, ServiceError> {
-        let fail = |source| ServiceError::Embed {
-            model: model.to_owned(),
-            source,
-        };
-        let embedder = self.models.get(model).ok_or_else(|| {
-            fail(EmbedError::Unavailable(format!(
-                "model {model} is not configured"
-            )))
-        })?;
-        let vector = embedder.embed_query(text).await.map_err(fail)?;
-        let vectors = std::slice::from_ref(&vector);
-        check_shape(model, embedder.dimensions(), 1, vectors)?;
+        let embedder = self.embedder(model)?;
+        let started = Instant::now();
+        let result = embedder.embed_query(text).await;
+        let vector = observed(model, started, result)?;
+        check_shape(
+            model,
+            embedder.dimensions(),
+            1,
+            std::slice::from_ref(&vector),
+        )?;
         Ok(vector)
+    }
+
+    fn embedder(&self, model: &str) -> Result<&Arc<dyn Embedder>, ServiceError> {
+        self.models.get(model).ok_or_else(|| ServiceError::Embed {
+            model: model.to_owned(),
+            source: EmbedError::Unavailable(format!("model {model} is not configured")),
+        })
     }
 
     async fn commit_writes(
@@ -260,6 +261,7 @@ impl Documents {
         top_k: usize,
     ) -> Result<(Routing, Vec<QueryHit>), ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
+        count_route("query", routing.query_route);
         let query = self.embed_query(&routing.query_model, text).await?;
         let hits = self.indexes.search(&routing.query_model, &query, top_k);
         let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
@@ -304,4 +306,39 @@ fn check_shape(
         )),
         None => Ok(()),
     }
+}
+
+/// Records an embedder call in the metrics (count, errors by kind, latency) and names the
+/// model in its error.
+fn observed<T>(
+    model: &str,
+    started: Instant,
+    result: Result<T, EmbedError>,
+) -> Result<T, ServiceError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(EmbedError::Unavailable(_)) => "unavailable",
+        Err(EmbedError::Rejected(_)) => "rejected",
+        Err(EmbedError::Misconfigured(_)) => "misconfigured",
+    };
+    let model_label = model.to_owned();
+    metrics::counter!("reembed_embed_requests_total", "model" => model_label.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("reembed_embed_duration_seconds", "model" => model_label)
+        .record(started.elapsed().as_secs_f64());
+    result.map_err(|source| ServiceError::Embed {
+        model: model.to_owned(),
+        source,
+    })
+}
+
+/// Counts one routing decision a write or query followed.
+fn count_route(operation: &'static str, route: Route) {
+    let route = match route {
+        Route::Legacy => "legacy",
+        Route::Target => "target",
+        Route::DualWrite => "dual_write",
+    };
+    metrics::counter!("reembed_routing_decisions_total", "operation" => operation, "route" => route)
+        .increment(1);
 }

@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod backfill;
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod documents;
@@ -57,6 +58,8 @@ pub async fn serve(
     models: ModelRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Install the recorder before anything counts, so no early sample is lost.
+    telemetry::metrics();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.data_dir)
             .await
@@ -83,13 +86,14 @@ pub async fn serve(
     window::spawn(coordinator.clone(), &workers, stop_workers.clone());
 
     let state = AppState {
+        limits: config.limits,
         coordinator,
         documents,
         store: store.clone(),
         models,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    axum::serve(listener, api::app(state))
+    axum::serve(listener, api::app(state, config.tokens.clone()))
         .with_graceful_shutdown(shutdown)
         .await
         .context("HTTP server failed")?;

@@ -15,11 +15,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", reembed::api::openapi().to_pretty_json()?);
             Ok(())
         }
+        Command::Client(command) => std::process::exit(reembed::cli::run(command).await),
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     reembed::telemetry::init();
+    let config = args.config()?;
     let models = match &args.config_file {
         Some(path) => ModelRegistry::from_file(path)?,
         None => ModelRegistry::builtin(),
@@ -31,7 +33,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("reembed listening on http://{addr}");
     std::io::stdout().flush()?;
-    reembed::serve(listener, args.config(), models, shutdown_signal()).await
+    reembed::serve(listener, config, models, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

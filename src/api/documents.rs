@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, AppJson, AppQuery, Problem, objects};
+use crate::config::Limits;
 use crate::documents::{NewDocument, Upserted};
 use crate::domain::Route;
 use crate::store::StoredDocument;
@@ -123,6 +124,19 @@ impl From<StoredDocument> for DocumentView {
     }
 }
 
+/// Checks one document against the id rule and the configured text cap.
+fn validate_document(id: &str, text: &str, limits: &Limits) -> Result<(), ApiError> {
+    validate_id(id)?;
+    if text.len() > limits.max_text_bytes {
+        return Err(ApiError::InvalidValue(format!(
+            "text: document {id} has {} bytes; the limit is {} (--max-text-bytes)",
+            text.len(),
+            limits.max_text_bytes
+        )));
+    }
+    Ok(())
+}
+
 fn validate_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(ApiError::InvalidValue(format!(
@@ -161,7 +175,7 @@ pub async fn put_document(
     Path(id): Path<String>,
     AppJson(body): AppJson<PutDocument>,
 ) -> Result<AppJson<WriteResult>, ApiError> {
-    validate_id(&id)?;
+    validate_document(&id, &body.text, &state.limits)?;
     let doc = NewDocument {
         id,
         text: body.text,
@@ -183,8 +197,15 @@ pub async fn bulk_upsert(
     State(state): State<AppState>,
     AppJson(body): AppJson<BulkBody>,
 ) -> Result<AppJson<BulkResult>, ApiError> {
+    let cap = state.limits.max_bulk_documents;
+    if body.documents.len() > cap {
+        return Err(ApiError::InvalidValue(format!(
+            "documents: {} in one request; the limit is {cap} (--max-bulk-documents)",
+            body.documents.len()
+        )));
+    }
     for doc in &body.documents {
-        validate_id(&doc.id)?;
+        validate_document(&doc.id, &doc.text, &state.limits)?;
     }
     let docs: Vec<NewDocument> = body
         .documents

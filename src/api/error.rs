@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use crate::coordinator::CoordinatorError;
 use crate::documents::ServiceError;
 use crate::domain::{ConfigError, TransitionError};
+use crate::embed::EmbedError;
 use crate::store::StoreError;
 
 /// An RFC 9457 problem document (`application/problem+json`).
@@ -38,6 +39,12 @@ pub enum ApiError {
     /// 400: a query-string parameter does not parse.
     #[error("{0}")]
     MalformedQuery(String),
+    /// 401: an API token is configured and the request lacks the right one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the read-only token tried to change something.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: unknown document, migration, model or route.
     #[error("{0}")]
     NotFound(String),
@@ -81,6 +88,8 @@ impl ApiError {
                 "malformed-query",
                 "Malformed query string",
             ),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             InvalidTransition(_) => (
                 StatusCode::CONFLICT,
@@ -135,10 +144,17 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
         };
         let mut response = (status, axum::Json(problem)).into_response();
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"reembed\""),
+            );
+        }
         response
     }
 }
@@ -171,6 +187,10 @@ impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
             ServiceError::Store(store) => store.into(),
+            ServiceError::Embed {
+                model,
+                source: EmbedError::Rejected(reason),
+            } => Self::InvalidValue(format!("text: the model {model} rejects it: {reason}")),
             ServiceError::Embed { .. } | ServiceError::WrongShape { .. } => {
                 tracing::error!(%error, "embedding failed");
                 Self::Unavailable("the embedding provider is unavailable; retry later".to_owned())

@@ -146,9 +146,7 @@ impl From<Migration> for MigrationView {
 impl ProgressView {
     /// The report of `p`, with the target model's throttled time from `models`.
     pub fn new(p: Progress, models: &ModelRegistry) -> Self {
-        let throttled_secs = models
-            .get(&p.migration.target_model)
-            .map_or(0.0, |e| e.throttled().as_secs_f64());
+        let throttled_secs = models.throttled(&p.migration.target_model).as_secs_f64();
         let m = p.migration;
         Self {
             id: m.id,
@@ -223,7 +221,7 @@ async fn preflight(state: &AppState, target: &str) -> Result<(), ApiError> {
         Err(
             error @ (ServiceError::WrongShape { .. }
             | ServiceError::Embed {
-                source: EmbedError::Rejected(_),
+                source: EmbedError::Rejected(_) | EmbedError::Misconfigured(_),
                 ..
             }),
         ) => Err(ApiError::InvalidConfig(format!(

@@ -1,18 +1,26 @@
 //! The HTTP face of reembed: thin handlers grouped by resource, registered together with
 //! their OpenAPI description (utoipa-axum), so the served spec cannot drift from the routes.
 
+pub mod auth;
 pub mod documents;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod metrics;
 pub mod migrations;
+pub mod page;
 pub mod query;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
 use axum::http::{HeaderName, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -20,14 +28,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::config::{Limits, Tokens};
 use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::embed::ModelRegistry;
 use crate::store::Store;
 use error::ApiError;
-
-/// Largest accepted request body.
-pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 
 /// What every handler can reach; cheap to clone.
 #[derive(Clone)]
@@ -36,6 +42,7 @@ pub struct AppState {
     pub documents: Arc<Documents>,
     pub store: Arc<dyn Store>,
     pub models: ModelRegistry,
+    pub limits: Limits,
 }
 
 #[derive(OpenApi)]
@@ -80,6 +87,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(migrations::retry_skips))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::get_metrics))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at `openapi/openapi.json`.
@@ -89,14 +97,19 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The application: routes, `/openapi.json`, `/docs`, problem+json for unknown routes, a body
 /// limit, and a request id on every request's log lines and response.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
     let (router, spec) = routes().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
+    let limits = state.limits;
     router
+        .route_layer(middleware::from_fn(metrics::track_requests))
+        .merge(page::routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .fallback(unknown_route)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(limits.request_timeout, answer_within))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(tokens.map(Arc::new), auth::require_token))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let id = request
@@ -107,6 +120,23 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Middleware: a response whose head is not ready within `timeout` becomes a 503. The body of
+/// a streaming response (the SSE feed) is not limited.
+async fn answer_within(
+    State(timeout): State<Duration>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    tokio::time::timeout(timeout, next.run(request))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "no answer within {}s; retry later",
+                timeout.as_secs_f64()
+            ))
+        })
 }
 
 async fn unknown_route() -> ApiError {

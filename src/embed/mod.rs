@@ -138,6 +138,13 @@ impl ModelRegistry {
         self.position(id).map(|at| &self.entries[at].1)
     }
 
+    /// Time callers of model `id` have spent throttled (`Embedder::throttled`); zero for an
+    /// unknown id.
+    pub fn throttled(&self, id: &str) -> Duration {
+        self.get(id)
+            .map_or(Duration::ZERO, |embedder| embedder.throttled())
+    }
+
     /// The description of the model registered as `id`.
     pub fn info(&self, id: &str) -> Option<&ModelInfo> {
         self.position(id).map(|at| &self.entries[at].0)

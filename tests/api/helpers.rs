@@ -97,14 +97,30 @@ impl TestApp {
         Self::spawn_in(dir, models).await
     }
 
+    /// `models` served on a fresh data directory with the default `Config` changed by
+    /// `configure` (for example a smaller `max_failed_batches`).
+    pub async fn with_config(
+        models: ModelRegistry,
+        configure: impl FnOnce(&mut reembed::Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary data directory");
+        let mut config = reembed::Config::new(dir.path());
+        configure(&mut config);
+        Self::serve_in(dir, models, config).await
+    }
+
     async fn spawn_in(dir: TempDir, models: ModelRegistry) -> Self {
+        let config = reembed::Config::new(dir.path());
+        Self::serve_in(dir, models, config).await
+    }
+
+    async fn serve_in(dir: TempDir, models: ModelRegistry, config: reembed::Config) -> Self {
         init_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free port");
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = oneshot::channel::<()>();
-        let config = reembed::Config::new(dir.path());
         let stopped = async move {
             let _ = stop.await;
         };

@@ -7,6 +7,7 @@
 //! Set `TEST_LOG=1` to see the server's logs.
 
 mod client;
+mod fake_openai;
 mod helpers;
 mod probe;
 mod process;
@@ -15,11 +16,15 @@ mod wire;
 
 mod backfill;
 mod bad_input;
+mod cli;
 mod crash;
 mod documents;
 mod lifecycle;
 mod migrations;
+mod operating;
 mod operations;
+mod provider_config;
+mod providers;
 mod query;
 mod routing;
 mod walkthrough;

@@ -1,0 +1,266 @@
+//! What the client reads from the service (API.md "Routing" and "Migrations"), and how each
+//! answer prints as `key: value` lines.
+//!
+//! These are the client's own, lenient copies of the server's types: they take only the
+//! fields the client prints and ignore the rest, and keep states and phases as strings, so a
+//! client stays usable against a server that has grown new fields or states.
+
+use std::fmt::Display;
+use std::io::Write;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+
+/// States in which a migration will not move again by itself (API.md state table).
+const SETTLED: [&str; 4] = ["completed", "failed", "cancelled", "rolled_back"];
+
+/// One printed line: a key and its value.
+pub type Field = (&'static str, String);
+
+/// `GET /v1/routing`.
+#[derive(Debug, Deserialize)]
+pub struct Routing {
+    pub phase: String,
+    pub query_model: String,
+    pub write_models: Vec<String>,
+}
+
+/// API.md's migration, as `GET /v1/migrations/{id}` and every lifecycle call answer it.
+#[derive(Debug, Deserialize)]
+pub struct Migration {
+    pub id: String,
+    pub state: String,
+    pub source_model: String,
+    pub target_model: String,
+    pub config: MigrationConfig,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub rollback_window_ends_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub pause_reason: Option<String>,
+}
+
+/// A migration's config (API.md `POST /v1/migrations` `config`).
+#[derive(Debug, Deserialize)]
+pub struct MigrationConfig {
+    pub batch_size: u64,
+    pub max_concurrent: u64,
+    pub dual_write: bool,
+    pub target_query_threshold: f64,
+    pub rollback_window_secs: u64,
+}
+
+/// `GET /v1/migrations`, newest first.
+#[derive(Debug, Deserialize)]
+pub struct MigrationList {
+    pub migrations: Vec<Migration>,
+}
+
+/// `GET /v1/migrations/{id}/progress`.
+#[derive(Debug, Deserialize)]
+pub struct Progress {
+    pub state: String,
+    pub total: u64,
+    pub processed: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub coverage: f64,
+    pub throughput_per_sec: f64,
+    pub eta_secs: Option<f64>,
+}
+
+/// The answer of `POST /v1/migrations` with `"dry_run": true`.
+#[derive(Debug, Deserialize)]
+pub struct MigrationPlan {
+    pub source_model: String,
+    pub target_model: String,
+    pub config: MigrationConfig,
+    pub documents: u64,
+    pub estimated_tokens: u64,
+    pub estimated_secs: Option<f64>,
+}
+
+/// The answer of `POST /v1/documents`: one result per document written.
+#[derive(Debug, Deserialize)]
+pub struct BulkResult {
+    pub results: Vec<serde::de::IgnoredAny>,
+}
+
+impl Routing {
+    /// Phase and models, the first lines of `status`.
+    pub fn fields(&self) -> Vec<Field> {
+        vec![
+            ("phase", self.phase.clone()),
+            ("query_model", self.query_model.clone()),
+            ("write_models", self.write_models.join(", ")),
+        ]
+    }
+}
+
+impl Migration {
+    /// Every line `migrate` and the lifecycle calls print.
+    pub fn fields(&self) -> Vec<Field> {
+        let mut fields = vec![
+            ("id", self.id.clone()),
+            ("state", self.state.clone()),
+            ("source_model", self.source_model.clone()),
+            ("target_model", self.target_model.clone()),
+        ];
+        fields.extend(self.config.fields());
+        fields.extend([
+            ("created_at", time(self.created_at)),
+            ("started_at", time(self.started_at)),
+        ]);
+        fields.extend(self.outcome_fields());
+        fields
+    }
+
+    /// Completion, rollback window, error and pause reason: what `status` adds to progress.
+    pub fn outcome_fields(&self) -> Vec<Field> {
+        let mut fields = vec![
+            ("completed_at", time(self.completed_at)),
+            (
+                "rollback_window_ends_at",
+                time(self.rollback_window_ends_at),
+            ),
+        ];
+        fields.extend(self.error.clone().map(|e| ("error", e)));
+        fields.extend(self.pause_reason.clone().map(|r| ("pause_reason", r)));
+        fields
+    }
+}
+
+impl MigrationConfig {
+    fn fields(&self) -> Vec<Field> {
+        vec![
+            ("batch_size", self.batch_size.to_string()),
+            ("max_concurrent", self.max_concurrent.to_string()),
+            ("dual_write", self.dual_write.to_string()),
+            (
+                "target_query_threshold",
+                self.target_query_threshold.to_string(),
+            ),
+            (
+                "rollback_window_secs",
+                self.rollback_window_secs.to_string(),
+            ),
+        ]
+    }
+}
+
+impl Progress {
+    /// Whether the migration has stopped moving for good (or until an operator resumes a
+    /// failed one): what `status --watch` waits for.
+    pub fn is_settled(&self) -> bool {
+        SETTLED.contains(&self.state.as_str())
+    }
+
+    /// Documents done, processed or skipped: the position of a progress bar.
+    pub fn done(&self) -> u64 {
+        self.processed + self.skipped
+    }
+
+    /// Counts, coverage, throughput and ETA.
+    pub fn fields(&self) -> Vec<Field> {
+        vec![
+            ("processed", format!("{}/{}", self.processed, self.total)),
+            ("skipped", self.skipped.to_string()),
+            ("failed", self.failed.to_string()),
+            ("coverage", percent(self.coverage)),
+            (
+                "throughput",
+                format!("{:.1} docs/s", self.throughput_per_sec),
+            ),
+            ("eta", eta(self.eta_secs)),
+        ]
+    }
+}
+
+impl MigrationPlan {
+    /// The lines `migrate --dry-run` prints.
+    pub fn fields(&self) -> Vec<Field> {
+        let mut fields = vec![
+            ("dry_run", "true".to_owned()),
+            ("source_model", self.source_model.clone()),
+            ("target_model", self.target_model.clone()),
+            ("documents", self.documents.to_string()),
+            ("estimated_tokens", self.estimated_tokens.to_string()),
+            ("estimated_time", eta(self.estimated_secs)),
+        ];
+        fields.extend(self.config.fields());
+        fields
+    }
+}
+
+/// Prints `fields` as `key: value` lines on stdout. A closed stdout (`| head`) is not an
+/// error worth reporting: the reader has what it wanted.
+pub fn print(fields: &[Field]) {
+    let mut out = std::io::stdout().lock();
+    for (key, value) in fields {
+        let _ = writeln!(out, "{key}: {value}");
+    }
+}
+
+/// Prints one line on stdout, ignoring a closed stdout as `print` does.
+pub fn say(line: impl Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// `0.1234` as `12.3%`.
+pub fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
+/// Seconds as `1h 02m 03s`, `4m 05s` or `6s`; `-` when unknown (nothing moves yet).
+pub fn eta(secs: Option<f64>) -> String {
+    let Some(secs) = secs.filter(|s| s.is_finite() && *s >= 0.0) else {
+        return "-".to_owned();
+    };
+    let secs = secs.ceil() as u64;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s:02}s"),
+        _ => format!("{h}h {m:02}m {s:02}s"),
+    }
+}
+
+/// A time as RFC 3339 to the second, `-` when absent.
+fn time(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "-".to_owned(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_reads_like_a_clock() {
+        assert_eq!(eta(None), "-");
+        assert_eq!(eta(Some(f64::NAN)), "-");
+        assert_eq!(eta(Some(0.2)), "1s");
+        assert_eq!(eta(Some(65.0)), "1m 05s");
+        assert_eq!(eta(Some(3723.0)), "1h 02m 03s");
+    }
+
+    #[test]
+    fn progress_prints_counts_and_rates() {
+        let progress: Progress = serde_json::from_str(
+            r#"{"state": "in_progress", "total": 200, "processed": 50, "skipped": 2,
+                "failed": 0, "coverage": 0.2551, "throughput_per_sec": 12.34,
+                "eta_secs": 12.0, "unknown_field": true}"#,
+        )
+        .unwrap();
+        let fields = progress.fields();
+        assert_eq!(fields[0], ("processed", "50/200".to_owned()));
+        assert_eq!(fields[3], ("coverage", "25.5%".to_owned()));
+        assert_eq!(fields[4], ("throughput", "12.3 docs/s".to_owned()));
+        assert_eq!(fields[5], ("eta", "12s".to_owned()));
+        assert_eq!(progress.done(), 52);
+        assert!(!progress.is_settled());
+    }
+}

@@ -1,0 +1,447 @@
+//! Running reembed in production: bearer tokens, the refusal to listen publicly without one,
+//! request limits, `GET /metrics` and the SSE progress feed.
+
+use std::time::{Duration, Instant};
+
+use reembed::config::{Limits, Tokens};
+use reembed::embed::ModelRegistry;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, corpus};
+use crate::probe::{HELD, Probe};
+
+const WRITE_TOKEN: &str = "write-secret";
+const READ_TOKEN: &str = "read-secret";
+
+/// One row of the auth table: request, token, then the expected status and problem slug.
+type AuthCase = (
+    Method,
+    &'static str,
+    Option<&'static str>,
+    Option<Value>,
+    u16,
+    &'static str,
+);
+
+async fn with_tokens() -> TestApp {
+    TestApp::with_config(ModelRegistry::builtin(), |config| {
+        config.tokens = Some(Tokens {
+            write: WRITE_TOKEN.into(),
+            read: Some(READ_TOKEN.into()),
+        });
+    })
+    .await
+}
+
+/// Sends a request with an optional bearer token; returns status, headers and body.
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = reqwest::Client::new().request(method, format!("{}{path}", app.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap_or_default())
+}
+
+fn problem_type(body: &str) -> String {
+    let problem: Value = serde_json::from_str(body).expect("a problem document");
+    problem["type"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn every_auth_rule() {
+    let app = with_tokens().await;
+    let doc = json!({"text": "a guarded document"});
+    let cases: [AuthCase; 10] = [
+        (Method::GET, "/v1/routing", None, None, 401, "unauthorized"),
+        (
+            Method::GET,
+            "/v1/routing",
+            Some("wrong"),
+            None,
+            401,
+            "unauthorized",
+        ),
+        (Method::GET, "/v1/routing", Some(READ_TOKEN), None, 200, ""),
+        (
+            Method::PUT,
+            "/v1/documents/guarded",
+            Some(READ_TOKEN),
+            Some(doc.clone()),
+            403,
+            "forbidden",
+        ),
+        (
+            Method::PUT,
+            "/v1/documents/guarded",
+            None,
+            Some(doc.clone()),
+            401,
+            "unauthorized",
+        ),
+        (Method::GET, "/metrics", None, None, 401, "unauthorized"),
+        (Method::GET, "/metrics", Some(READ_TOKEN), None, 200, ""),
+        (Method::GET, "/healthz", None, None, 200, ""),
+        (Method::GET, "/readyz", None, None, 200, ""),
+        (
+            Method::GET,
+            "/v1/documents/guarded",
+            Some(WRITE_TOKEN),
+            None,
+            404,
+            "not-found",
+        ),
+    ];
+    for (method, path, token, body, status, slug) in cases {
+        let (got, headers, text) = call(&app, method.clone(), path, token, body).await;
+        assert_eq!(got, status, "{method} {path} with {token:?}: {text}");
+        if !slug.is_empty() {
+            assert_eq!(problem_type(&text), format!("urn:reembed:problem:{slug}"));
+        }
+        if status == 401 {
+            assert!(
+                headers.contains_key("www-authenticate"),
+                "401 names the scheme"
+            );
+        }
+    }
+    let (status, _, _) = call(
+        &app,
+        Method::PUT,
+        "/v1/documents/guarded",
+        Some(WRITE_TOKEN),
+        Some(doc),
+    )
+    .await;
+    assert_eq!(status, 200, "the write token may write");
+    let (status, _, _) = call(
+        &app,
+        Method::GET,
+        "/v1/routing?access_token=read-secret",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "a browser's EventSource passes the token as access_token"
+    );
+    app.stop().await;
+}
+
+/// Runs the binary with `args` (and `token` as the only token) for at most `patience`; returns
+/// its exit code and stderr, or `None` and its stdout when it was still running.
+fn run_binary(args: &[&str], token: Option<&str>, patience: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("a data directory");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_reembed"));
+    command
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("REEMBED_API_TOKEN")
+        .env_remove("REEMBED_READ_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(token) = token {
+        command.env("REEMBED_API_TOKEN", token);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().expect("a status") {
+            let output = child.wait_with_output().expect("its output");
+            return (
+                status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            );
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("stopped");
+            let output = child.wait_with_output().expect("its output");
+            return (None, String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn listening_publicly_needs_a_token_or_insecure() {
+    let (code, stderr) = run_binary(
+        &["serve", "--listen", "0.0.0.0:0"],
+        None,
+        Duration::from_secs(30),
+    );
+    assert_ne!(code, Some(0), "refused: {stderr}");
+    assert!(code.is_some(), "it exits rather than serving");
+    assert!(
+        stderr.contains("without an API token"),
+        "says why: {stderr}"
+    );
+    assert!(
+        stderr.contains("--insecure"),
+        "says how to override: {stderr}"
+    );
+
+    let (code, stdout) = run_binary(
+        &["serve", "--listen", "0.0.0.0:0"],
+        Some("a-token"),
+        Duration::from_secs(4),
+    );
+    assert_eq!(code, None, "with a token it serves until stopped");
+    assert!(stdout.contains("reembed listening on"), "{stdout}");
+}
+
+#[tokio::test]
+async fn limits_answer_413_and_422_and_change_nothing() {
+    let limits = Limits {
+        max_body_bytes: 4096,
+        max_bulk_documents: 3,
+        max_text_bytes: 100,
+        ..Limits::default()
+    };
+    let app = TestApp::with_config(ModelRegistry::builtin(), |c| c.limits = limits).await;
+
+    let huge = json!({"text": "x".repeat(5000)});
+    app.put_document_reply("big", &huge)
+        .await
+        .problem(413, "payload-too-large");
+
+    let long = json!({"text": "y".repeat(101)});
+    let problem = app
+        .put_document_reply("long", &long)
+        .await
+        .problem(422, "invalid-value");
+    assert!(
+        problem
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("100"),
+        "names the cap: {:?}",
+        problem.detail
+    );
+
+    let four: Vec<Value> = (0..4)
+        .map(|i| json!({"id": format!("d{i}"), "text": "short"}))
+        .collect();
+    let problem = app
+        .bulk_reply(&json!({"documents": four}))
+        .await
+        .problem(422, "invalid-value");
+    assert!(
+        problem.detail.as_deref().unwrap_or_default().contains('3'),
+        "names the cap: {:?}",
+        problem.detail
+    );
+
+    for id in ["big", "long", "d0", "d3"] {
+        app.document_reply(id).await.problem(404, "not-found");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_answer_in_time_is_503_and_writes_nothing() {
+    let probe = Probe::new();
+    let app = TestApp::with_config(probe.registry(), |c| {
+        c.limits.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    app.bulk(&[("seed", "a seed document")]).await;
+    app.start_migration(&json!({"id": "slow", "target_model": "hash-v2"}))
+        .await;
+    app.wait_for_state("slow", "completed", Duration::from_secs(30))
+        .await;
+
+    probe.hold();
+    let stuck = json!({"text": format!("a {HELD} write")});
+    app.put_document_reply("stuck", &stuck)
+        .await
+        .problem(503, "unavailable");
+    probe.release();
+    app.document_reply("stuck").await.problem(404, "not-found");
+    app.stop().await;
+}
+
+/// The value of the first sample of `name` whose labels contain every `label`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_cover_requests_migrations_embedders_and_routing() {
+    let app = TestApp::spawn().await;
+    app.load(&corpus("m", 300), 100).await;
+    app.start_migration(&json!({"id": "metrics-run", "target_model": "hash-v2",
+                                "config": {"batch_size": 20}}))
+        .await;
+    app.wait_for_state("metrics-run", "completed", Duration::from_secs(60))
+        .await;
+    app.query("document", 5).await;
+
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.content_type.starts_with("text/plain"),
+        "{}",
+        metrics.content_type
+    );
+    let text = metrics.body;
+    let mig = "migration=\"metrics-run\"";
+    let expect = |name: &str, labels: &[&str]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+    };
+    assert_eq!(expect("reembed_migration_processed", &[mig]), 300.0);
+    assert_eq!(expect("reembed_migration_total", &[mig]), 300.0);
+    assert_eq!(expect("reembed_migration_skipped", &[mig]), 0.0);
+    assert_eq!(expect("reembed_migration_failed", &[mig]), 0.0);
+    assert_eq!(expect("reembed_migration_in_flight_batches", &[mig]), 0.0);
+    assert!(expect("reembed_migration_throughput_per_sec", &[mig]) > 0.0);
+    assert_eq!(expect("reembed_migration_throttled_seconds", &[mig]), 0.0);
+    assert_eq!(
+        expect("reembed_migration_state", &[mig, "state=\"completed\""]),
+        1.0
+    );
+    assert_eq!(
+        expect("reembed_migration_state", &[mig, "state=\"in_progress\""]),
+        0.0
+    );
+    let bulk = [
+        "route=\"/v1/documents\"",
+        "method=\"POST\"",
+        "status=\"200\"",
+    ];
+    assert!(expect("reembed_http_requests_total", &bulk) >= 3.0);
+    assert!(expect("reembed_http_request_duration_seconds_count", &bulk) >= 3.0);
+    let ok_v2 = ["model=\"hash-v2\"", "outcome=\"ok\""];
+    assert!(
+        expect("reembed_embed_requests_total", &ok_v2) >= 15.0,
+        "one call per batch at least"
+    );
+    assert!(
+        expect(
+            "reembed_embed_duration_seconds_count",
+            &["model=\"hash-v2\""]
+        ) >= 15.0
+    );
+    let routed = ["operation=\"query\"", "route=\"target\""];
+    assert!(expect("reembed_routing_decisions_total", &routed) >= 1.0);
+    assert!(
+        sample(
+            &text,
+            "reembed_embed_throttled_seconds",
+            &["model=\"hash-v1\""]
+        )
+        .is_some()
+    );
+    app.stop().await;
+}
+
+/// One Server-Sent Event: its name, its data as JSON, and when it arrived.
+struct Received {
+    event: String,
+    data: Value,
+    at: Instant,
+}
+
+/// Reads the SSE feed at `path` until the server ends it.
+async fn read_feed(app: &TestApp, path: &str) -> Vec<Received> {
+    let mut response = reqwest::get(format!("{}{path}", app.base))
+        .await
+        .expect("the feed");
+    assert_eq!(response.status(), 200);
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some(chunk) = tokio::time::timeout_at(deadline, response.chunk())
+        .await
+        .expect("the feed ends by itself")
+        .expect("a readable feed")
+    {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
+                let data = serde_json::from_str(&data).expect("JSON data");
+                events.push(Received {
+                    event,
+                    data,
+                    at: Instant::now(),
+                });
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_event_feed_sends_ordered_snapshots_then_the_final_transition() {
+    let probe = Probe::new();
+    let app = TestApp::with_models(probe.registry()).await;
+    app.load(&corpus("w", 400), 200).await;
+    probe.slow_batches(Duration::from_millis(60));
+    app.start_migration(&json!({"id": "watched", "target_model": "hash-v2",
+                                "config": {"batch_size": 10, "max_concurrent": 1}}))
+        .await;
+    let events = read_feed(&app, "/v1/migrations/watched/events").await;
+
+    let (first, last) = (
+        events.first().expect("events"),
+        events.last().expect("events"),
+    );
+    assert_eq!(first.event, "progress", "a snapshot on connect");
+    assert_eq!(last.event, "state", "the feed ends with the transition");
+    assert_eq!(last.data["state"], "completed");
+    let snapshots: Vec<&Received> = events.iter().filter(|e| e.event == "progress").collect();
+    assert!(
+        snapshots.len() >= 3,
+        "progress while it runs: {}",
+        snapshots.len()
+    );
+    for pair in snapshots.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let (pa, pb) = (
+            a.data["processed"].as_u64().unwrap(),
+            b.data["processed"].as_u64().unwrap(),
+        );
+        assert!(pa <= pb, "ordered snapshots: {pa} then {pb}");
+        if b.data["state"] == "in_progress" {
+            let gap = b.at.duration_since(a.at);
+            assert!(
+                gap >= Duration::from_millis(900),
+                "at most one a second, got {gap:?}"
+            );
+        }
+    }
+    let final_counts = &snapshots.last().unwrap().data;
+    assert_eq!(
+        final_counts["processed"], 400,
+        "the final counts precede the transition"
+    );
+    app.stop().await;
+}
