@@ -39,7 +39,7 @@ struct Feed {
     sent: Option<(Instant, Progress)>,
     /// Events decided but not yet handed to the stream.
     queued: VecDeque<Event>,
-    /// Set once the terminal state is queued, or the coordinator is gone.
+    /// Set once the terminal state is queued, or the coordinator's channel closed.
     finished: bool,
 }
 
@@ -86,6 +86,9 @@ impl Feed {
                 return Some(event);
             }
             self.wait().await;
+            if self.finished {
+                return None;
+            }
         }
     }
 
@@ -94,10 +97,12 @@ impl Feed {
     fn queue_events_for(&mut self, progress: Progress) {
         let state = progress.migration.state;
         let state_changed = match &self.sent {
-            None => {
+            // A feed opened on a finished migration sends its snapshot and transition, then ends.
+            None if !is_terminal(state) => {
                 self.send_progress(progress);
                 return;
             }
+            None => true,
             Some((_, last)) => last.migration.state != state,
         };
         if state_changed {

@@ -445,3 +445,22 @@ async fn the_event_feed_sends_ordered_snapshots_then_the_final_transition() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_feed_opened_after_completion_sends_the_outcome_and_ends() {
+    let app = TestApp::spawn().await;
+    app.load(&corpus("f", 50), 50).await;
+    app.start_migration(&json!({"id": "done", "target_model": "hash-v2"}))
+        .await;
+    app.wait_for_state("done", "completed", Duration::from_secs(30))
+        .await;
+    let events = read_feed(&app, "/v1/migrations/done/events").await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["progress", "state"]);
+    assert_eq!(events[0].data["processed"], 50);
+    assert_eq!(events[1].data["state"], "completed");
+    app.get("/v1/migrations/unknown/events")
+        .await
+        .problem(404, "not-found");
+    app.stop().await;
+}
