@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: format, lints, then every test (unit, property and the integration
-# tests that drive the real server over TCP). Needs only the Rust toolchain.
+# The whole test suite: format, lints, every test (unit, property and the integration tests
+# that drive the real server over TCP), then the status page in headless Chromium. Needs the
+# Rust toolchain and Node/npm; browser-test.sh installs Debian's chromium with apt if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+./scripts/browser-test.sh

@@ -37,3 +37,43 @@ pub fn routes() -> Router<AppState> {
 pub async fn status_page() -> impl IntoResponse {
     (SECURITY_HEADERS, Html(STATUS_PAGE))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::STATUS_PAGE;
+
+    /// The ids the browser test and operators' scripts rely on.
+    const STABLE_IDS: [&str; 16] = [
+        "phase",
+        "query-model",
+        "write-models",
+        "migration-id",
+        "state",
+        "progress-bar",
+        "throughput",
+        "eta",
+        "window-countdown",
+        "chart",
+        "pause",
+        "resume",
+        "rollback",
+        "finalize",
+        "error",
+        "migrations",
+    ];
+
+    #[test]
+    fn the_page_keeps_its_stable_ids() {
+        for id in STABLE_IDS {
+            let attribute = format!("id=\"{id}\"");
+            assert_eq!(STATUS_PAGE.matches(&attribute).count(), 1, "{attribute}");
+        }
+    }
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        for needle in ["http://", "https://", "src=", "@import", "url("] {
+            assert!(!STATUS_PAGE.contains(needle), "{needle} in status.html");
+        }
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Headless-browser test of the status page (GET /, static/status.html): starts the service on a
+# free port with a fresh data directory and an API token, loads a corpus, starts a migration
+# slow enough to watch (batches of 10, one at a time), then drives Debian's Chromium with
+# playwright-core (tests/browser/status.test.mjs): the progress bar advances, #pause pauses.
+# Screenshot: target/browser/status-page.png. Needs Node.js and npm; installs chromium if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 30,000 documents take ~15 s to backfill on a debug build here: long enough to see the bar move
+# and pause it, short enough to load in ~10 s.
+documents=${BROWSER_TEST_DOCUMENTS:-30000}
+
+if ! command -v chromium >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends chromium
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+cargo build --locked --quiet --bin reembed
+
+work=$(mktemp -d)
+server=""
+cleanup() {
+    if [ -n "$server" ]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A token exercises the page's `?access_token=` path (EventSource cannot send headers).
+export REEMBED_API_TOKEN="browser-test-$RANDOM$RANDOM"
+target/debug/reembed serve --listen 127.0.0.1:0 --data-dir "$work/data" \
+    >"$work/stdout" 2>"$work/stderr" &
+server=$!
+
+url=""
+for _ in $(seq 100); do
+    url=$(sed -n 's/^reembed listening on \(http:\/\/[^ ]*\)$/\1/p' "$work/stdout")
+    [ -n "$url" ] && break
+    if ! kill -0 "$server" 2>/dev/null; then
+        echo "browser test: the server exited before listening:" >&2
+        tail -n 20 "$work/stderr" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [ -z "$url" ]; then
+    echo "browser test: the server printed no 'reembed listening on' line within 10 s" >&2
+    exit 1
+fi
+
+echo "browser test: $url, loading $documents documents"
+node tests/browser/seed.mjs "$url" "$documents" >/dev/null
+if ! node tests/browser/status.test.mjs "$url"; then
+    echo "browser test: server log (last 20 lines):" >&2
+    tail -n 20 "$work/stderr" >&2
+    exit 1
+fi
