@@ -16,6 +16,7 @@ mod wire;
 
 mod backfill;
 mod bad_input;
+mod bench_smoke;
 mod cli;
 mod crash;
 mod documents;

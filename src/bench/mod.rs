@@ -1,0 +1,204 @@
+//! The benchmarks and what they share: sizes, statistics, a corpus, a store filled directly
+//! (fast set-up, not part of any figure) and a server run in-process on a port-0 listener.
+
+mod backfill;
+mod query;
+mod routing;
+mod stats;
+mod wrk;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use reembed::embed::builtin::HashEmbedder;
+use reembed::embed::{ModelInfo, ModelRegistry};
+use reembed::store::sqlite::SqliteStore;
+use reembed::store::{DocumentWrite, Store};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const USAGE: &str = "usage: reembed-bench [--smoke] [--only query,routing,backfill]";
+
+/// Which benchmarks to run, and at which sizes.
+pub struct Options {
+    pub smoke: bool,
+    pub only: Vec<String>,
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut options = Options {
+            smoke: false,
+            only: vec!["query".into(), "routing".into(), "backfill".into()],
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--smoke" => options.smoke = true,
+                "--only" => {
+                    let list = args.next().ok_or("--only needs a list")?;
+                    options.only = list.split(',').map(str::to_owned).collect();
+                }
+                other => return Err(format!("unknown argument {other}")),
+            }
+        }
+        Ok(options)
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.only.iter().any(|n| n == name)
+    }
+}
+
+/// Runs the chosen benchmarks and prints their Markdown sections to stdout, in order.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    if options.wants("query") {
+        let sizes = query::Sizes::new(options.smoke);
+        println!("{}", query::run(&sizes).await?);
+    }
+    if options.wants("routing") {
+        let sizes = routing::Sizes::new(options.smoke);
+        println!("{}", routing::run(&sizes).await?);
+    }
+    if options.wants("backfill") {
+        let sizes = backfill::Sizes::new(options.smoke);
+        println!("{}", backfill::run(&sizes).await?);
+    }
+    Ok(())
+}
+
+/// Deterministic texts of about `words` words each, from a vocabulary of made-up words, so
+/// the hash models see realistic variety. Ids sort in creation order.
+pub fn corpus(n: usize, words: usize) -> impl Iterator<Item = (String, String)> {
+    const SYLLABLES: [&str; 16] = [
+        "ka", "lo", "mi", "ten", "ra", "shu", "vo", "ne", "pi", "dor", "el", "gu", "sa", "fi",
+        "zor", "an",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64: cheap and reproducible across runs and machines.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n).map(move |i| {
+        let text: Vec<String> = (0..words)
+            .map(|_| {
+                let r = next() % 4096;
+                let parts = [r % 16, (r / 16) % 16, r / 256];
+                parts.iter().map(|&p| SYLLABLES[p as usize]).collect()
+            })
+            .collect();
+        (format!("doc-{i:08}"), text.join(" "))
+    })
+}
+
+/// Writes the corpus with vectors of `model` straight into a new store in `data_dir`, in
+/// chunks of 1,000 documents, and closes it.
+pub async fn fill_store(
+    data_dir: &Path,
+    docs: usize,
+    words: usize,
+    model: &str,
+    embedder: &HashEmbedder,
+) -> anyhow::Result<()> {
+    let store = SqliteStore::open(data_dir).await?;
+    let mut chunk = Vec::with_capacity(1000);
+    for (id, text) in corpus(docs, words) {
+        let vector = embedder.embed_one(&text);
+        chunk.push(DocumentWrite {
+            id,
+            text,
+            metadata: serde_json::json!({}),
+            vectors: vec![(model.to_owned(), vector)],
+        });
+        if chunk.len() == 1000 {
+            store.write_documents(std::mem::take(&mut chunk)).await?;
+        }
+    }
+    if !chunk.is_empty() {
+        store.write_documents(chunk).await?;
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// A registry of the built-in models with `active` as the active model.
+pub fn registry(active: &str) -> ModelRegistry {
+    let mut models = ModelRegistry::new(active);
+    let info = |id: &str, dimensions| ModelInfo {
+        id: id.to_owned(),
+        provider: "builtin".to_owned(),
+        dimensions,
+    };
+    models.insert(info("hash-v1", 256), Arc::new(HashEmbedder::hash_v1()));
+    models.insert(info("hash-v2", 384), Arc::new(HashEmbedder::hash_v2()));
+    models
+}
+
+/// A reembed served in-process on a port-0 listener; `stop` shuts it down gracefully.
+pub struct Server {
+    pub base: String,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path, models: ModelRegistry) -> anyhow::Result<Server> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = reembed::Config::new(data_dir);
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(reembed::serve(listener, config, models, shutdown));
+        let server = Server { base, stop, task };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            let reply = client.get(format!("{}/readyz", self.base)).send().await;
+            if reply.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the server at {} never became ready", self.base)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("the server task panicked")?
+    }
+}
+
+/// A directory under the system's temporary directory, removed when dropped (`tempfile` is
+/// only a dev-dependency of the crate).
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new() -> anyhow::Result<ScratchDir> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("reembed-bench-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(ScratchDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

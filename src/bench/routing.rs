@@ -1,0 +1,201 @@
+//! Routing throughput: `GET /v1/routing` against `GET /healthz` on the same server with the
+//! same tool and connections, alternated, medians; first idle, then while a backfill runs at
+//! full speed in the same process.
+
+use std::time::{Duration, Instant};
+
+use reembed::embed::builtin::HashEmbedder;
+
+use super::stats::{median, median_f64, ms, ratio};
+use super::wrk::{Load, Tool};
+use super::{Server, fill_store, registry};
+
+pub struct Sizes {
+    tool: Tool,
+    connections: usize,
+    duration: Duration,
+    rounds: usize,
+    /// Documents to backfill while measuring under load: enough to outlast the measurement.
+    docs: usize,
+    words: usize,
+}
+
+impl Sizes {
+    pub fn new(smoke: bool) -> Self {
+        if smoke {
+            Sizes {
+                tool: Tool::InProcess,
+                connections: 4,
+                duration: Duration::from_millis(200),
+                rounds: 1,
+                docs: 300,
+                words: 20,
+            }
+        } else {
+            Sizes {
+                tool: Tool::Wrk,
+                connections: 64,
+                duration: Duration::from_secs(5),
+                rounds: 3,
+                docs: 300_000,
+                words: 100,
+            }
+        }
+    }
+}
+
+/// One alternated series: each round loads `/healthz` then `/v1/routing`.
+struct Series {
+    healthz: Vec<Load>,
+    routing: Vec<Load>,
+}
+
+impl Series {
+    async fn measure(sizes: &Sizes, base: &str) -> anyhow::Result<Series> {
+        let mut series = Series {
+            healthz: Vec::new(),
+            routing: Vec::new(),
+        };
+        for _ in 0..sizes.rounds {
+            series.round(sizes, base).await?;
+        }
+        Ok(series)
+    }
+
+    async fn round(&mut self, sizes: &Sizes, base: &str) -> anyhow::Result<()> {
+        let (c, d) = (sizes.connections, sizes.duration);
+        let healthz = sizes.tool.run(c, d, &format!("{base}/healthz")).await?;
+        let routing = sizes.tool.run(c, d, &format!("{base}/v1/routing")).await?;
+        self.healthz.push(healthz);
+        self.routing.push(routing);
+        Ok(())
+    }
+
+    /// Rounds while the migration at `progress_url` is in progress: a round during which it
+    /// completed is dropped, since part of it ran idle. Returns the last progress seen.
+    async fn measure_while_backfilling(
+        sizes: &Sizes,
+        base: &str,
+        progress_url: &str,
+    ) -> anyhow::Result<(Series, serde_json::Value)> {
+        let mut series = Series {
+            healthz: Vec::new(),
+            routing: Vec::new(),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..sizes.rounds {
+            series.round(sizes, base).await?;
+            let progress: serde_json::Value = client.get(progress_url).send().await?.json().await?;
+            if progress["state"] != "in_progress" {
+                series.healthz.pop();
+                series.routing.pop();
+                return Ok((series, progress));
+            }
+        }
+        let progress = client.get(progress_url).send().await?.json().await?;
+        Ok((series, progress))
+    }
+
+    fn rps(loads: &[Load]) -> f64 {
+        median_f64(&loads.iter().map(|l| l.requests_per_sec).collect::<Vec<_>>())
+    }
+
+    fn p99(loads: &[Load]) -> Duration {
+        median(&loads.iter().map(|l| l.p99).collect::<Vec<_>>())
+    }
+
+    fn rows(&self, label: &str, healthz_baseline: f64) -> String {
+        if self.routing.is_empty() {
+            return format!("| {label} | no complete round | | | |\n");
+        }
+        let all = |loads: &[Load]| {
+            let each: Vec<String> = loads
+                .iter()
+                .map(|l| format!("{:.0}", l.requests_per_sec))
+                .collect();
+            each.join(", ")
+        };
+        let (h, r) = (Self::rps(&self.healthz), Self::rps(&self.routing));
+        format!(
+            "| {label} `/healthz` | {h:.0} | {} | {} | {} |\n\
+             | {label} `/v1/routing` | {r:.0} | {} | {} | {} (goal ≥ {}) |\n",
+            all(&self.healthz),
+            ms(Self::p99(&self.healthz)),
+            ratio(h, healthz_baseline),
+            all(&self.routing),
+            ms(Self::p99(&self.routing)),
+            ratio(r, healthz_baseline),
+            if label == "idle" {
+                "0.9×, p99 ≤ 2 ms"
+            } else {
+                "0.8× of idle `/healthz`"
+            },
+        )
+    }
+}
+
+pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
+    let dir = super::ScratchDir::new()?;
+    let setup = Instant::now();
+    let v1 = HashEmbedder::hash_v1();
+    fill_store(dir.path(), sizes.docs, sizes.words, "hash-v1", &v1).await?;
+    eprintln!(
+        "routing: stored {} documents in {:?}",
+        sizes.docs,
+        setup.elapsed()
+    );
+    let server = Server::start(dir.path(), registry("hash-v1")).await?;
+    let result = measure(sizes, &server.base).await;
+    server.stop().await?;
+    let (idle, busy, backfill_note) = result?;
+
+    let baseline = Series::rps(&idle.healthz);
+    let example = sizes
+        .tool
+        .command(sizes.connections, sizes.duration, "http://ADDR/v1/routing");
+    Ok(format!(
+        "## Routing throughput\n\n`{example}` (and the same on `/healthz`), alternated \
+         {} times per series, medians of the runs. The busy series runs while a migration to \
+         `hash-v2` backfills {} documents of {} words (batch_size 1000, max_concurrent 4) in \
+         the same process; {backfill_note}.\n\n\
+         | series / path | median req/s | runs req/s | median p99 | ratio vs idle `/healthz` |\n\
+         |---|---|---|---|---|\n{}{}",
+        sizes.rounds,
+        sizes.docs,
+        sizes.words,
+        idle.rows("idle", baseline),
+        busy.rows("backfilling", baseline),
+    ))
+}
+
+async fn measure(sizes: &Sizes, base: &str) -> anyhow::Result<(Series, Series, String)> {
+    let idle = Series::measure(sizes, base).await?;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({
+        "id": "bench-routing", "target_model": "hash-v2", "start": true,
+        "config": {"batch_size": 1000, "max_concurrent": 4},
+    });
+    let reply = client
+        .post(format!("{base}/v1/migrations"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        reply.status().is_success(),
+        "create migration: {}",
+        reply.text().await?
+    );
+    let url = format!("{base}/v1/migrations/bench-routing/progress");
+    let (busy, progress) = Series::measure_while_backfilling(sizes, base, &url).await?;
+    let note = format!(
+        "{} of {} busy rounds ran entirely during the backfill (a round during which it \
+         completed is dropped); at the end the migration was `{}` with {} of {} documents \
+         processed",
+        busy.routing.len(),
+        sizes.rounds,
+        progress["state"].as_str().unwrap_or("?"),
+        progress["processed"],
+        progress["total"],
+    );
+    Ok((idle, busy, note))
+}
