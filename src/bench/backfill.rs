@@ -137,21 +137,8 @@ async fn drive_migration(
     max_concurrent: u32,
 ) -> anyhow::Result<(Duration, Duration)> {
     let client = reqwest::Client::new();
-    let body = serde_json::json!({
-        "id": "bench", "target_model": TARGET, "start": true,
-        "config": {"batch_size": batch_size, "max_concurrent": max_concurrent},
-    });
     let start = Instant::now();
-    let reply = client
-        .post(format!("{base}/v1/migrations"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        reply.status().is_success(),
-        "create migration: {}",
-        reply.text().await?
-    );
+    super::start_migration(base, "bench", TARGET, (batch_size, max_concurrent)).await?;
     let queueing = start.elapsed();
     let url = format!("{base}/v1/migrations/bench/progress");
     loop {

@@ -126,6 +126,31 @@ pub async fn fill_store(
 }
 
 /// A registry of the built-in models with `active` as the active model.
+/// Starts migration `id` to `target` on the server at `base` with the given bounds; returns
+/// once the service has answered (its backfill queue is built by then).
+pub async fn start_migration(
+    base: &str,
+    id: &str,
+    target: &str,
+    (batch_size, max_concurrent): (u32, u32),
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "id": id, "target_model": target, "start": true,
+        "config": {"batch_size": batch_size, "max_concurrent": max_concurrent},
+    });
+    let reply = reqwest::Client::new()
+        .post(format!("{base}/v1/migrations"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        reply.status().is_success(),
+        "create migration: {}",
+        reply.text().await?
+    );
+    Ok(())
+}
+
 pub fn registry(active: &str) -> ModelRegistry {
     let mut models = ModelRegistry::new(active);
     let info = |id: &str, dimensions| ModelInfo {

@@ -170,21 +170,7 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
 
 async fn measure(sizes: &Sizes, base: &str) -> anyhow::Result<(Series, Series, String)> {
     let idle = Series::measure(sizes, base).await?;
-    let client = reqwest::Client::new();
-    let body = serde_json::json!({
-        "id": "bench-routing", "target_model": "hash-v2", "start": true,
-        "config": {"batch_size": 1000, "max_concurrent": 4},
-    });
-    let reply = client
-        .post(format!("{base}/v1/migrations"))
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        reply.status().is_success(),
-        "create migration: {}",
-        reply.text().await?
-    );
+    super::start_migration(base, "bench-routing", "hash-v2", (1000, 4)).await?;
     let url = format!("{base}/v1/migrations/bench-routing/progress");
     let (busy, progress) = Series::measure_while_backfilling(sizes, base, &url).await?;
     let note = format!(
