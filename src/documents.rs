@@ -195,7 +195,7 @@ impl Documents {
         writes: Vec<DocumentWrite>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let _order = self.commit_order.lock().await;
-        let receipt = self.store.write_documents(writes.clone()).await?;
+        let receipt = self.store.write_documents(&writes).await?;
         for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
             for (model, vector) in &write.vectors {
                 self.indexes
@@ -225,21 +225,21 @@ impl Documents {
         items: Vec<BatchItem>,
         failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
-        let mut vectors: HashMap<String, Vec<f32>> = items
-            .iter()
-            .filter_map(|item| match item {
-                BatchItem::Embedded { id, vector, .. } => Some((id.clone(), vector.clone())),
-                BatchItem::Skipped { .. } => None,
-            })
-            .collect();
         let _order = self.commit_order.lock().await;
         let receipt = self
             .store
-            .commit_batch(migration_id, target_model, items, failed)
+            .commit_batch(migration_id, target_model, &items, failed)
             .await?;
+        let vectors: HashMap<&str, &[f32]> = items
+            .iter()
+            .filter_map(|item| match item {
+                BatchItem::Embedded { id, vector, .. } => Some((id.as_str(), vector.as_slice())),
+                BatchItem::Skipped { .. } => None,
+            })
+            .collect();
         for (id, version) in &receipt.written {
-            if let Some(vector) = vectors.remove(id) {
-                self.indexes.upsert(target_model, id, *version, &vector);
+            if let Some(vector) = vectors.get(id.as_str()) {
+                self.indexes.upsert(target_model, id, *version, vector);
             }
         }
         self.coordinator

@@ -115,11 +115,12 @@ pub async fn fill_store(
             vectors: vec![(model.to_owned(), vector)],
         });
         if chunk.len() == 1000 {
-            store.write_documents(std::mem::take(&mut chunk)).await?;
+            store.write_documents(&chunk).await?;
+            chunk.clear();
         }
     }
     if !chunk.is_empty() {
-        store.write_documents(chunk).await?;
+        store.write_documents(&chunk).await?;
     }
     store.close().await;
     Ok(())

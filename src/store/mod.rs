@@ -159,8 +159,7 @@ pub trait Store: Send + Sync + 'static {
     /// vector in this write is dequeued (processed + 1). If the latest migration is
     /// `completed` and a document is written without its target vector, nothing is written
     /// and `Conflict` is returned.
-    async fn write_documents(&self, writes: Vec<DocumentWrite>)
-    -> Result<WriteReceipt, StoreError>;
+    async fn write_documents(&self, writes: &[DocumentWrite]) -> Result<WriteReceipt, StoreError>;
     /// Deletes a document and all its vectors; a queued entry leaves the total (total − 1).
     /// `None` when the document did not exist.
     async fn delete_document(&self, id: &str) -> Result<Option<WriteReceipt>, StoreError>;
@@ -216,7 +215,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         migration_id: &str,
         target_model: &str,
-        items: Vec<BatchItem>,
+        items: &[BatchItem],
         failed: u64,
     ) -> Result<BatchReceipt, StoreError>;
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError>;

@@ -141,25 +141,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn write_documents(
-        &self,
-        writes: Vec<DocumentWrite>,
-    ) -> Result<WriteReceipt, StoreError> {
+    async fn write_documents(&self, writes: &[DocumentWrite]) -> Result<WriteReceipt, StoreError> {
         let mut tx = self.begin_write().await?;
         let latest = latest_migration(&mut tx).await?;
         if let Some(latest) = &latest {
-            refuse_after_completion(latest, &writes)?;
+            refuse_after_completion(latest, writes)?;
         }
         let backfilling = latest.as_ref().filter(|m| m.state.is_backfilling());
         let mut delta = CountsDelta::default();
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
-            let version = upsert_document(&mut tx, &write).await?;
+            let version = upsert_document(&mut tx, write).await?;
             if let Some(migration) = backfilling {
-                follow_write(&mut tx, migration, &write, &mut delta).await?;
+                follow_write(&mut tx, migration, write, &mut delta).await?;
             }
             outcomes.push(WriteOutcome {
-                id: write.id,
+                id: write.id.clone(),
                 version,
             });
         }
@@ -370,7 +367,7 @@ impl Store for SqliteStore {
         &self,
         migration_id: &str,
         target_model: &str,
-        items: Vec<BatchItem>,
+        items: &[BatchItem],
         failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let mut tx = self.begin_write().await?;
@@ -774,7 +771,7 @@ struct Batch<'a> {
 async fn commit_item(
     tx: &mut Tx,
     batch: Batch<'_>,
-    item: BatchItem,
+    item: &BatchItem,
     receipt: &mut BatchReceipt,
 ) -> Result<(), StoreError> {
     match item {
@@ -783,15 +780,15 @@ async fn commit_item(
             version,
             vector,
         } => {
-            if dequeue_if_current(tx, batch.migration_id, &id, version).await? {
-                upsert_vector(tx, batch.target_model, &id, version, &vector).await?;
-                receipt.written.push((id, version));
+            if dequeue_if_current(tx, batch.migration_id, id, *version).await? {
+                upsert_vector(tx, batch.target_model, id, *version, vector).await?;
+                receipt.written.push((id.clone(), *version));
                 receipt.delta.processed += 1;
             }
         }
         BatchItem::Skipped { id, reason } => {
-            if dequeue(tx, batch.migration_id, &id).await? > 0 {
-                insert_skip(tx, batch, &id, &reason).await?;
+            if dequeue(tx, batch.migration_id, id).await? > 0 {
+                insert_skip(tx, batch, id, reason).await?;
                 receipt.delta.skipped += 1;
             }
         }

@@ -44,7 +44,7 @@ fn vector_of(model: &str, text: &str) -> Vec<f32> {
 }
 
 async fn put(store: &SqliteStore, writes: Vec<DocumentWrite>) {
-    store.write_documents(writes).await.expect("write");
+    store.write_documents(&writes).await.expect("write");
 }
 
 /// A timestamp with nanoseconds, to show they survive storage.
@@ -151,7 +151,7 @@ async fn active_model_starts_unset_and_can_be_replaced() {
 async fn each_write_of_an_id_grows_its_version_by_one() {
     let (_dir, store) = open().await;
     for expected in 1..=3 {
-        let receipt = store.write_documents(vec![write("a", &[SOURCE])]).await;
+        let receipt = store.write_documents(&[write("a", &[SOURCE])]).await;
         let receipt = receipt.unwrap();
         assert_eq!(receipt.outcomes[0].version, expected);
         assert_eq!(receipt.migration, None);
@@ -167,7 +167,7 @@ async fn a_bulk_write_applies_a_repeated_id_in_order() {
         write("b", &[SOURCE]),
         write_text("a", "second", &[SOURCE]),
     ];
-    let receipt = store.write_documents(writes).await.unwrap();
+    let receipt = store.write_documents(&writes).await.unwrap();
     let versions: Vec<(&str, u64)> = receipt
         .outcomes
         .iter()
@@ -267,10 +267,10 @@ async fn a_recreated_document_continues_its_version_so_an_old_claim_fails() {
     let m = started(&store, "m1").await;
     let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
     store.delete_document("a").await.unwrap();
-    let receipt = store.write_documents(vec![write("a", &[SOURCE])]).await;
+    let receipt = store.write_documents(&[write("a", &[SOURCE])]).await;
     assert_eq!(receipt.unwrap().outcomes[0].version, 2);
     let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
     assert!(receipt.written.is_empty());
     assert_eq!(queued(&store, "m1").await, [("a".to_owned(), 2)]);
 }
@@ -305,7 +305,7 @@ async fn a_write_with_the_target_vector_dequeues_and_counts_processed() {
     put(&store, vec![write("a", &[SOURCE])]).await;
     started(&store, "m1").await;
     let receipt = store
-        .write_documents(vec![write("a", &[SOURCE, TARGET])])
+        .write_documents(&[write("a", &[SOURCE, TARGET])])
         .await;
     let processed = CountsDelta {
         processed: 1,
@@ -317,7 +317,7 @@ async fn a_write_with_the_target_vector_dequeues_and_counts_processed() {
     );
     assert!(queued(&store, "m1").await.is_empty());
     let again = store
-        .write_documents(vec![write("a", &[SOURCE, TARGET])])
+        .write_documents(&[write("a", &[SOURCE, TARGET])])
         .await;
     assert_eq!(again.unwrap().migration, None, "no longer queued");
     assert_eq!(stored(&store, "m1").await.counts, counts(1, 1, 0, 0));
@@ -327,7 +327,7 @@ async fn a_write_with_the_target_vector_dequeues_and_counts_processed() {
 async fn a_write_without_the_target_vector_queues_and_counts_total_once() {
     let (_dir, store) = open().await;
     started(&store, "m1").await;
-    let receipt = store.write_documents(vec![write("new", &[SOURCE])]).await;
+    let receipt = store.write_documents(&[write("new", &[SOURCE])]).await;
     let one_more = CountsDelta {
         total: 1,
         ..CountsDelta::default()
@@ -336,7 +336,7 @@ async fn a_write_without_the_target_vector_queues_and_counts_total_once() {
         receipt.unwrap().migration,
         Some(("m1".to_owned(), one_more))
     );
-    let again = store.write_documents(vec![write("new", &[SOURCE])]).await;
+    let again = store.write_documents(&[write("new", &[SOURCE])]).await;
     assert_eq!(again.unwrap().migration, None, "already queued");
     assert_eq!(queued(&store, "m1").await, [("new".to_owned(), 2)]);
     assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 0));
@@ -384,7 +384,7 @@ async fn after_completion_a_write_lacking_the_target_conflicts_and_changes_nothi
     let done = m.apply(Event::Complete, at(5)).unwrap();
     assert!(store.complete_migration(&done).await.unwrap());
     let writes = vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])];
-    let refused = store.write_documents(writes).await;
+    let refused = store.write_documents(&writes).await;
     assert!(
         matches!(refused, Err(StoreError::Conflict(_))),
         "{refused:?}"
@@ -392,7 +392,7 @@ async fn after_completion_a_write_lacking_the_target_conflicts_and_changes_nothi
     assert_eq!(version_of(&store, "a").await, Some(1));
     assert_eq!(version_of(&store, "b").await, None);
     let accepted = store
-        .write_documents(vec![write("b", &[SOURCE, TARGET])])
+        .write_documents(&[write("b", &[SOURCE, TARGET])])
         .await;
     assert_eq!(accepted.unwrap().outcomes[0].version, 1);
 }
@@ -407,7 +407,7 @@ async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them() {
     let claim = store.queued_documents(&m.id, "a", 10).await.unwrap();
     assert_eq!(claim.len(), 1, "after = a leaves only b");
     let batch = vec![embedded("a", 1), embedded("b", 1), embedded("b", 1)];
-    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
     assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
     assert_eq!(receipt.delta.processed, 2);
     assert_eq!(stored(&store, "m1").await.counts, counts(2, 2, 0, 0));
@@ -423,7 +423,7 @@ async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target() {
     let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
     put(&store, vec![write("a", &[SOURCE])]).await;
     let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
     assert!(receipt.written.is_empty());
     assert!(receipt.delta.is_zero());
     assert!(store.vectors(TARGET).await.unwrap().is_empty());
@@ -439,7 +439,7 @@ async fn a_batch_does_not_overwrite_or_recount_a_dual_written_document() {
     let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
     put(&store, vec![write_text("a", "newer", &[SOURCE, TARGET])]).await;
     let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
     assert!(receipt.written.is_empty());
     let target = store.vectors(TARGET).await.unwrap();
     assert_eq!(target, [("a".to_owned(), 2, vector_of(TARGET, "newer"))]);
@@ -456,7 +456,7 @@ async fn a_skip_leaves_the_queue_for_the_skip_list_once() {
         reason: "input too long".to_owned(),
     };
     let receipt = store
-        .commit_batch(&m.id, TARGET, vec![skip(), skip()], 3)
+        .commit_batch(&m.id, TARGET, &[skip(), skip()], 3)
         .await;
     let delta = receipt.unwrap().delta;
     assert_eq!((delta.skipped, delta.failed), (1, 3));
@@ -475,7 +475,7 @@ async fn a_failed_batch_only_counts_its_failures() {
     let (_dir, store) = open().await;
     put(&store, vec![write("a", &[SOURCE])]).await;
     let m = started(&store, "m1").await;
-    let receipt = store.commit_batch(&m.id, "", Vec::new(), 1).await.unwrap();
+    let receipt = store.commit_batch(&m.id, "", &Vec::new(), 1).await.unwrap();
     assert_eq!(receipt.delta.failed, 1);
     assert_eq!(queued(&store, "m1").await.len(), 1);
     assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 1));
@@ -494,7 +494,7 @@ async fn completion_is_refused_while_documents_are_queued() {
     assert!(!store.complete_migration(&done).await.unwrap());
     assert_eq!(stored(&store, "m1").await.state, MigrationState::InProgress);
     store
-        .commit_batch(&m.id, TARGET, vec![embedded("a", 1)], 0)
+        .commit_batch(&m.id, TARGET, &[embedded("a", 1)], 0)
         .await
         .unwrap();
     assert!(store.complete_migration(&done).await.unwrap());
@@ -549,7 +549,7 @@ async fn cancel_clears_the_queue_and_later_writes_are_not_queued() {
         .await
         .unwrap();
     assert!(queued(&store, "m1").await.is_empty());
-    let receipt = store.write_documents(vec![write("b", &[SOURCE])]).await;
+    let receipt = store.write_documents(&[write("b", &[SOURCE])]).await;
     assert_eq!(receipt.unwrap().migration, None);
     assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 0));
 }
@@ -634,7 +634,7 @@ async fn populate(store: &SqliteStore) -> (Migration, Migration) {
     .await;
     let first = started(store, "m1").await;
     let items = ["a", "b", "c"].map(|id| embedded(id, 1)).to_vec();
-    let receipt = store.commit_batch("m1", TARGET, items, 0).await.unwrap();
+    let receipt = store.commit_batch("m1", TARGET, &items, 0).await.unwrap();
     let first = Migration {
         counts: receipt.delta.applied_to(first.counts),
         ..first
@@ -664,7 +664,7 @@ async fn populate(store: &SqliteStore) -> (Migration, Migration) {
             vector: vec![1.0],
         },
     ];
-    let receipt = store.commit_batch("m2", THIRD, batch, 2).await.unwrap();
+    let receipt = store.commit_batch("m2", THIRD, &batch, 2).await.unwrap();
     let second = Migration {
         counts: receipt.delta.applied_to(second.counts),
         ..second
@@ -757,15 +757,15 @@ async fn concurrent_writes_and_batches_keep_counts_and_vectors_consistent() {
     };
     for _ in 0..60 {
         let claim = store.queued_documents("m1", "", 7).await.unwrap();
-        let items = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
-        store.commit_batch("m1", TARGET, items, 0).await.unwrap();
+        let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
+        store.commit_batch("m1", TARGET, &items, 0).await.unwrap();
     }
     writer.await.unwrap();
     assert_consistent(&store, "m1").await;
     while !queued(&store, "m1").await.is_empty() {
         let claim = store.queued_documents("m1", "", 7).await.unwrap();
-        let items = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
-        store.commit_batch("m1", TARGET, items, 0).await.unwrap();
+        let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
+        store.commit_batch("m1", TARGET, &items, 0).await.unwrap();
     }
     assert_consistent(&store, "m1").await;
 }
