@@ -2,9 +2,12 @@
 //! publishes the routing every request reads.
 //!
 //! Two locks, with different jobs:
-//! - `live` is a `std::sync::Mutex` over in-memory state only. Routing calls, count updates
-//!   and progress reads take it for microseconds; it is never held across an `.await`, so a
-//!   routing decision never waits on embedding or storage (invariant 7).
+//! - `live` is a `std::sync::Mutex` over in-memory state only. Count updates and progress
+//!   reads take it for microseconds; it is never held across an `.await`.
+//!
+//! Routing calls take neither: every change of `live` publishes a `RoutingSnapshot` through an
+//! `ArcSwap`, and a routing call loads that pointer, so it never waits on a worker, embedding
+//! or storage (invariant 7), however busy the backfill is.
 //! - `transitions` is a `tokio::sync::Mutex` that serialises lifecycle changes, which must
 //!   compute the next state, persist it and only then publish it. It is held across the
 //!   store call, which is why it is async and separate from `live`.
@@ -14,12 +17,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::domain::{
     ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot, Routing,
-    ThroughputMeter, TransitionError, route,
+    RoutingSnapshot, ThroughputMeter, TransitionError, route,
 };
 use crate::store::{CountsDelta, Store, StoreError};
 
@@ -54,6 +58,12 @@ struct Live {
     updated_at: DateTime<Utc>,
 }
 
+impl Live {
+    fn routing(&self) -> RoutingSnapshot {
+        RoutingSnapshot::new(&self.recorded_active, self.latest.as_ref())
+    }
+}
+
 /// A progress report: the migration, its derived figures and live worker state.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -68,6 +78,8 @@ pub struct Progress {
 /// Owns the live migration; shared by the API, the backfill workers and the window timer.
 pub struct Coordinator {
     live: Mutex<Live>,
+    /// The routing of `live` as last published; replaced under `live`, read without it.
+    routing: ArcSwap<RoutingSnapshot>,
     transitions: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     /// Bumped after every published change, so workers and the window timer can wait for one
@@ -94,8 +106,10 @@ impl Coordinator {
             in_flight_batches: 0,
             updated_at: Utc::now(),
         };
+        let routing = ArcSwap::from_pointee(live.routing());
         Ok(Self {
             live: Mutex::new(live),
+            routing,
             transitions: tokio::sync::Mutex::new(()),
             store,
             changes: watch::channel(0).0,
@@ -109,6 +123,12 @@ impl Coordinator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Publishes the routing of `live`, taken by the caller for its change, so snapshots are
+    /// replaced in the order of the changes they follow.
+    fn publish_routing(&self, live: &Live) {
+        self.routing.store(Arc::new(live.routing()));
+    }
+
     fn publish(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -118,10 +138,9 @@ impl Coordinator {
         self.changes.subscribe()
     }
 
-    /// The routing decision at `now`. In-memory only.
-    pub fn routing(&self, now: DateTime<Utc>) -> Routing {
-        let live = self.live();
-        route(&live.recorded_active, live.latest.as_ref(), now)
+    /// The routing decision at `now`: one pointer load, no lock, no storage.
+    pub fn routing(&self, now: DateTime<Utc>) -> Arc<Routing> {
+        Arc::clone(self.routing.load().at(now))
     }
 
     /// The active model at `now`: the source of an unsettled migration, the target once its
@@ -370,6 +389,7 @@ impl Coordinator {
         live.meter = ThroughputMeter::default();
         live.latest = Some(migration);
         live.updated_at = Utc::now();
+        self.publish_routing(&live);
         drop(live);
         self.publish();
     }
@@ -386,6 +406,7 @@ impl Coordinator {
             *current = next.clone();
             *updated_at = Utc::now();
         }
+        self.publish_routing(&live);
         drop(live);
         self.publish();
         next
@@ -408,6 +429,7 @@ impl Coordinator {
             meter.record(now, m.counts.processed);
             *updated_at = now;
         }
+        self.publish_routing(&live);
         drop(live);
         self.publish();
     }
@@ -436,7 +458,10 @@ impl Coordinator {
             return Ok(false);
         }
         self.store.set_active_model(model).await?;
-        self.live().recorded_active = model.to_owned();
+        let mut live = self.live();
+        live.recorded_active = model.to_owned();
+        self.publish_routing(&live);
+        drop(live);
         self.publish();
         Ok(true)
     }
@@ -446,7 +471,9 @@ impl Coordinator {
         let active = self.active_model(now);
         let changed = {
             let mut live = self.live();
-            std::mem::replace(&mut live.recorded_active, active.clone()) != active
+            let changed = std::mem::replace(&mut live.recorded_active, active.clone()) != active;
+            self.publish_routing(&live);
+            changed
         };
         if changed {
             self.store.set_active_model(&active).await?;

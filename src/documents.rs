@@ -37,7 +37,7 @@ pub struct NewDocument {
 pub struct Upserted {
     pub outcomes: Vec<WriteOutcome>,
     pub embedded_with: Vec<String>,
-    pub routing: Routing,
+    pub routing: Arc<Routing>,
 }
 
 /// One query hit with its text.
@@ -259,7 +259,7 @@ impl Documents {
         &self,
         text: &str,
         top_k: usize,
-    ) -> Result<(Routing, Vec<QueryHit>), ServiceError> {
+    ) -> Result<(Arc<Routing>, Vec<QueryHit>), ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
         count_route("query", routing.query_route);
         let query = self.embed_query(&routing.query_model, text).await?;

@@ -1,5 +1,7 @@
 //! `/v1/query`, `/v1/routing` and `/v1/models`: the read side of the routing policy.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -80,9 +82,9 @@ pub async fn query(
         .collect();
     Ok(AppJson(QueryResponse {
         route: routing.query_route,
-        model: routing.query_model,
+        model: routing.query_model.clone(),
         phase: routing.phase,
-        migration_id: routing.migration_id,
+        migration_id: routing.migration_id.clone(),
         hits,
     }))
 }
@@ -90,7 +92,7 @@ pub async fn query(
 /// The routing decision right now. Never touches storage or an embedder.
 #[utoipa::path(get, path = "/v1/routing", tag = "query",
     responses((status = 200, body = Routing)))]
-pub async fn get_routing(State(state): State<AppState>) -> AppJson<Routing> {
+pub async fn get_routing(State(state): State<AppState>) -> AppJson<Arc<Routing>> {
     AppJson(state.coordinator.routing(Utc::now()))
 }
 

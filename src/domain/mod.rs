@@ -18,4 +18,4 @@ pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{Pace, ProgressSnapshot, ThroughputMeter, estimate_secs, estimate_tokens};
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
-pub use routing::{Phase, Route, Routing, route};
+pub use routing::{Phase, Route, Routing, RoutingSnapshot, route};

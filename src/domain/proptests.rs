@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::config::{BackfillConfig, MAX_ROLLBACK_WINDOW_SECS};
 use super::migration::{Counts, Event, Migration, MigrationState};
-use super::routing::{Route, route};
+use super::routing::{Route, RoutingSnapshot, route};
 
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).unwrap()
@@ -294,6 +294,31 @@ proptest! {
                     prop_assert_eq!(err.state, m.state);
                 }
             }
+        }
+    }
+
+    /// (5) The snapshot every request reads answers exactly as the routing table would at
+    /// any time: before, at and after the end of a rollback window, in any state.
+    #[test]
+    fn routing_snapshot_agrees_with_the_table_at_any_time(
+        state in any_state(),
+        ends_at in proptest::option::of(any_time()),
+        counts in (0..1000u64, 0..1000u64, 0..1000u64),
+        config in valid_config(),
+        no_migration in any::<bool>(),
+        times in proptest::collection::vec(any_time(), 1..8),
+    ) {
+        let mut m = planned(config, counts.0);
+        m.state = state;
+        m.rollback_window_ends_at = ends_at;
+        m.counts.processed = counts.1.min(counts.0);
+        m.counts.skipped = counts.2.min(counts.0 - m.counts.processed);
+        let latest = (!no_migration).then_some(&m);
+        let snapshot = RoutingSnapshot::new("hash-v0", latest);
+        let mut times = times;
+        times.extend(ends_at);
+        for now in times {
+            prop_assert_eq!(&**snapshot.at(now), &route("hash-v0", latest, now), "at {}", now);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The routing table of API.md as one pure function: which model answers queries, which
 //! models a write embeds with, and which phase the service is in.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -58,6 +60,46 @@ impl Routing {
 /// Routes for `latest` (the newest migration, if any) at `now`; `active_model` is used only
 /// when no migration ever ran, since every migration's source is the model active before it.
 pub fn route(active_model: &str, latest: Option<&Migration>, now: DateTime<Utc>) -> Routing {
+    let window_open = latest.is_some_and(|m| m.window_open(now));
+    decide(active_model, latest, window_open)
+}
+
+/// The routing of one state of the newest migration, decided once and shared by every request
+/// until the state or counts change. Time matters to the table only when a rollback window
+/// closes, so that later routing is decided up front too: `at(now)` equals `route(.., now)`
+/// and costs a comparison.
+#[derive(Debug, Clone)]
+pub struct RoutingSnapshot {
+    current: Arc<Routing>,
+    /// When the rollback window closes, and the routing from then on.
+    after_window: Option<(DateTime<Utc>, Arc<Routing>)>,
+}
+
+impl RoutingSnapshot {
+    /// Decides the routing of `latest` (see `route`) for any time.
+    pub fn new(active_model: &str, latest: Option<&Migration>) -> Self {
+        let window_end = latest
+            .filter(|m| m.state == MigrationState::Completed)
+            .and_then(|m| m.rollback_window_ends_at);
+        Self {
+            current: Arc::new(decide(active_model, latest, window_end.is_some())),
+            after_window: window_end
+                .map(|end| (end, Arc::new(decide(active_model, latest, false)))),
+        }
+    }
+
+    /// The routing at `now`.
+    pub fn at(&self, now: DateTime<Utc>) -> &Arc<Routing> {
+        match &self.after_window {
+            Some((end, after)) if now >= *end => after,
+            _ => &self.current,
+        }
+    }
+}
+
+/// The routing table, with the one time-dependent question (is the rollback window open?)
+/// already answered.
+fn decide(active_model: &str, latest: Option<&Migration>, window_open: bool) -> Routing {
     let Some(m) = latest else {
         return stable(active_model, None, Route::Legacy, 1.0);
     };
@@ -65,7 +107,7 @@ pub fn route(active_model: &str, latest: Option<&Migration>, now: DateTime<Utc>)
     let id = Some(m.id.clone());
     match m.state {
         MigrationState::InProgress | MigrationState::Paused => migrating(m, coverage),
-        MigrationState::Completed if m.window_open(now) => Routing {
+        MigrationState::Completed if window_open => Routing {
             phase: Phase::RollbackWindow,
             query_model: m.target_model.clone(),
             write_models: vec![m.source_model.clone(), m.target_model.clone()],
