@@ -68,6 +68,16 @@ impl CountsDelta {
         *self == Self::default()
     }
 
+    /// The effect of this transaction followed by `next`.
+    pub fn then(self, next: CountsDelta) -> CountsDelta {
+        CountsDelta {
+            total: self.total + next.total,
+            processed: self.processed + next.processed,
+            skipped: self.skipped + next.skipped,
+            failed: self.failed + next.failed,
+        }
+    }
+
     /// `counts` after this delta.
     pub fn applied_to(&self, counts: Counts) -> Counts {
         Counts {
@@ -172,8 +182,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredDocument>, StoreError>;
     /// Texts of the given documents (for query hits); missing ids are left out.
     async fn texts(&self, ids: &[String]) -> Result<Vec<(String, String)>, StoreError>;
-    /// Every stored vector of `model` as (id, version, vector), to rebuild the in-memory index.
-    async fn vectors(&self, model: &str) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError>;
+    /// Stored vectors of `model` as (id, version, vector) with id > `after`, in id order, at
+    /// most `limit`: the in-memory index is rebuilt page by page, so start-up never holds
+    /// more than one page beside the index.
+    async fn vectors(
+        &self,
+        model: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError>;
 
     /// What a migration to `target_model` would embed now: the documents lacking a current
     /// vector of it, and their total text length in characters (for `dry_run` estimates).

@@ -238,11 +238,19 @@ impl Store for SqliteStore {
         .map_err(store_error)
     }
 
-    async fn vectors(&self, model: &str) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError> {
+    async fn vectors(
+        &self,
+        model: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT doc_id, version, dimensions, data FROM vectors WHERE model = ?1 ORDER BY doc_id",
+            "SELECT doc_id, version, dimensions, data FROM vectors
+             WHERE model = ?1 AND doc_id > ?2 ORDER BY doc_id LIMIT ?3",
         )
         .bind(model)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
         .fetch_all(&self.reader)
         .await
         .map_err(store_error)?;

@@ -21,6 +21,22 @@ async fn open() -> (TempDir, SqliteStore) {
 }
 
 /// A write of `id` with the given text, embedded with `models`.
+/// Every vector of `model`, paging the way the index loads them.
+async fn all_vectors(
+    store: &SqliteStore,
+    model: &str,
+) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError> {
+    let mut all: Vec<(String, u64, Vec<f32>)> = Vec::new();
+    loop {
+        let after = all.last().map(|row| row.0.clone());
+        let page = store.vectors(model, after.as_deref(), 2).await?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
 fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite {
     DocumentWrite {
         id: id.to_owned(),
@@ -198,13 +214,13 @@ async fn vectors_round_trip_bit_exactly() {
         ..write("a", &[])
     };
     put(&store, vec![doc]).await;
-    let stored = store.vectors(SOURCE).await.unwrap();
+    let stored = all_vectors(&store, SOURCE).await.unwrap();
     assert_eq!(stored.len(), 1);
     let (id, version, vector) = &stored[0];
     assert_eq!((id.as_str(), *version), ("a", 1));
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(vector), bits(&values));
-    assert!(store.vectors(TARGET).await.unwrap().is_empty());
+    assert!(all_vectors(&store, TARGET).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -256,7 +272,7 @@ async fn delete_removes_the_document_and_its_vectors() {
     let receipt = store.delete_document("a").await.unwrap();
     assert_eq!(receipt.map(|r| r.migration), Some(None));
     assert_eq!(store.get_document("a").await.unwrap(), None);
-    assert!(store.vectors(SOURCE).await.unwrap().is_empty());
+    assert!(all_vectors(&store, SOURCE).await.unwrap().is_empty());
     assert!(store.delete_document("a").await.unwrap().is_none());
 }
 
@@ -411,7 +427,7 @@ async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them() {
     assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
     assert_eq!(receipt.delta.processed, 2);
     assert_eq!(stored(&store, "m1").await.counts, counts(2, 2, 0, 0));
-    let target = store.vectors(TARGET).await.unwrap();
+    let target = all_vectors(&store, TARGET).await.unwrap();
     assert_eq!(target[0].2, vector_of(TARGET, "from the backfill"));
 }
 
@@ -426,7 +442,7 @@ async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target() {
     let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
     assert!(receipt.written.is_empty());
     assert!(receipt.delta.is_zero());
-    assert!(store.vectors(TARGET).await.unwrap().is_empty());
+    assert!(all_vectors(&store, TARGET).await.unwrap().is_empty());
     assert_eq!(queued(&store, "m1").await, [("a".to_owned(), 2)]);
     assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 0));
 }
@@ -441,7 +457,7 @@ async fn a_batch_does_not_overwrite_or_recount_a_dual_written_document() {
     let batch = vec![embedded("a", claim[0].version)];
     let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
     assert!(receipt.written.is_empty());
-    let target = store.vectors(TARGET).await.unwrap();
+    let target = all_vectors(&store, TARGET).await.unwrap();
     assert_eq!(target, [("a".to_owned(), 2, vector_of(TARGET, "newer"))]);
     assert_eq!(stored(&store, "m1").await.counts, counts(1, 1, 0, 0));
 }
@@ -704,7 +720,7 @@ async fn everything_survives_a_reopen() {
     assert_eq!(queued(&store, "m2").await, [("c".to_owned(), 1)]);
     assert_eq!(store.skips("m2").await.unwrap(), skips);
     assert_eq!(store.list_documents(None, 10).await.unwrap(), documents);
-    assert_eq!(store.vectors(TARGET).await.unwrap().len(), 3);
+    assert_eq!(all_vectors(&store, TARGET).await.unwrap().len(), 3);
     store.close().await;
 }
 
@@ -720,7 +736,7 @@ async fn assert_consistent(store: &SqliteStore, migration_id: &str) {
         c.processed + c.skipped + queue.len() as u64,
         "{c:?}"
     );
-    let target = store.vectors(TARGET).await.unwrap();
+    let target = all_vectors(store, TARGET).await.unwrap();
     for document in store.list_documents(None, 1000).await.unwrap() {
         if queue.iter().any(|(id, _)| *id == document.id) {
             continue;
