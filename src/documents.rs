@@ -4,7 +4,9 @@
 //! change two things — the store and the in-memory indexes — and those must change in the same
 //! order, or a late index update could resurrect a deleted document or undo a newer version.
 //! `commit_order` serialises "commit, then apply to the index" for every writer. It costs
-//! nothing on SQLite, whose single writer connection serialises commits anyway.
+//! nothing on SQLite, whose single writer connection serialises commits anyway, and it lets
+//! client writes go ahead of backfill commits (`CommitOrder`); a backfill batch commits in
+//! chunks of `BACKFILL_COMMIT_CHUNK` documents so that a write never waits behind a long one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::Instant;
 use chrono::Utc;
 use serde_json::Value;
 
+use crate::commit_order::CommitOrder;
 use crate::coordinator::Coordinator;
 use crate::domain::{Route, Routing};
 use crate::embed::{EmbedError, Embedder, ModelRegistry};
@@ -21,8 +24,20 @@ use crate::store::{
     BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, WriteOutcome, WriteReceipt,
 };
 
+/// Who an embedding is for: a request waits for it; the backfill only needs it eventually,
+/// and yields the CPU to requests (`Embedder::embed_background`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Request,
+    Backfill,
+}
+
 /// How many times a write is re-routed when it raced a migration completing.
 const MAX_WRITE_ATTEMPTS: usize = 3;
+
+/// Documents per backfill commit: small enough that a client write waiting behind one waits
+/// a few milliseconds, large enough that a transaction's fixed cost stays negligible.
+const BACKFILL_COMMIT_CHUNK: usize = 100;
 
 /// A document as a client sent it.
 #[derive(Debug, Clone)]
@@ -71,7 +86,7 @@ pub struct Documents {
     models: ModelRegistry,
     indexes: Arc<IndexSet>,
     /// Held from a store commit until its effect is applied to `indexes` (see module doc).
-    commit_order: tokio::sync::Mutex<()>,
+    commit_order: CommitOrder,
 }
 
 impl Documents {
@@ -87,7 +102,7 @@ impl Documents {
             store,
             models,
             indexes,
-            commit_order: tokio::sync::Mutex::new(()),
+            commit_order: CommitOrder::default(),
         }
     }
 
@@ -137,7 +152,7 @@ impl Documents {
             .collect();
         let mut embedded_with = Vec::with_capacity(routing.write_models.len());
         for model in &routing.write_models {
-            let vectors = match self.embed(model, &texts).await {
+            let vectors = match self.embed(model, &texts, Priority::Request).await {
                 Ok(vectors) => vectors,
                 Err(error) if routing.is_best_effort_write(model) => {
                     tracing::warn!(%error, "dual write to the target failed; queued for the backfill");
@@ -158,10 +173,14 @@ impl Documents {
         &self,
         model: &str,
         texts: &[String],
+        priority: Priority,
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
         let embedder = self.embedder(model)?;
         let started = Instant::now();
-        let result = embedder.embed(texts).await;
+        let result = match priority {
+            Priority::Request => embedder.embed(texts).await,
+            Priority::Backfill => embedder.embed_background(texts).await,
+        };
         let vectors = observed(model, started, result)?;
         check_shape(model, embedder.dimensions(), texts.len(), &vectors)?;
         Ok(vectors)
@@ -194,7 +213,7 @@ impl Documents {
         &self,
         writes: Vec<DocumentWrite>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let _order = self.commit_order.lock().await;
+        let _turn = self.commit_order.for_write().await;
         let receipt = self.store.write_documents(&writes).await?;
         for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
             for (model, vector) in &write.vectors {
@@ -208,7 +227,7 @@ impl Documents {
 
     /// Deletes a document everywhere; `false` when it did not exist.
     pub async fn delete(&self, id: &str) -> Result<bool, ServiceError> {
-        let _order = self.commit_order.lock().await;
+        let _turn = self.commit_order.for_write().await;
         let Some(receipt) = self.store.delete_document(id).await? else {
             return Ok(false);
         };
@@ -218,6 +237,11 @@ impl Documents {
     }
 
     /// Commits one backfill batch and applies the vectors that passed compare-and-set.
+    ///
+    /// The batch commits in chunks of `BACKFILL_COMMIT_CHUNK`, each in its own transaction and
+    /// applied to the indexes and counts before the next, so client writes can commit in
+    /// between. Each chunk is a complete compare-and-set commit, so an error after some chunks
+    /// leaves those done and the rest queued: nothing is skipped or counted twice.
     pub async fn commit_batch(
         &self,
         migration_id: &str,
@@ -225,10 +249,37 @@ impl Documents {
         items: Vec<BatchItem>,
         failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
-        let _order = self.commit_order.lock().await;
+        let mut receipt = BatchReceipt::default();
+        let mut chunks = items.chunks(BACKFILL_COMMIT_CHUNK);
+        // A batch with no items still commits once, to record its failures.
+        let first = chunks.next().unwrap_or_default();
+        let mut failed = failed;
+        for chunk in std::iter::once(first).chain(chunks) {
+            let committed = self
+                .commit_chunk(
+                    migration_id,
+                    target_model,
+                    chunk,
+                    std::mem::take(&mut failed),
+                )
+                .await?;
+            receipt.written.extend(committed.written);
+            receipt.delta = receipt.delta.then(committed.delta);
+        }
+        Ok(receipt)
+    }
+
+    async fn commit_chunk(
+        &self,
+        migration_id: &str,
+        target_model: &str,
+        items: &[BatchItem],
+        failed: u64,
+    ) -> Result<BatchReceipt, StoreError> {
+        let _turn = self.commit_order.for_backfill().await;
         let receipt = self
             .store
-            .commit_batch(migration_id, target_model, &items, failed)
+            .commit_batch(migration_id, target_model, items, failed)
             .await?;
         let vectors: HashMap<&str, &[f32]> = items
             .iter()

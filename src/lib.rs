@@ -20,6 +20,7 @@
 pub mod api;
 pub mod backfill;
 pub mod cli;
+mod commit_order;
 pub mod config;
 pub mod coordinator;
 pub mod documents;

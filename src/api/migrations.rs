@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, AppJson, Problem, optional_object};
 use crate::coordinator::Progress;
-use crate::documents::ServiceError;
+use crate::documents::{Priority, ServiceError};
 use crate::domain::{
     BackfillConfig, ConfigPatch, Event, Migration, MigrationState, Phase, Route, estimate_secs,
     estimate_tokens,
@@ -216,7 +216,11 @@ fn valid_migration_id(id: String) -> Result<String, ApiError> {
 /// or a misconfigured provider is a 422 on creation rather than a failed migration later.
 async fn preflight(state: &AppState, target: &str) -> Result<(), ApiError> {
     let probe = [PREFLIGHT_PROBE.to_owned()];
-    match state.documents.embed(target, &probe).await {
+    match state
+        .documents
+        .embed(target, &probe, Priority::Request)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(
             error @ (ServiceError::WrongShape { .. }

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
-use crate::documents::{Documents, ServiceError};
+use crate::documents::{Documents, Priority, ServiceError};
 use crate::domain::Migration;
 use crate::embed::EmbedError;
 use crate::store::{BatchItem, ClaimedDocument};
@@ -158,7 +158,11 @@ impl BatchRunner {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<BatchItem>, ServiceError>> + Send + 'a>> {
         Box::pin(async move {
             let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
-            match self.documents.embed(target, &texts).await {
+            match self
+                .documents
+                .embed(target, &texts, Priority::Backfill)
+                .await
+            {
                 Ok(vectors) => Ok(docs
                     .iter()
                     .zip(vectors)

@@ -7,8 +7,9 @@
 //! change texts with characters it newly assigns.)
 
 use async_trait::async_trait;
+use tokio::task::JoinHandle;
 
-use super::{EmbedError, Embedder};
+use super::{EmbedError, Embedder, background};
 
 /// Batches larger than this are hashed on the blocking pool: a backfill batch of thousands of
 /// texts would otherwise hold a runtime worker for milliseconds, while the few texts of a
@@ -135,14 +136,27 @@ impl Embedder for HashEmbedder {
             return Ok(self.embed_all(texts));
         }
         let (embedder, texts) = (*self, texts.to_vec());
-        match tokio::task::spawn_blocking(move || embedder.embed_all(&texts)).await {
-            Ok(vectors) => Ok(vectors),
-            // Hashing cannot fail, so a panic is a bug: surface it as the inline path would.
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            Err(error) => Err(EmbedError::Unavailable(format!(
-                "hashing was cancelled: {error}"
-            ))),
-        }
+        joined(tokio::task::spawn_blocking(move || {
+            embedder.embed_all(&texts)
+        }))
+        .await
+    }
+
+    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let (embedder, texts) = (*self, texts.to_vec());
+        joined(background::spawn(move || embedder.embed_all(&texts))).await
+    }
+}
+
+/// The vectors hashed on another thread.
+async fn joined(task: JoinHandle<Vec<Vec<f32>>>) -> Result<Vec<Vec<f32>>, EmbedError> {
+    match task.await {
+        Ok(vectors) => Ok(vectors),
+        // Hashing cannot fail, so a panic is a bug: surface it as the inline path would.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => Err(EmbedError::Unavailable(format!(
+            "hashing was cancelled: {error}"
+        ))),
     }
 }
 

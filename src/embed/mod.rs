@@ -6,6 +6,7 @@
 //! `openai` speaks the OpenAI-compatible embeddings API (paced by `pacing`); `registry_file`
 //! builds the registry from `reembed.toml`.
 
+pub mod background;
 pub mod builtin;
 pub mod openai;
 pub mod pacing;
@@ -58,6 +59,14 @@ pub trait Embedder: Send + Sync + 'static {
     /// Embeds a batch: one L2-normalised vector of `dimensions()` per text, in the order of
     /// `texts`. Batches let providers amortise a request over many texts.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// Embeds documents for the backfill: the same vectors as `embed`, but a model that
+    /// computes them on this machine's CPU does it at background priority (`background`), so
+    /// that a backfill takes only the CPU that requests leave idle. By default, `embed`: a
+    /// remote provider's work costs no local CPU.
+    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed(texts).await
+    }
 
     /// Embeds a search query. Separate from `embed` because instruction-tuned models (e5,
     /// bge) want queries and documents marked differently; by default a query is embedded
