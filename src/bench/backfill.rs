@@ -136,19 +136,11 @@ async fn drive_migration(
     batch_size: u32,
     max_concurrent: u32,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let client = reqwest::Client::new();
     let start = Instant::now();
     super::start_migration(base, "bench", TARGET, (batch_size, max_concurrent)).await?;
     let queueing = start.elapsed();
-    let url = format!("{base}/v1/migrations/bench/progress");
-    loop {
-        let progress: serde_json::Value = client.get(&url).send().await?.json().await?;
-        match progress["state"].as_str() {
-            Some("completed") => return Ok((start.elapsed(), queueing)),
-            Some("in_progress") => tokio::time::sleep(Duration::from_millis(10)).await,
-            other => anyhow::bail!("the migration ended {other:?}: {progress}"),
-        }
-    }
+    super::wait_completed(base, "bench").await?;
+    Ok((start.elapsed(), queueing))
 }
 
 /// Read → embed → write in one transaction per batch, until every document has a vector.

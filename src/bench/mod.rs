@@ -2,9 +2,14 @@
 //! (fast set-up, not part of any figure) and a server run in-process on a port-0 listener.
 
 mod backfill;
+mod floor;
+mod micro;
+mod process;
 mod query;
 mod routing;
+mod scaling;
 mod stats;
+mod writes;
 mod wrk;
 
 use std::path::Path;
@@ -18,7 +23,11 @@ use reembed::store::{DocumentWrite, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const USAGE: &str = "usage: reembed-bench [--smoke] [--only query,routing,backfill]";
+pub const USAGE: &str =
+    "usage: reembed-bench [--smoke] [--only query,routing,backfill,writes,scaling,micro]";
+
+/// Every benchmark, in the order they run; `scaling` also reports memory.
+const ALL: [&str; 6] = ["query", "routing", "backfill", "writes", "scaling", "micro"];
 
 /// Which benchmarks to run, and at which sizes.
 pub struct Options {
@@ -30,7 +39,7 @@ impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut options = Options {
             smoke: false,
-            only: vec!["query".into(), "routing".into(), "backfill".into()],
+            only: ALL.iter().map(|&name| name.to_owned()).collect(),
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -39,6 +48,10 @@ impl Options {
                 "--only" => {
                     let list = args.next().ok_or("--only needs a list")?;
                     options.only = list.split(',').map(str::to_owned).collect();
+                    if let Some(unknown) = options.only.iter().find(|n| !ALL.contains(&n.as_str()))
+                    {
+                        return Err(format!("unknown benchmark {unknown}"));
+                    }
                 }
                 other => return Err(format!("unknown argument {other}")),
             }
@@ -64,6 +77,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("backfill") {
         let sizes = backfill::Sizes::new(options.smoke);
         println!("{}", backfill::run(&sizes).await?);
+    }
+    if options.wants("writes") {
+        let sizes = writes::Sizes::new(options.smoke);
+        println!("{}", writes::run(&sizes).await?);
+    }
+    if options.wants("scaling") {
+        let sizes = scaling::Sizes::new(options.smoke);
+        println!("{}", scaling::run(&sizes).await?);
+    }
+    if options.wants("micro") {
+        println!("{}", micro::report(options.smoke)?);
     }
     Ok(())
 }
@@ -126,7 +150,6 @@ pub async fn fill_store(
     Ok(())
 }
 
-/// A registry of the built-in models with `active` as the active model.
 /// Starts migration `id` to `target` on the server at `base` with the given bounds; returns
 /// once the service has answered (its backfill queue is built by then).
 pub async fn start_migration(
@@ -152,6 +175,39 @@ pub async fn start_migration(
     Ok(())
 }
 
+/// Sends `POST {base}/v1/migrations/{id}/{action}` (pause, resume, cancel, ...).
+pub async fn migration_action(base: &str, id: &str, action: &str) -> anyhow::Result<()> {
+    let reply = reqwest::Client::new()
+        .post(format!("{base}/v1/migrations/{id}/{action}"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        reply.status().is_success(),
+        "{action} migration: {}",
+        reply.text().await?
+    );
+    Ok(())
+}
+
+/// The progress document of migration `id`.
+pub async fn progress(base: &str, id: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{base}/v1/migrations/{id}/progress");
+    Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
+}
+
+/// Polls migration `id` every 10 ms until it is `completed`; fails if it ends otherwise.
+pub async fn wait_completed(base: &str, id: &str) -> anyhow::Result<()> {
+    loop {
+        let progress = progress(base, id).await?;
+        match progress["state"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("in_progress") => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            other => anyhow::bail!("the migration ended {other:?}: {progress}"),
+        }
+    }
+}
+
+/// A registry of the built-in models with `active` as the active model.
 pub fn registry(active: &str) -> ModelRegistry {
     let mut models = ModelRegistry::new(active);
     let info = |id: &str, dimensions| ModelInfo {
@@ -181,27 +237,27 @@ impl Server {
             let _ = stopped.await;
         };
         let task = tokio::spawn(reembed::serve(listener, config, models, shutdown));
-        let server = Server { base, stop, task };
-        server.wait_ready().await?;
-        Ok(server)
-    }
-
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        for _ in 0..600 {
-            let reply = client.get(format!("{}/readyz", self.base)).send().await;
-            if reply.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("the server at {} never became ready", self.base)
+        wait_ready(&base).await?;
+        Ok(Server { base, stop, task })
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await.context("the server task panicked")?
     }
+}
+
+/// Polls `GET {base}/readyz` every 50 ms, for up to two minutes (a million vectors load first).
+async fn wait_ready(base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..2400 {
+        let reply = client.get(format!("{base}/readyz")).send().await;
+        if reply.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the server at {base} never became ready")
 }
 
 /// A directory under the system's temporary directory, removed when dropped (`tempfile` is

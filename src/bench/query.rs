@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reembed::embed::builtin::HashEmbedder;
 use reembed::index::VectorIndex;
 
+use super::floor::sum;
 use super::stats::{median, ms, percentile, ratio, time_each};
 use super::{Server, corpus, fill_store, registry};
 
@@ -40,7 +41,7 @@ impl Sizes {
 }
 
 const MODEL: &str = "hash-v2";
-const TOP_K: usize = 10;
+pub const TOP_K: usize = 10;
 /// Alternations of server, raw scan and floor.
 const ROUNDS: usize = 3;
 
@@ -157,21 +158,9 @@ impl Raw {
     }
 }
 
-/// Reads every float once; eight independent sums so the loop is bound by memory, not by
-/// the latency of one chain of additions.
-fn sum(values: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
-}
-
-async fn serve_queries(
+/// Sends `requests` top-10 queries in turn on one connection, after three unmeasured ones
+/// that open it; returns the latency of each measured one.
+pub async fn serve_queries(
     base: &str,
     queries: &[String],
     requests: usize,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reembed::embed::builtin::HashEmbedder;
 
 use super::stats::{median, median_f64, ms, ratio};
-use super::wrk::{Load, Tool};
+use super::wrk::{Load, Request, Tool};
 use super::{Server, fill_store, registry};
 
 pub struct Sizes {
@@ -64,8 +64,9 @@ impl Series {
 
     async fn round(&mut self, sizes: &Sizes, base: &str) -> anyhow::Result<()> {
         let (c, d) = (sizes.connections, sizes.duration);
-        let healthz = sizes.tool.run(c, d, &format!("{base}/healthz")).await?;
-        let routing = sizes.tool.run(c, d, &format!("{base}/v1/routing")).await?;
+        let (healthz, routing) = (format!("{base}/healthz"), format!("{base}/v1/routing"));
+        let healthz = sizes.tool.run(c, d, Request::Get(&healthz)).await?;
+        let routing = sizes.tool.run(c, d, Request::Get(&routing)).await?;
         self.healthz.push(healthz);
         self.routing.push(routing);
         Ok(())
@@ -150,9 +151,11 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let (idle, busy, backfill_note) = result?;
 
     let baseline = Series::rps(&idle.healthz);
-    let example = sizes
-        .tool
-        .command(sizes.connections, sizes.duration, "http://ADDR/v1/routing");
+    let example = sizes.tool.command(
+        sizes.connections,
+        sizes.duration,
+        Request::Get("http://ADDR/v1/routing"),
+    );
     Ok(format!(
         "## Routing throughput\n\n`{example}` (and the same on `/healthz`), alternated \
          {} times per series, medians of the runs. The busy series runs while a migration to \

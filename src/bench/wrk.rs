@@ -1,5 +1,6 @@
 //! HTTP load: `wrk` for the real figures, or a small in-process client for smoke runs (CI
-//! has no `wrk`, and the smoke run asserts no timing).
+//! has no `wrk`, and the smoke run asserts no timing). A load either repeats one `GET` or
+//! writes a new document with every request.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,41 @@ pub struct Load {
     pub p99: Duration,
 }
 
+/// What every request of a load sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    /// `GET url`.
+    Get(&'a str),
+    /// `PUT {base}/v1/documents/{prefix}-{connection}-{n}` with `{"text": text}`: each request
+    /// creates a document of its own, so the load measures inserts, not no-op rewrites.
+    PutNewDocument {
+        base: &'a str,
+        prefix: &'a str,
+        text: &'a str,
+    },
+}
+
+impl Request<'_> {
+    /// The request's part of a wrk command line.
+    fn wrk_arguments(&self) -> String {
+        match self {
+            Request::Get(url) => url.to_string(),
+            Request::PutNewDocument { base, prefix, .. } => {
+                format!("-s put-new-document.lua {base} -- {prefix}")
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Request::Get(url) => format!("GET {url}"),
+            Request::PutNewDocument { base, prefix, .. } => {
+                format!("PUT {base}/v1/documents/{prefix}-<connection>-<n>")
+            }
+        }
+    }
+}
+
 /// How load is generated.
 #[derive(Debug, Clone, Copy)]
 pub enum Tool {
@@ -25,15 +61,17 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub fn command(self, connections: usize, duration: Duration, url: &str) -> String {
+    /// The command line of a run, for the results.
+    pub fn command(self, connections: usize, duration: Duration, request: Request) -> String {
         match self {
             Tool::Wrk => format!(
-                "wrk -t2 -c{connections} -d{}s --latency {url}",
-                duration.as_secs()
+                "wrk -t2 -c{connections} -d{}s --latency {}",
+                duration.as_secs(),
+                request.wrk_arguments()
             ),
             Tool::InProcess => format!(
-                "in-process reqwest, {connections} connections, {:?}, {url}",
-                duration
+                "in-process reqwest, {connections} connections, {duration:?}, {}",
+                request.describe()
             ),
         }
     }
@@ -42,21 +80,61 @@ impl Tool {
         self,
         connections: usize,
         duration: Duration,
-        url: &str,
+        request: Request<'_>,
     ) -> anyhow::Result<Load> {
         match self {
-            Tool::Wrk => wrk(connections, duration, url).await,
-            Tool::InProcess => in_process(connections, duration, url).await,
+            Tool::Wrk => wrk(connections, duration, request).await,
+            Tool::InProcess => in_process(connections, duration, request).await,
         }
     }
 }
 
+/// A wrk script that sends `PUT /v1/documents/{prefix}-{thread}-{n}` with one JSON body; the
+/// prefix is the script's first argument.
+fn put_new_document_script(text: &str) -> String {
+    let body = serde_json::json!({ "text": text }).to_string();
+    format!(
+        r#"wrk.method = "PUT"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[{body}]==]
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+function init(args)
+  prefix = args[1]
+  counter = 0
+end
+function request()
+  counter = counter + 1
+  local path = "/v1/documents/" .. prefix .. "-" .. tid .. "-" .. counter
+  return wrk.format(nil, path)
+end
+"#
+    )
+}
+
 /// Runs wrk as a child process without blocking the runtime that serves the requests.
-async fn wrk(connections: usize, duration: Duration, url: &str) -> anyhow::Result<Load> {
-    let output = Command::new("wrk")
+async fn wrk(connections: usize, duration: Duration, request: Request<'_>) -> anyhow::Result<Load> {
+    let mut command = Command::new("wrk");
+    command
         .args(["-t2", &format!("-c{connections}")])
         .arg(format!("-d{}s", duration.as_secs()))
-        .args(["--latency", url])
+        .arg("--latency");
+    // Kept alive until wrk has read it.
+    let script_dir = super::ScratchDir::new()?;
+    match request {
+        Request::Get(url) => {
+            command.arg(url);
+        }
+        Request::PutNewDocument { base, prefix, text } => {
+            let script = script_dir.path().join("put-new-document.lua");
+            std::fs::write(&script, put_new_document_script(text))?;
+            command.arg("-s").arg(&script).args([base, "--", prefix]);
+        }
+    }
+    let output = command
         .output()
         .await
         .context("cannot run wrk (bench/run.sh installs it)")?;
@@ -98,18 +176,25 @@ fn parse_wrk_duration(value: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
-async fn in_process(connections: usize, duration: Duration, url: &str) -> anyhow::Result<Load> {
+async fn in_process(
+    connections: usize,
+    duration: Duration,
+    request: Request<'_>,
+) -> anyhow::Result<Load> {
     let client = reqwest::Client::new();
     let start = Instant::now();
     let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.to_owned());
+        .map(|connection| {
+            let client = client.clone();
+            let build = request_builder(request, connection);
             tokio::spawn(async move {
                 let mut samples = Vec::new();
+                let mut n = 0;
                 while start.elapsed() < duration {
+                    n += 1;
                     let sent = Instant::now();
-                    let reply = client.get(&url).send().await?;
-                    anyhow::ensure!(reply.status().is_success(), "{url}: {}", reply.status());
+                    let reply = build(&client, n).send().await?;
+                    anyhow::ensure!(reply.status().is_success(), "{}", reply.status());
                     reply.bytes().await?;
                     samples.push(sent.elapsed());
                 }
@@ -125,6 +210,24 @@ async fn in_process(connections: usize, duration: Duration, url: &str) -> anyhow
         requests_per_sec: samples.len() as f64 / start.elapsed().as_secs_f64(),
         p99: percentile(&samples, 99.0),
     })
+}
+
+/// Builds the `n`-th request of one in-process connection.
+fn request_builder(
+    request: Request,
+    connection: usize,
+) -> impl Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + 'static {
+    let (url, body) = match request {
+        Request::Get(url) => (url.to_owned(), None),
+        Request::PutNewDocument { base, prefix, text } => (
+            format!("{base}/v1/documents/{prefix}-{connection}-"),
+            Some(serde_json::json!({ "text": text })),
+        ),
+    };
+    move |client, n| match &body {
+        None => client.get(&url),
+        Some(body) => client.put(format!("{url}{n}")).json(body),
+    }
 }
 
 #[cfg(test)]

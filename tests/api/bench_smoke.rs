@@ -15,7 +15,14 @@ fn the_benchmarks_run_in_smoke_mode() {
         "reembed-bench --smoke failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for section in ["## Query", "## Routing throughput", "## Backfill overhead"] {
+    for section in [
+        "## Query",
+        "## Routing throughput",
+        "## Backfill overhead",
+        "## Writes",
+        "## Scaling",
+        "## Memory",
+    ] {
         assert!(stdout.contains(section), "no {section} in:\n{stdout}");
     }
 }

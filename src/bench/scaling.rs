@@ -1,0 +1,189 @@
+//! Scaling and memory: at each corpus size, the real `reembed serve` binary loads a store of
+//! `hash-v1` documents; we read its resident memory, time queries, then time a full backfill
+//! to `hash-v2` and read its memory again. Backfill time per document should stay flat as the
+//! corpus grows; memory should stay close to the raw bytes of the vectors.
+
+use std::time::{Duration, Instant};
+
+use reembed::embed::builtin::HashEmbedder;
+
+use super::process::{Memory, ServerProcess};
+use super::query::serve_queries;
+use super::stats::{median, ms, percentile, ratio};
+use super::{corpus, fill_store};
+
+pub struct Sizes {
+    steps: Vec<usize>,
+    words: usize,
+    queries: usize,
+}
+
+impl Sizes {
+    pub fn new(smoke: bool) -> Self {
+        if smoke {
+            Sizes {
+                steps: vec![100, 300],
+                words: 20,
+                queries: 5,
+            }
+        } else {
+            Sizes {
+                steps: vec![10_000, 100_000, 1_000_000],
+                words: 100,
+                queries: 100,
+            }
+        }
+    }
+}
+
+const SOURCE_DIMS: u64 = 256;
+const TARGET_DIMS: u64 = 384;
+const MIGRATION: &str = "bench-scaling";
+/// The best configuration of the backfill benchmark.
+const BOUNDS: (u32, u32) = (1000, 4);
+
+/// What one corpus size measured.
+struct Step {
+    docs: usize,
+    loaded: Memory,
+    queries: Vec<Duration>,
+    backfill: Duration,
+    backfilled: Memory,
+}
+
+impl Step {
+    fn per_doc(&self) -> Duration {
+        self.backfill / self.docs as u32
+    }
+}
+
+pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
+    let empty = empty_server_memory().await?;
+    let mut steps = Vec::new();
+    for &docs in &sizes.steps {
+        steps.push(measure(sizes, docs).await?);
+    }
+    Ok(format!(
+        "{}\n{}",
+        scaling_report(sizes, &steps),
+        memory_report(empty, &steps)
+    ))
+}
+
+/// The resident memory of a server on an empty store: the fixed overhead.
+async fn empty_server_memory() -> anyhow::Result<Memory> {
+    let dir = super::ScratchDir::new()?;
+    let server = ServerProcess::start(dir.path()).await?;
+    let memory = server.memory();
+    server.stop().await?;
+    memory
+}
+
+async fn measure(sizes: &Sizes, docs: usize) -> anyhow::Result<Step> {
+    let dir = super::ScratchDir::new()?;
+    let setup = Instant::now();
+    let v1 = HashEmbedder::hash_v1();
+    fill_store(dir.path(), docs, sizes.words, "hash-v1", &v1).await?;
+    eprintln!("scaling: stored {docs} documents in {:?}", setup.elapsed());
+    let server = ServerProcess::start(dir.path()).await?;
+    let result = measure_server(sizes, docs, &server).await;
+    server.stop().await?;
+    result
+}
+
+async fn measure_server(
+    sizes: &Sizes,
+    docs: usize,
+    server: &ServerProcess,
+) -> anyhow::Result<Step> {
+    let base = &server.base;
+    let loaded = server.memory()?;
+    let texts: Vec<String> = corpus(16, 8).map(|(_, text)| text).collect();
+    let queries = serve_queries(base, &texts, sizes.queries).await?;
+    let start = Instant::now();
+    super::start_migration(base, MIGRATION, "hash-v2", BOUNDS).await?;
+    super::wait_completed(base, MIGRATION).await?;
+    let backfill = start.elapsed();
+    Ok(Step {
+        docs,
+        loaded,
+        queries,
+        backfill,
+        backfilled: server.memory()?,
+    })
+}
+
+fn scaling_report(sizes: &Sizes, steps: &[Step]) -> String {
+    let mut out = format!(
+        "## Scaling\n\nAt each size a store of documents of {} words with `hash-v1` vectors is \
+         served by the real `reembed serve` binary (a child process). Query: {} sequential \
+         `POST /v1/query` top-10 on one connection, over the `hash-v1` index. Backfill: \
+         `POST /v1/migrations` to `hash-v2` (batch_size {}, max_concurrent {}) until \
+         `completed`. Ratios are against the smallest size. Goal: backfill time per document \
+         flat within ±25%.\n\n\
+         | documents | backfill | per document | ratio | query p50 | query p99 | p50 ratio | RSS loaded | RSS after backfill |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        sizes.words, sizes.queries, BOUNDS.0, BOUNDS.1,
+    );
+    let Some(first) = steps.first() else {
+        return out;
+    };
+    for step in steps {
+        out += &format!(
+            "| {} | {:.2} s | {:.1} µs | {} | {} | {} | {} | {} | {} |\n",
+            step.docs,
+            step.backfill.as_secs_f64(),
+            step.per_doc().as_secs_f64() * 1e6,
+            ratio(step.per_doc().as_secs_f64(), first.per_doc().as_secs_f64()),
+            ms(median(&step.queries)),
+            ms(percentile(&step.queries, 99.0)),
+            ratio(
+                median(&step.queries).as_secs_f64(),
+                median(&first.queries).as_secs_f64()
+            ),
+            mb(step.loaded.resident),
+            mb(step.backfilled.resident),
+        );
+    }
+    out
+}
+
+fn memory_report(empty: Memory, steps: &[Step]) -> String {
+    let mut out = format!(
+        "## Memory\n\nResident memory (`VmRSS` of the `reembed serve` process) against the raw \
+         bytes of the vectors it holds (`hash-v1`: {SOURCE_DIMS} f32, `hash-v2`: {TARGET_DIMS} \
+         f32 per document). Fixed overhead: the same server on an empty store, {} resident. \
+         Ratio: (resident − fixed overhead) / raw vector bytes. Goal ≤ 1.3×. The peak \
+         (`VmHWM`) includes the start-up load and the backfill.\n\n\
+         | documents | when | raw vector bytes | resident | ratio | peak |\n\
+         |---|---|---|---|---|---|\n",
+        mb(empty.resident),
+    );
+    for step in steps {
+        let docs = step.docs as u64;
+        let rows = [
+            ("loaded", docs * SOURCE_DIMS * 4, step.loaded),
+            (
+                "after the backfill",
+                docs * (SOURCE_DIMS + TARGET_DIMS) * 4,
+                step.backfilled,
+            ),
+        ];
+        for (when, raw, memory) in rows {
+            let above = memory.resident.saturating_sub(empty.resident);
+            out += &format!(
+                "| {} | {when} | {} | {} | {} | {} |\n",
+                step.docs,
+                mb(raw),
+                mb(memory.resident),
+                ratio(above as f64, raw as f64),
+                mb(memory.peak),
+            );
+        }
+    }
+    out
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
