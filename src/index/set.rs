@@ -7,13 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use futures_util::TryStreamExt;
+
 use super::{Hit, VectorIndex};
 use crate::embed::ModelRegistry;
 use crate::store::{Store, StoreError};
-
-/// Vectors read from the store per query while loading: big enough that paging costs
-/// nothing measurable, small enough (about 15 MB at 384 dimensions) to stay out of the way.
-const LOAD_PAGE: u32 = 10_000;
 
 /// The in-memory indexes of every model, rebuilt from the store at start-up.
 pub struct IndexSet {
@@ -31,23 +29,17 @@ impl IndexSet {
         Self { by_model }
     }
 
-    /// Indexes for every model, filled with every vector the store holds for it, one page of
-    /// `LOAD_PAGE` vectors at a time so that loading costs no more memory than the index.
+    /// Indexes for every model, filled with every vector the store holds for it, as the
+    /// store streams them: loading costs no more memory than the index itself.
     pub async fn load(models: &ModelRegistry, store: &dyn Store) -> Result<Self, StoreError> {
         let set = Self::new(models);
         for (model, index) in &set.by_model {
-            let mut after: Option<String> = None;
-            loop {
-                let page = store.vectors(model, after.as_deref(), LOAD_PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.0.clone());
-                let mut index = write(index);
-                for (id, version, vector) in page {
-                    if let Err(error) = index.upsert(&id, version, &vector) {
-                        return Err(StoreError::Corrupt(format!(
-                            "{model} vector of {id}: {error}"
-                        )));
-                    }
+            let mut vectors = store.vectors(model);
+            while let Some((id, version, vector)) = vectors.try_next().await? {
+                if let Err(error) = write(index).upsert(&id, version, &vector) {
+                    return Err(StoreError::Corrupt(format!(
+                        "{model} vector of {id}: {error}"
+                    )));
                 }
             }
             tracing::info!(%model, vectors = read(index).len(), "index loaded");

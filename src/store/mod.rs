@@ -11,6 +11,7 @@
 pub mod sqlite;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 use crate::domain::{Counts, Migration, MigrationState};
@@ -50,6 +51,9 @@ pub struct WriteOutcome {
     pub id: String,
     pub version: u64,
 }
+
+/// A stored vector: (document id, document version it was computed from, the vector).
+pub type StoredVector = (String, u64, Vec<f32>);
 
 /// How one committed transaction changed the counts of a migration, so the in-memory copy can
 /// follow the database without re-reading it. `total` is signed because a delete shrinks it,
@@ -182,15 +186,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredDocument>, StoreError>;
     /// Texts of the given documents (for query hits); missing ids are left out.
     async fn texts(&self, ids: &[String]) -> Result<Vec<(String, String)>, StoreError>;
-    /// Stored vectors of `model` as (id, version, vector) with id > `after`, in id order, at
-    /// most `limit`: the in-memory index is rebuilt page by page, so start-up never holds
-    /// more than one page beside the index.
-    async fn vectors(
-        &self,
-        model: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError>;
+    /// Every stored vector of `model` as (id, version, vector), streamed in id order: the
+    /// in-memory index is rebuilt from it without a second copy of the vectors in memory.
+    fn vectors<'a>(&'a self, model: &'a str) -> BoxStream<'a, Result<StoredVector, StoreError>>;
 
     /// What a migration to `target_model` would embed now: the documents lacking a current
     /// vector of it, and their total text length in characters (for `dry_run` estimates).
@@ -234,7 +232,25 @@ pub trait Store: Send + Sync + 'static {
         target_model: &str,
         items: &[BatchItem],
         failed: u64,
-    ) -> Result<BatchReceipt, StoreError>;
+    ) -> Result<BatchReceipt, StoreError> {
+        let (receipt, _) = self
+            .commit_batch_until(migration_id, target_model, items, failed, &|_| false)
+            .await?;
+        Ok(receipt)
+    }
+    /// `commit_batch` that may end early: before each item after the first it asks
+    /// `stop(items so far)`, and when told to, commits the items so far. Returns the receipt
+    /// and how many items were committed (at least one, unless there were none); the rest are
+    /// for the caller. A writer with something more urgent to commit stops the backfill's
+    /// transaction this way.
+    async fn commit_batch_until(
+        &self,
+        migration_id: &str,
+        target_model: &str,
+        items: &[BatchItem],
+        failed: u64,
+        stop: &(dyn Fn(usize) -> bool + Send + Sync),
+    ) -> Result<(BatchReceipt, usize), StoreError>;
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError>;
     /// Puts every skipped document that still exists back on the migration's queue and clears
     /// its skip list, in one transaction: skipped shrinks by the list's length, and total by

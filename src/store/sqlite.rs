@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -25,7 +27,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, DocumentWrite, Skip, Store, StoreError,
-    StoredDocument, VectorInfo, WriteOutcome, WriteReceipt,
+    StoredDocument, StoredVector, VectorInfo, WriteOutcome, WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
 
@@ -238,23 +240,14 @@ impl Store for SqliteStore {
         .map_err(store_error)
     }
 
-    async fn vectors(
-        &self,
-        model: &str,
-        after: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT doc_id, version, dimensions, data FROM vectors
-             WHERE model = ?1 AND doc_id > ?2 ORDER BY doc_id LIMIT ?3",
+    fn vectors<'a>(&'a self, model: &'a str) -> BoxStream<'a, Result<StoredVector, StoreError>> {
+        sqlx::query(
+            "SELECT doc_id, version, dimensions, data FROM vectors WHERE model = ?1 ORDER BY doc_id",
         )
         .bind(model)
-        .bind(after.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(decode_vector_row).collect()
+        .fetch(&self.reader)
+        .map(|row| decode_vector_row(&row.map_err(store_error)?))
+        .boxed()
     }
 
     async fn backfill_estimate(&self, target_model: &str) -> Result<(u64, u64), StoreError> {
@@ -371,13 +364,14 @@ impl Store for SqliteStore {
         rows.iter().map(decode_claimed).collect()
     }
 
-    async fn commit_batch(
+    async fn commit_batch_until(
         &self,
         migration_id: &str,
         target_model: &str,
         items: &[BatchItem],
         failed: u64,
-    ) -> Result<BatchReceipt, StoreError> {
+        stop: &(dyn Fn(usize) -> bool + Send + Sync),
+    ) -> Result<(BatchReceipt, usize), StoreError> {
         let mut tx = self.begin_write().await?;
         let batch = Batch {
             migration_id,
@@ -385,15 +379,20 @@ impl Store for SqliteStore {
             now: Utc::now(),
         };
         let mut receipt = BatchReceipt::default();
+        let mut committed = 0;
         for item in items {
+            if committed > 0 && stop(committed) {
+                break;
+            }
             commit_item(&mut tx, batch, item, &mut receipt).await?;
+            committed += 1;
         }
         receipt.delta.failed = failed;
         if !receipt.delta.is_zero() {
             apply_delta(&mut tx, migration_id, receipt.delta).await?;
         }
         tx.commit().await.map_err(store_error)?;
-        Ok(receipt)
+        Ok((receipt, committed))
     }
 
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError> {
@@ -983,7 +982,7 @@ fn decode_vector_info(row: &SqliteRow) -> Result<VectorInfo, StoreError> {
     })
 }
 
-fn decode_vector_row(row: &SqliteRow) -> Result<(String, u64, Vec<f32>), StoreError> {
+fn decode_vector_row(row: &SqliteRow) -> Result<StoredVector, StoreError> {
     let dimensions = stored_usize(column(row, "dimensions")?)?;
     let data: Vec<u8> = column(row, "data")?;
     Ok((

@@ -2,12 +2,15 @@
 //! queue rule, the backfill compare-and-set, lifecycle conflicts, and what survives a reopen.
 
 use chrono::{DateTime, TimeZone, Utc};
+use futures_util::TryStreamExt;
 use serde_json::json;
 use tempfile::TempDir;
 
 use super::SqliteStore;
 use crate::domain::{BackfillConfig, Counts, Event, Migration, MigrationState};
-use crate::store::{BatchItem, CountsDelta, DocumentWrite, Store, StoreError, VectorInfo};
+use crate::store::{
+    BatchItem, CountsDelta, DocumentWrite, Store, StoreError, StoredVector, VectorInfo,
+};
 
 const SOURCE: &str = "hash-v1";
 const TARGET: &str = "hash-v2";
@@ -21,20 +24,9 @@ async fn open() -> (TempDir, SqliteStore) {
 }
 
 /// A write of `id` with the given text, embedded with `models`.
-/// Every vector of `model`, paging the way the index loads them.
-async fn all_vectors(
-    store: &SqliteStore,
-    model: &str,
-) -> Result<Vec<(String, u64, Vec<f32>)>, StoreError> {
-    let mut all: Vec<(String, u64, Vec<f32>)> = Vec::new();
-    loop {
-        let after = all.last().map(|row| row.0.clone());
-        let page = store.vectors(model, after.as_deref(), 2).await?;
-        if page.is_empty() {
-            return Ok(all);
-        }
-        all.extend(page);
-    }
+/// Every vector of `model`, as the index loads them.
+async fn all_vectors(store: &SqliteStore, model: &str) -> Result<Vec<StoredVector>, StoreError> {
+    store.vectors(model).try_collect().await
 }
 
 fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite {
@@ -429,6 +421,48 @@ async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them() {
     assert_eq!(stored(&store, "m1").await.counts, counts(2, 2, 0, 0));
     let target = all_vectors(&store, TARGET).await.unwrap();
     assert_eq!(target[0].2, vector_of(TARGET, "from the backfill"));
+}
+
+#[tokio::test]
+async fn a_batch_told_to_stop_commits_the_items_so_far_and_leaves_the_rest_queued() {
+    let (_dir, store) = open().await;
+    put(
+        &store,
+        vec![
+            write("a", &[SOURCE]),
+            write("b", &[SOURCE]),
+            write("c", &[SOURCE]),
+        ],
+    )
+    .await;
+    let m = started(&store, "m1").await;
+    let batch = vec![embedded("a", 1), embedded("b", 1), embedded("c", 1)];
+    let asked = std::sync::Mutex::new(Vec::new());
+    let stop_after_two = |so_far| {
+        asked.lock().unwrap().push(so_far);
+        so_far == 2
+    };
+    let (receipt, committed) = store
+        .commit_batch_until(&m.id, TARGET, &batch, 0, &stop_after_two)
+        .await
+        .unwrap();
+    assert_eq!(committed, 2);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [1, 2],
+        "asked before each item after the first"
+    );
+    assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
+    assert_eq!(queued(&store, "m1").await, [("c".to_owned(), 1)]);
+    assert_eq!(stored(&store, "m1").await.counts, counts(3, 2, 0, 0));
+
+    let (receipt, committed) = store
+        .commit_batch_until(&m.id, TARGET, &batch[2..], 0, &|_| true)
+        .await
+        .unwrap();
+    assert_eq!(committed, 1, "the first item always commits");
+    assert_eq!(receipt.written, [("c".to_owned(), 1)]);
+    assert_eq!(stored(&store, "m1").await.counts, counts(3, 3, 0, 0));
 }
 
 #[tokio::test]
