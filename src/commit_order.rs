@@ -4,9 +4,9 @@
 //! A backfill at full speed always has a commit waiting; in plain FIFO order, a client's `PUT`
 //! would queue behind every worker's batch. Here a backfill commit first lets every waiting
 //! document write go ahead, for at most `MAX_YIELD`, then takes its turn in FIFO order. So a
-//! write waits for at most the one backfill commit in progress (the backfill commits in chunks
-//! to keep that short), and the backfill still commits at least once per `MAX_YIELD` however
-//! busy the writers are.
+//! write waits for at most the one backfill commit in progress (which ends its transaction
+//! early when it sees a write waiting, `writes_waiting`), and the backfill still commits at
+//! least once per `MAX_YIELD` however busy the writers are.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -41,6 +41,12 @@ impl CommitOrder {
     pub(crate) async fn for_backfill(&self) -> Turn<'_> {
         let _ = tokio::time::timeout(MAX_YIELD, self.writes_drained()).await;
         self.turn.lock().await
+    }
+
+    /// Whether a document write is waiting for its turn: a backfill commit holding the turn
+    /// asks, to end its transaction early.
+    pub(crate) fn writes_waiting(&self) -> bool {
+        self.writes_waiting.load(Ordering::SeqCst) > 0
     }
 
     /// Resolves once no document write is waiting.

@@ -5,8 +5,8 @@
 //! order, or a late index update could resurrect a deleted document or undo a newer version.
 //! `commit_order` serialises "commit, then apply to the index" for every writer. It costs
 //! nothing on SQLite, whose single writer connection serialises commits anyway, and it lets
-//! client writes go ahead of backfill commits (`CommitOrder`); a backfill batch commits in
-//! chunks of `BACKFILL_COMMIT_CHUNK` documents so that a write never waits behind a long one.
+//! client writes go ahead of backfill commits (`CommitOrder`); a backfill batch's transaction
+//! ends early when a client write starts waiting, so a write never waits behind a long one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,9 +35,10 @@ pub enum Priority {
 /// How many times a write is re-routed when it raced a migration completing.
 const MAX_WRITE_ATTEMPTS: usize = 3;
 
-/// Documents per backfill commit: small enough that a client write waiting behind one waits
-/// a few milliseconds, large enough that a transaction's fixed cost stays negligible.
-const BACKFILL_COMMIT_CHUNK: usize = 100;
+/// The fewest documents a backfill transaction commits before it ends early for a waiting
+/// client write: the write waits a few milliseconds at most, and under a steady stream of
+/// writes the backfill still commits this many per turn (`CommitOrder`) instead of one.
+const MIN_BACKFILL_PART: usize = 100;
 
 /// A document as a client sent it.
 #[derive(Debug, Clone)]
@@ -238,10 +239,13 @@ impl Documents {
 
     /// Commits one backfill batch and applies the vectors that passed compare-and-set.
     ///
-    /// The batch commits in chunks of `BACKFILL_COMMIT_CHUNK`, each in its own transaction and
-    /// applied to the indexes and counts before the next, so client writes can commit in
-    /// between. Each chunk is a complete compare-and-set commit, so an error after some chunks
-    /// leaves those done and the rest queued: nothing is skipped or counted twice.
+    /// The batch commits in one transaction, unless a client write starts waiting for its
+    /// turn: then the transaction ends after the current document (and at least
+    /// `MIN_BACKFILL_PART`), the write goes, and the rest of the batch commits in a new
+    /// transaction. Each part is a complete
+    /// compare-and-set commit, applied to the indexes and counts before the next, so an error
+    /// after some parts leaves those done and the rest queued: nothing is skipped or counted
+    /// twice.
     pub async fn commit_batch(
         &self,
         migration_id: &str,
@@ -250,38 +254,43 @@ impl Documents {
         failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let mut receipt = BatchReceipt::default();
-        let mut chunks = items.chunks(BACKFILL_COMMIT_CHUNK);
-        // A batch with no items still commits once, to record its failures.
-        let first = chunks.next().unwrap_or_default();
-        let mut failed = failed;
-        for chunk in std::iter::once(first).chain(chunks) {
-            let committed = self
-                .commit_chunk(
+        let (mut rest, mut failed) = (items.as_slice(), failed);
+        loop {
+            let (part, committed) = self
+                .commit_part(
                     migration_id,
                     target_model,
-                    chunk,
+                    rest,
                     std::mem::take(&mut failed),
                 )
                 .await?;
-            receipt.written.extend(committed.written);
-            receipt.delta = receipt.delta.then(committed.delta);
+            receipt.written.extend(part.written);
+            receipt.delta = receipt.delta.then(part.delta);
+            rest = &rest[committed..];
+            if rest.is_empty() {
+                return Ok(receipt);
+            }
         }
-        Ok(receipt)
     }
 
-    async fn commit_chunk(
+    /// Commits the first items of `items` in one transaction, until a client write waits
+    /// (after at least `MIN_BACKFILL_PART` items); returns the receipt and how many items it
+    /// committed.
+    async fn commit_part(
         &self,
         migration_id: &str,
         target_model: &str,
         items: &[BatchItem],
         failed: u64,
-    ) -> Result<BatchReceipt, StoreError> {
+    ) -> Result<(BatchReceipt, usize), StoreError> {
         let _turn = self.commit_order.for_backfill().await;
-        let receipt = self
+        let write_waits =
+            |committed| committed >= MIN_BACKFILL_PART && self.commit_order.writes_waiting();
+        let (receipt, committed) = self
             .store
-            .commit_batch(migration_id, target_model, items, failed)
+            .commit_batch_until(migration_id, target_model, items, failed, &write_waits)
             .await?;
-        let vectors: HashMap<&str, &[f32]> = items
+        let vectors: HashMap<&str, &[f32]> = items[..committed]
             .iter()
             .filter_map(|item| match item {
                 BatchItem::Embedded { id, vector, .. } => Some((id.as_str(), vector.as_slice())),
@@ -295,7 +304,7 @@ impl Documents {
         }
         self.coordinator
             .apply_delta(migration_id, receipt.delta, Utc::now());
-        Ok(receipt)
+        Ok((receipt, committed))
     }
 
     fn follow_counts(&self, receipt: &WriteReceipt) {
