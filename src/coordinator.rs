@@ -4,13 +4,14 @@
 //! Two locks, with different jobs:
 //! - `live` is a `std::sync::Mutex` over in-memory state only. Count updates and progress
 //!   reads take it for microseconds; it is never held across an `.await`.
-//!
-//! Routing calls take neither: every change of `live` publishes a `RoutingSnapshot` through an
-//! `ArcSwap`, and a routing call loads that pointer, so it never waits on a worker, embedding
-//! or storage (invariant 7), however busy the backfill is.
 //! - `transitions` is a `tokio::sync::Mutex` that serialises lifecycle changes, which must
 //!   compute the next state, persist it and only then publish it. It is held across the
 //!   store call, which is why it is async and separate from `live`.
+//!
+//! Routing calls take neither: every change of `live` publishes a `RoutingSnapshot` through an
+//! `ArcSwap`, and a routing call loads that pointer, so it never waits on a worker, embedding
+//! or storage (invariant 7), however busy the backfill is. Each published decision carries its
+//! JSON too, rendered once per change rather than once per `GET /v1/routing`.
 //!
 //! Counts move through `apply_delta` after the store has committed them (commit, then
 //! publish), so the in-memory copy may trail the database by one transaction but never leads it.
@@ -18,6 +19,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -59,8 +61,8 @@ struct Live {
 }
 
 impl Live {
-    fn routing(&self) -> RoutingSnapshot {
-        RoutingSnapshot::new(&self.recorded_active, self.latest.as_ref())
+    fn routing(&self) -> RoutingSnapshot<Published> {
+        RoutingSnapshot::new(&self.recorded_active, self.latest.as_ref()).map(Published::new)
     }
 }
 
@@ -75,11 +77,29 @@ pub struct Progress {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A published routing decision and its JSON rendering.
+#[derive(Debug)]
+struct Published {
+    routing: Arc<Routing>,
+    json: Bytes,
+}
+
+impl Published {
+    fn new(routing: &Arc<Routing>) -> Self {
+        let json = serde_json::to_vec(&**routing)
+            .expect("a Routing is plain data: strings, numbers and unit enums always serialize");
+        Self {
+            routing: Arc::clone(routing),
+            json: Bytes::from(json),
+        }
+    }
+}
+
 /// Owns the live migration; shared by the API, the backfill workers and the window timer.
 pub struct Coordinator {
     live: Mutex<Live>,
     /// The routing of `live` as last published; replaced under `live`, read without it.
-    routing: ArcSwap<RoutingSnapshot>,
+    routing: ArcSwap<RoutingSnapshot<Published>>,
     transitions: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     /// Bumped after every published change, so workers and the window timer can wait for one
@@ -140,7 +160,13 @@ impl Coordinator {
 
     /// The routing decision at `now`: one pointer load, no lock, no storage.
     pub fn routing(&self, now: DateTime<Utc>) -> Arc<Routing> {
-        Arc::clone(self.routing.load().at(now))
+        Arc::clone(&self.routing.load().at(now).routing)
+    }
+
+    /// The routing decision at `now` as the JSON body of `GET /v1/routing`, rendered when it
+    /// was published.
+    pub fn routing_json(&self, now: DateTime<Utc>) -> Bytes {
+        self.routing.load().at(now).json.clone()
     }
 
     /// The active model at `now`: the source of an unsettled migration, the target once its

@@ -1,8 +1,8 @@
 //! `/v1/query`, `/v1/routing` and `/v1/models`: the read side of the routing policy.
 
-use std::sync::Arc;
-
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -92,8 +92,9 @@ pub async fn query(
 /// The routing decision right now. Never touches storage or an embedder.
 #[utoipa::path(get, path = "/v1/routing", tag = "query",
     responses((status = 200, body = Routing)))]
-pub async fn get_routing(State(state): State<AppState>) -> AppJson<Arc<Routing>> {
-    AppJson(state.coordinator.routing(Utc::now()))
+pub async fn get_routing(State(state): State<AppState>) -> impl IntoResponse {
+    let json = state.coordinator.routing_json(Utc::now());
+    ([(header::CONTENT_TYPE, "application/json")], json)
 }
 
 /// The model registry and the active model.

@@ -68,11 +68,14 @@ pub fn route(active_model: &str, latest: Option<&Migration>, now: DateTime<Utc>)
 /// until the state or counts change. Time matters to the table only when a rollback window
 /// closes, so that later routing is decided up front too: `at(now)` equals `route(.., now)`
 /// and costs a comparison.
+///
+/// Generic over what is kept per decision, so a caller can keep each decision together with
+/// something derived from it once (`map`), such as its rendering for the API.
 #[derive(Debug, Clone)]
-pub struct RoutingSnapshot {
-    current: Arc<Routing>,
+pub struct RoutingSnapshot<T = Arc<Routing>> {
+    current: T,
     /// When the rollback window closes, and the routing from then on.
-    after_window: Option<(DateTime<Utc>, Arc<Routing>)>,
+    after_window: Option<(DateTime<Utc>, T)>,
 }
 
 impl RoutingSnapshot {
@@ -87,12 +90,25 @@ impl RoutingSnapshot {
                 .map(|end| (end, Arc::new(decide(active_model, latest, false)))),
         }
     }
+}
 
+impl<T> RoutingSnapshot<T> {
     /// The routing at `now`.
-    pub fn at(&self, now: DateTime<Utc>) -> &Arc<Routing> {
+    pub fn at(&self, now: DateTime<Utc>) -> &T {
         match &self.after_window {
             Some((end, after)) if now >= *end => after,
             _ => &self.current,
+        }
+    }
+
+    /// The same snapshot with `derive` applied to each of its decisions, once.
+    pub fn map<U>(&self, derive: impl Fn(&T) -> U) -> RoutingSnapshot<U> {
+        RoutingSnapshot {
+            current: derive(&self.current),
+            after_window: self
+                .after_window
+                .as_ref()
+                .map(|(end, after)| (*end, derive(after))),
         }
     }
 }

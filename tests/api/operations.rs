@@ -150,3 +150,18 @@ async fn models_lists_the_builtin_registry_with_hash_v1_active() {
         );
     }
 }
+
+#[test]
+fn cargo_run_starts_the_service_binary() {
+    // The README's first command is `cargo run --release -- serve`; with two binaries in the
+    // package, cargo needs to be told which one that is.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let manifest: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+    assert_eq!(
+        manifest["package"]
+            .get("default-run")
+            .and_then(|v| v.as_str()),
+        Some("reembed"),
+        "Cargo.toml needs `default-run = \"reembed\"`"
+    );
+}
