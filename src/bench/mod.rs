@@ -2,6 +2,7 @@
 //! (fast set-up, not part of any figure) and a server run in-process on a port-0 listener.
 
 mod backfill;
+mod cpu;
 mod floor;
 mod micro;
 mod process;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use reembed::embed::builtin::HashEmbedder;
 
+use super::cpu::{self, CpuSample};
 use super::stats::{median, median_f64, ms, ratio};
 use super::wrk::{Load, Request, Tool};
 use super::{Server, fill_store, registry};
@@ -172,19 +173,30 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
 }
 
 async fn measure(sizes: &Sizes, base: &str) -> anyhow::Result<(Series, Series, String)> {
+    let start = CpuSample::now()?;
     let idle = Series::measure(sizes, base).await?;
+    let idle_cpu = CpuSample::now()?.since(&start);
     super::start_migration(base, "bench-routing", "hash-v2", (1000, 4)).await?;
     let url = format!("{base}/v1/migrations/bench-routing/progress");
+    let start = CpuSample::now()?;
     let (busy, progress) = Series::measure_while_backfilling(sizes, base, &url).await?;
+    let busy_cpu = CpuSample::now()?.since(&start);
     let note = format!(
         "{} of {} busy rounds ran entirely during the backfill (a round during which it \
          completed is dropped); at the end the migration was `{}` with {} of {} documents \
-         processed",
+         processed.\n\nWhere the server process's CPU went, by thread, in percent of one \
+         core (the machine has {}%; the rest went to wrk and the kernel): idle rounds {}; \
+         busy rounds {}. `tokio-rt-worker` threads serve requests and run the backfill's async \
+         steps, `sqlx-sqlite-wor` run SQLite statements (the writer commits the backfill), \
+         `reembed-backgro` embed the backfill at nice 10",
         busy.routing.len(),
         sizes.rounds,
         progress["state"].as_str().unwrap_or("?"),
         progress["processed"],
         progress["total"],
+        100 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu::describe(&idle_cpu),
+        cpu::describe(&busy_cpu),
     );
     Ok((idle, busy, note))
 }

@@ -166,8 +166,9 @@ async fn bulk(sizes: &Sizes, base: &str, texts: &[String], mode: Mode) -> anyhow
                         .collect();
                     let body = serde_json::json!({ "documents": documents });
                     let reply = client.post(&url).json(&body).send().await?;
-                    anyhow::ensure!(reply.status().is_success(), "bulk: {}", reply.status());
-                    reply.bytes().await?;
+                    let status = reply.status();
+                    let answer = reply.text().await?;
+                    anyhow::ensure!(status.is_success(), "bulk: {status}: {answer}");
                     written += batch;
                 }
                 Ok(written)
