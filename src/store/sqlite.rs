@@ -83,10 +83,18 @@ impl SqliteStore {
     /// `IMMEDIATE` takes the write lock up front, so a transaction that reads before it writes
     /// cannot fail on the lock upgrade if another process (a backup tool, the sqlite3 shell)
     /// holds the database; it waits for the busy timeout instead.
+    ///
+    /// sqlx checks a custom `BEGIN` with one more round trip to the connection's thread after
+    /// the `BEGIN` ran. A caller dropped in between (a request whose client hung up) would
+    /// return the connection to the pool inside a transaction that nothing rolls back, and
+    /// every later `BEGIN` on it would fail. So the `BEGIN` runs in a task of its own, which
+    /// finishes even when its caller is gone; a transaction it hands to nobody is dropped,
+    /// which rolls it back.
     async fn begin_write(&self) -> Result<Tx, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
+        let writer = self.writer.clone();
+        tokio::spawn(async move { writer.begin_with("BEGIN IMMEDIATE").await })
             .await
+            .map_err(|e| StoreError::Unavailable(format!("BEGIN did not finish: {e}")))?
             .map_err(store_error)
     }
 

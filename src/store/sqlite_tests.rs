@@ -2,7 +2,7 @@
 //! queue rule, the backfill compare-and-set, lifecycle conflicts, and what survives a reopen.
 
 use chrono::{DateTime, TimeZone, Utc};
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -114,6 +114,34 @@ fn counts(total: u64, processed: u64, skipped: u64, failed: u64) -> Counts {
 async fn version_of(store: &SqliteStore, id: &str) -> Option<u64> {
     let document = store.get_document(id).await.expect("read");
     document.map(|d| d.version)
+}
+
+/// A client that hangs up drops its request's future wherever it stands, also inside `BEGIN`.
+/// Whatever point that is, the write is rolled back and the next write finds the store as
+/// writable as before.
+#[tokio::test]
+async fn a_write_dropped_at_any_await_leaves_the_store_writable() {
+    let (_dir, store) = open().await;
+    for polls in 1..=12 {
+        for pause_micros in [0, 20, 50, 100, 200, 500] {
+            let dropped = [write(&format!("dropped-{polls}-{pause_micros}"), &[SOURCE])];
+            let mut pending = Box::pin(store.write_documents(&dropped));
+            for _ in 0..polls {
+                if (&mut pending).now_or_never().is_some() {
+                    break;
+                }
+                // The connection's worker is a thread of its own: let it get ahead.
+                std::thread::sleep(std::time::Duration::from_micros(pause_micros));
+                tokio::task::yield_now().await;
+            }
+            drop(pending);
+            let next = format!("next-{polls}-{pause_micros}");
+            store
+                .write_documents(&[write(&next, &[SOURCE])])
+                .await
+                .unwrap_or_else(|e| panic!("write after a drop at poll {polls}: {e}"));
+        }
+    }
 }
 
 // ---- Opening ------------------------------------------------------------------------------
