@@ -21,7 +21,7 @@ const MAX_YIELD: Duration = Duration::from_millis(100);
 pub(crate) struct CommitOrder {
     turn: Mutex<()>,
     /// Document writes waiting for their turn.
-    writes_waiting: AtomicUsize,
+    waiting_writes: AtomicUsize,
     /// Signalled when the last waiting document write got its turn (or gave up waiting).
     writes_served: Notify,
 }
@@ -46,7 +46,7 @@ impl CommitOrder {
     /// Whether a document write is waiting for its turn: a backfill commit holding the turn
     /// asks, to end its transaction early.
     pub(crate) fn writes_waiting(&self) -> bool {
-        self.writes_waiting.load(Ordering::SeqCst) > 0
+        self.waiting_writes.load(Ordering::SeqCst) > 0
     }
 
     /// Resolves once no document write is waiting.
@@ -54,7 +54,7 @@ impl CommitOrder {
         loop {
             // Created before the check, so a write served in between still wakes us.
             let served = self.writes_served.notified();
-            if self.writes_waiting.load(Ordering::SeqCst) == 0 {
+            if !self.writes_waiting() {
                 return;
             }
             served.await;
@@ -67,14 +67,14 @@ struct WaitingWrite<'a>(&'a CommitOrder);
 
 impl<'a> WaitingWrite<'a> {
     fn new(order: &'a CommitOrder) -> Self {
-        order.writes_waiting.fetch_add(1, Ordering::SeqCst);
+        order.waiting_writes.fetch_add(1, Ordering::SeqCst);
         Self(order)
     }
 }
 
 impl Drop for WaitingWrite<'_> {
     fn drop(&mut self) {
-        if self.0.writes_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.0.waiting_writes.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.writes_served.notify_waiters();
         }
     }
@@ -161,10 +161,10 @@ mod tests {
             }
         });
         yield_now().await;
-        assert_eq!(order.writes_waiting.load(Ordering::SeqCst), 1);
+        assert_eq!(order.waiting_writes.load(Ordering::SeqCst), 1);
         write.abort();
         let _ = write.await;
-        assert_eq!(order.writes_waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(order.waiting_writes.load(Ordering::SeqCst), 0);
         drop(held);
         let _turn = tokio::time::timeout(MAX_YIELD / 2, order.for_backfill())
             .await

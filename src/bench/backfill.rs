@@ -41,8 +41,8 @@ const TARGET: &str = "hash-v2";
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let template = super::ScratchDir::new()?;
-    let setup = Instant::now();
     fill_store(
+        "backfill",
         template.path(),
         sizes.docs,
         sizes.words,
@@ -50,11 +50,6 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
         &HashEmbedder::hash_v1(),
     )
     .await?;
-    eprintln!(
-        "backfill: stored {} documents in {:?}",
-        sizes.docs,
-        setup.elapsed()
-    );
 
     // Each service run is followed by the raw loop at its batch size, so that a neighbour's
     // load on this shared machine falls on both sides of the comparison alike.
@@ -125,10 +120,10 @@ async fn service_backfill(
     batch_size: u32,
     max_concurrent: u32,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let server = Server::start(dir, registry("hash-v1")).await?;
-    let result = drive_migration(&server.base, batch_size, max_concurrent).await;
-    server.stop().await?;
-    result
+    Server::serving(dir, registry("hash-v1"), async |base| {
+        drive_migration(base, batch_size, max_concurrent).await
+    })
+    .await
 }
 
 async fn drive_migration(

@@ -15,6 +15,7 @@ mod wrk;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use reembed::embed::builtin::HashEmbedder;
@@ -121,14 +122,16 @@ pub fn corpus(n: usize, words: usize) -> impl Iterator<Item = (String, String)> 
 }
 
 /// Writes the corpus with vectors of `model` straight into a new store in `data_dir`, in
-/// chunks of 1,000 documents, and closes it.
+/// chunks of 1,000 documents, and closes it; logs how long that took under `label`.
 pub async fn fill_store(
+    label: &str,
     data_dir: &Path,
     docs: usize,
     words: usize,
     model: &str,
     embedder: &HashEmbedder,
 ) -> anyhow::Result<()> {
+    let start = Instant::now();
     let store = SqliteStore::open(data_dir).await?;
     let mut chunk = Vec::with_capacity(1000);
     for (id, text) in corpus(docs, words) {
@@ -148,6 +151,7 @@ pub async fn fill_store(
         store.write_documents(&chunk).await?;
     }
     store.close().await;
+    eprintln!("{label}: stored {docs} documents in {:?}", start.elapsed());
     Ok(())
 }
 
@@ -242,10 +246,32 @@ impl Server {
         Ok(Server { base, stop, task })
     }
 
+    /// Starts a server on `data_dir`, runs `measure` against its base URL, and stops the
+    /// server whether or not the measurement succeeded.
+    pub async fn serving<T>(
+        data_dir: &Path,
+        models: ModelRegistry,
+        measure: impl AsyncFnOnce(&str) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let server = Server::start(data_dir, models).await?;
+        let measured = measure(&server.base).await;
+        after_stop(measured, server.stop().await)
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.task.await.context("the server task panicked")?
     }
+}
+
+/// The outcome of a measurement whose server was then stopped: the measurement's error, if
+/// any, says more than the stop's.
+pub fn after_stop<T>(
+    measured: anyhow::Result<T>,
+    stopped: anyhow::Result<()>,
+) -> anyhow::Result<T> {
+    let value = measured?;
+    stopped.map(|()| value)
 }
 
 /// Polls `GET {base}/readyz` every 50 ms, for up to two minutes (a million vectors load first).

@@ -62,6 +62,17 @@ impl ServerProcess {
         })
     }
 
+    /// Starts the server on `data_dir`, runs `measure` against it, and stops it whether or not
+    /// the measurement succeeded.
+    pub async fn serving<T>(
+        data_dir: &Path,
+        measure: impl AsyncFnOnce(&ServerProcess) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let server = ServerProcess::start(data_dir).await?;
+        let measured = measure(&server).await;
+        super::after_stop(measured, server.stop().await)
+    }
+
     /// Asks the server to shut down (SIGTERM) and waits for it.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {

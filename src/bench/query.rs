@@ -48,34 +48,32 @@ const ROUNDS: usize = 3;
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let dir = super::ScratchDir::new()?;
     let embedder = HashEmbedder::hash_v2();
-    let setup = Instant::now();
-    fill_store(dir.path(), sizes.docs, sizes.words, MODEL, &embedder).await?;
-    eprintln!(
-        "query: stored {} documents in {:?}",
+    fill_store(
+        "query",
+        dir.path(),
         sizes.docs,
-        setup.elapsed()
-    );
+        sizes.words,
+        MODEL,
+        &embedder,
+    )
+    .await?;
     let queries: Vec<String> = corpus(16, 8).map(|(_, text)| text).collect();
 
     let raw = Raw::build(sizes, &embedder, &queries);
-    let server = Server::start(dir.path(), registry(MODEL)).await?;
     // Rounds alternate the three measures so that a neighbour's burst of load on this shared
     // machine does not land on one of them only.
     let (mut served, mut scan, mut floor) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        scan.extend(time_each(sizes.reps / ROUNDS, || raw.search()));
-        floor.extend(time_each(sizes.reps / ROUNDS, || {
-            sum(std::hint::black_box(&raw.flat))
-        }));
-        match serve_queries(&server.base, &queries, sizes.requests / ROUNDS).await {
-            Ok(samples) => served.extend(samples),
-            Err(error) => {
-                server.stop().await?;
-                return Err(error);
-            }
+    Server::serving(dir.path(), registry(MODEL), async |base| {
+        for _ in 0..ROUNDS {
+            scan.extend(time_each(sizes.reps / ROUNDS, || raw.search()));
+            floor.extend(time_each(sizes.reps / ROUNDS, || {
+                sum(std::hint::black_box(&raw.flat))
+            }));
+            served.extend(serve_queries(base, &queries, sizes.requests / ROUNDS).await?);
         }
-    }
-    server.stop().await?;
+        Ok(())
+    })
+    .await?;
     let index_bytes = raw.index.bytes();
 
     let (server_p50, scan_p50, floor_p50) = (median(&served), median(&scan), median(&floor));

@@ -2,7 +2,7 @@
 //! same tool and connections, alternated, medians; first idle, then while a backfill runs at
 //! full speed in the same process.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reembed::embed::builtin::HashEmbedder;
 
@@ -138,18 +138,21 @@ impl Series {
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let dir = super::ScratchDir::new()?;
-    let setup = Instant::now();
     let v1 = HashEmbedder::hash_v1();
-    fill_store(dir.path(), sizes.docs, sizes.words, "hash-v1", &v1).await?;
-    eprintln!(
-        "routing: stored {} documents in {:?}",
+    fill_store(
+        "routing",
+        dir.path(),
         sizes.docs,
-        setup.elapsed()
-    );
-    let server = Server::start(dir.path(), registry("hash-v1")).await?;
-    let result = measure(sizes, &server.base).await;
-    server.stop().await?;
-    let (idle, busy, backfill_note) = result?;
+        sizes.words,
+        "hash-v1",
+        &v1,
+    )
+    .await?;
+    let (idle, busy, backfill_note) =
+        Server::serving(dir.path(), registry("hash-v1"), async |base| {
+            measure(sizes, base).await
+        })
+        .await?;
 
     let baseline = Series::rps(&idle.healthz);
     let example = sizes.tool.command(

@@ -73,22 +73,17 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
 /// The resident memory of a server on an empty store: the fixed overhead.
 async fn empty_server_memory() -> anyhow::Result<Memory> {
     let dir = super::ScratchDir::new()?;
-    let server = ServerProcess::start(dir.path()).await?;
-    let memory = server.memory();
-    server.stop().await?;
-    memory
+    ServerProcess::serving(dir.path(), async |server| server.memory()).await
 }
 
 async fn measure(sizes: &Sizes, docs: usize) -> anyhow::Result<Step> {
     let dir = super::ScratchDir::new()?;
-    let setup = Instant::now();
     let v1 = HashEmbedder::hash_v1();
-    fill_store(dir.path(), docs, sizes.words, "hash-v1", &v1).await?;
-    eprintln!("scaling: stored {docs} documents in {:?}", setup.elapsed());
-    let server = ServerProcess::start(dir.path()).await?;
-    let result = measure_server(sizes, docs, &server).await;
-    server.stop().await?;
-    result
+    fill_store("scaling", dir.path(), docs, sizes.words, "hash-v1", &v1).await?;
+    ServerProcess::serving(dir.path(), async |server| {
+        measure_server(sizes, docs, server).await
+    })
+    .await
 }
 
 async fn measure_server(

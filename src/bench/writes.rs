@@ -86,18 +86,21 @@ struct Measured {
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let dir = super::ScratchDir::new()?;
-    let setup = Instant::now();
     let v1 = HashEmbedder::hash_v1();
-    fill_store(dir.path(), sizes.docs, sizes.words, "hash-v1", &v1).await?;
-    eprintln!(
-        "writes: stored {} documents in {:?}",
+    fill_store(
+        "writes",
+        dir.path(),
         sizes.docs,
-        setup.elapsed()
-    );
-    let server = Server::start(dir.path(), registry("hash-v1")).await?;
-    let result = measure(sizes, &server.base).await;
-    server.stop().await?;
-    let (measured, backfill_note) = result?;
+        sizes.words,
+        "hash-v1",
+        &v1,
+    )
+    .await?;
+    let (measured, backfill_note) =
+        Server::serving(dir.path(), registry("hash-v1"), async |base| {
+            measure(sizes, base).await
+        })
+        .await?;
     Ok(report(sizes, &measured, &backfill_note))
 }
 
