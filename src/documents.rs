@@ -242,10 +242,9 @@ impl Documents {
     /// The batch commits in one transaction, unless a client write starts waiting for its
     /// turn: then the transaction ends after the current document (and at least
     /// `MIN_BACKFILL_PART`), the write goes, and the rest of the batch commits in a new
-    /// transaction. Each part is a complete
-    /// compare-and-set commit, applied to the indexes and counts before the next, so an error
-    /// after some parts leaves those done and the rest queued: nothing is skipped or counted
-    /// twice.
+    /// transaction. Each part is a complete compare-and-set commit, applied to the indexes
+    /// and counts before the next, so an error after some parts leaves those done and the
+    /// rest queued: nothing is skipped or counted twice.
     pub async fn commit_batch(
         &self,
         migration_id: &str,
