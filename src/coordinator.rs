@@ -27,6 +27,7 @@ use crate::domain::{
     ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot, Routing,
     RoutingSnapshot, ThroughputMeter, TransitionError, route,
 };
+use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, Store, StoreError};
 
 /// Why a lifecycle request was refused.
@@ -243,8 +244,19 @@ impl Coordinator {
     }
 
     /// Records a new migration (started unless `start` is false). Refused while another
-    /// migration is open.
+    /// migration is open. Like every lifecycle change, it runs to its end once begun, even if
+    /// the caller is dropped: the state it persists is the state it publishes (`run_to_end`).
     pub async fn create(
+        self: &Arc<Self>,
+        migration: Migration,
+        start: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let this = Arc::clone(self);
+        run_to_end(async move { this.create_now(migration, start, now).await }).await
+    }
+
+    async fn create_now(
         &self,
         migration: Migration,
         start: bool,
@@ -264,8 +276,19 @@ impl Coordinator {
         Ok(self.complete_if_empty_locked(started, now).await)
     }
 
-    /// Applies an operator event (start, pause, resume, cancel, rollback, finalize).
+    /// Applies an operator event (start, pause, resume, cancel, rollback, finalize), to the
+    /// end once begun.
     pub async fn transition(
+        self: &Arc<Self>,
+        id: &str,
+        event: Event,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let (this, id) = (Arc::clone(self), id.to_owned());
+        run_to_end(async move { this.transition_now(&id, event, now).await }).await
+    }
+
+    async fn transition_now(
         &self,
         id: &str,
         event: Event,
@@ -295,8 +318,18 @@ impl Coordinator {
     }
 
     /// Applies a config patch to the newest migration (PATCH), persisting it first. Under the
-    /// transitions lock, so concurrent patches cannot lose each other's fields.
+    /// transitions lock, so concurrent patches cannot lose each other's fields; to the end once
+    /// begun.
     pub async fn update_config(
+        self: &Arc<Self>,
+        id: &str,
+        patch: ConfigPatch,
+    ) -> Result<Migration, CoordinatorError> {
+        let (this, id) = (Arc::clone(self), id.to_owned());
+        run_to_end(async move { this.update_config_now(&id, patch).await }).await
+    }
+
+    async fn update_config_now(
         &self,
         id: &str,
         patch: ConfigPatch,
@@ -321,8 +354,17 @@ impl Coordinator {
     }
 
     /// Puts the skipped documents of the newest migration back on its queue; only while it
-    /// is backfilling, since a completed migration's queue is closed.
+    /// is backfilling, since a completed migration's queue is closed; to the end once begun.
     pub async fn retry_skips(
+        self: &Arc<Self>,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let (this, id) = (Arc::clone(self), id.to_owned());
+        run_to_end(async move { this.retry_skips_now(&id, now).await }).await
+    }
+
+    async fn retry_skips_now(
         &self,
         id: &str,
         now: DateTime<Utc>,
@@ -352,7 +394,7 @@ impl Coordinator {
 
     /// Marks the newest migration failed (the provider keeps failing).
     pub async fn fail(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         error: String,
         now: DateTime<Utc>,

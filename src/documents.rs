@@ -7,6 +7,8 @@
 //! nothing on SQLite, whose single writer connection serialises commits anyway, and it lets
 //! client writes go ahead of backfill commits (`CommitOrder`); a backfill batch's transaction
 //! ends early when a client write starts waiting, so a write never waits behind a long one.
+//! Each "commit, then apply" section runs to its end even if its caller is dropped (a client
+//! that hangs up): see `run_to_end`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::coordinator::Coordinator;
 use crate::domain::{Route, Routing};
 use crate::embed::{EmbedError, Embedder, ModelRegistry};
 use crate::index::IndexSet;
+use crate::run_to_end::run_to_end;
 use crate::store::{
     BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, WriteOutcome, WriteReceipt,
 };
@@ -113,7 +116,7 @@ impl Documents {
     /// A write model whose embedder fails refuses the write (nothing changes), except the target
     /// of a dual write while migrating: then the documents are written on the source alone and
     /// the store queues them, so the backfill embeds them later (API.md: "a failed dual write").
-    pub async fn upsert(&self, docs: &[NewDocument]) -> Result<Upserted, ServiceError> {
+    pub async fn upsert(self: &Arc<Self>, docs: &[NewDocument]) -> Result<Upserted, ServiceError> {
         let mut attempt = 1;
         loop {
             let routing = self.coordinator.routing(Utc::now());
@@ -210,7 +213,17 @@ impl Documents {
         })
     }
 
+    /// Commits `writes` and applies them to the indexes and counts, to the end even if the
+    /// caller is dropped meanwhile (`run_to_end`).
     async fn commit_writes(
+        self: &Arc<Self>,
+        writes: Vec<DocumentWrite>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let this = Arc::clone(self);
+        run_to_end(async move { this.commit_writes_now(writes).await }).await
+    }
+
+    async fn commit_writes_now(
         &self,
         writes: Vec<DocumentWrite>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
@@ -226,8 +239,14 @@ impl Documents {
         Ok(receipt.outcomes)
     }
 
-    /// Deletes a document everywhere; `false` when it did not exist.
-    pub async fn delete(&self, id: &str) -> Result<bool, ServiceError> {
+    /// Deletes a document everywhere; `false` when it did not exist. Once begun, the delete
+    /// is carried to the end even if the caller is dropped (`run_to_end`).
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool, ServiceError> {
+        let (this, id) = (Arc::clone(self), id.to_owned());
+        Ok(run_to_end(async move { this.delete_now(&id).await }).await?)
+    }
+
+    async fn delete_now(&self, id: &str) -> Result<bool, StoreError> {
         let _turn = self.commit_order.for_write().await;
         let Some(receipt) = self.store.delete_document(id).await? else {
             return Ok(false);
@@ -244,8 +263,25 @@ impl Documents {
     /// `MIN_BACKFILL_PART`), the write goes, and the rest of the batch commits in a new
     /// transaction. Each part is a complete compare-and-set commit, applied to the indexes
     /// and counts before the next, so an error after some parts leaves those done and the
-    /// rest queued: nothing is skipped or counted twice.
+    /// rest queued: nothing is skipped or counted twice. Once begun, the batch is carried to
+    /// the end even if the caller is dropped (`run_to_end`).
     pub async fn commit_batch(
+        self: &Arc<Self>,
+        migration_id: &str,
+        target_model: &str,
+        items: Vec<BatchItem>,
+        failed: u64,
+    ) -> Result<BatchReceipt, StoreError> {
+        let this = Arc::clone(self);
+        let (migration_id, target_model) = (migration_id.to_owned(), target_model.to_owned());
+        run_to_end(async move {
+            this.commit_batch_now(&migration_id, &target_model, items, failed)
+                .await
+        })
+        .await
+    }
+
+    async fn commit_batch_now(
         &self,
         migration_id: &str,
         target_model: &str,

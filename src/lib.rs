@@ -27,6 +27,7 @@ pub mod documents;
 pub mod domain;
 pub mod embed;
 pub mod index;
+mod run_to_end;
 pub mod store;
 pub mod telemetry;
 mod window;

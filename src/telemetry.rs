@@ -11,8 +11,14 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; call once from `main`.
 pub fn init() {
+    init_with("info,sqlx=warn");
+}
+
+/// `init` with another filter for when `RUST_LOG` is unset: the benchmarks, which serve in
+/// their own process, log warnings and errors only.
+pub fn init_with(default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

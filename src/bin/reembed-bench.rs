@@ -20,8 +20,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The in-process servers log like the service does, so a failed request says why.
-    reembed::telemetry::init();
+    // The in-process servers log their warnings and errors, so a failed request says why.
+    reembed::telemetry::init_with("warn");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -30,6 +30,7 @@ use super::{
     StoredDocument, StoredVector, VectorInfo, WriteOutcome, WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
+use crate::run_to_end::run_to_end;
 
 /// The database file inside the data directory.
 const DB_FILE: &str = "reembed.db";
@@ -87,15 +88,17 @@ impl SqliteStore {
     /// sqlx checks a custom `BEGIN` with one more round trip to the connection's thread after
     /// the `BEGIN` ran. A caller dropped in between (a request whose client hung up) would
     /// return the connection to the pool inside a transaction that nothing rolls back, and
-    /// every later `BEGIN` on it would fail. So the `BEGIN` runs in a task of its own, which
-    /// finishes even when its caller is gone; a transaction it hands to nobody is dropped,
-    /// which rolls it back.
+    /// every later `BEGIN` on it would fail. So the `BEGIN` runs to its end whoever waits for
+    /// it (`run_to_end`); a transaction it hands to nobody is dropped, which rolls it back.
     async fn begin_write(&self) -> Result<Tx, StoreError> {
         let writer = self.writer.clone();
-        tokio::spawn(async move { writer.begin_with("BEGIN IMMEDIATE").await })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("BEGIN did not finish: {e}")))?
-            .map_err(store_error)
+        run_to_end(async move {
+            writer
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(store_error)
+        })
+        .await
     }
 
     /// A read transaction, for reads of several statements that must see one snapshot.

@@ -20,6 +20,7 @@ mod bench_smoke;
 mod cli;
 mod crash;
 mod documents;
+mod dropped;
 mod lifecycle;
 mod migrations;
 mod operating;

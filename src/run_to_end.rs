@@ -1,0 +1,68 @@
+//! Sections of work that must finish once begun, whoever stops waiting for them.
+//!
+//! A request's future is dropped wherever it stands when its client hangs up or its time runs
+//! out (`api::answer_within`). Dropped between a database commit and the in-memory state that
+//! follows it (the indexes, the counts, the published migration), the process would serve the
+//! old state until a restart, although the database holds the new one. Such a section runs
+//! through `run_to_end`: in a task of its own, which the runtime drives to its end; the caller
+//! only waits for the outcome, and may stop waiting without harm.
+
+use std::future::Future;
+
+use tracing::Instrument;
+
+use crate::store::StoreError;
+
+/// Runs `section` in a task of its own and returns its outcome. The task keeps the caller's
+/// span, so its log lines still carry the request id.
+pub async fn run_to_end<T, E>(
+    section: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    match tokio::spawn(section.in_current_span()).await {
+        Ok(outcome) => outcome,
+        // The section's own bug: let it surface where it would have without the task.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Only a runtime shutting down cancels the task; the caller is going away with it.
+        Err(error) => {
+            Err(StoreError::Unavailable(format!("interrupted by shutdown: {error}")).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_section_whose_caller_stops_waiting_still_finishes() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&finished);
+        let section = run_to_end(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+            Ok::<(), StoreError>(())
+        });
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), section).await;
+        assert!(gave_up.is_err(), "the caller stopped waiting first");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn the_outcome_reaches_the_caller() {
+        let failed = run_to_end(async { Err::<(), _>(StoreError::Conflict("no".into())) }).await;
+        assert!(matches!(failed, Err(StoreError::Conflict(reason)) if reason == "no"));
+        assert_eq!(
+            run_to_end(async { Ok::<_, StoreError>(7) }).await.ok(),
+            Some(7)
+        );
+    }
+}
