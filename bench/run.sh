@@ -16,6 +16,10 @@ if ! command -v wrk >/dev/null; then
     $sudo apt-get install -y wrk >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
 fi
 
+# Taken before anything is written, and leaving out the results file this run rewrites.
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git diff --quiet HEAD -- . ':!bench/RESULTS.md' 2>/dev/null || commit="$commit (with uncommitted changes)"
+
 cargo build --release --locked --bins
 # The Criterion micro-benchmarks, unless a smoke run or an --only list leaves them out;
 # reembed-bench reports their ratios from target/criterion.
@@ -40,7 +44,7 @@ trap 'rm -f "$body"' EXIT
     echo "absolute figures are noisy on this shared machine."
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "- commit: $commit"
     echo "- nproc: $(nproc)"
     echo "- memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
     echo "- cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

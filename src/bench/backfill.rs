@@ -9,7 +9,7 @@ use reembed::embed::Embedder;
 use reembed::embed::builtin::HashEmbedder;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::stats::{ms, ratio};
+use super::stats::{Goal, ms, ratio};
 use super::{Server, fill_store, registry};
 
 pub struct Sizes {
@@ -97,8 +97,9 @@ fn report(sizes: &Sizes, service: &[(u32, u32, f64, Duration)], raw: &[(u32, f64
     if let Some((b, c, rate, _)) = best {
         out += &format!(
             "\nBest service configuration: batch_size {b}, max_concurrent {c}: {rate:.0} docs/s, \
-             {} of the best raw loop.\n",
-            ratio(rate, best_raw)
+             {} of the best raw loop; goal {}.\n",
+            ratio(rate, best_raw),
+            Goal::AtLeast(0.8).verdict(rate / best_raw),
         );
     }
     out

@@ -7,27 +7,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::stats::ratio;
+use super::stats::{Goal, ratio};
 
 /// (measure, baseline, what the ratio shows, goal) — benchmark ids as `group/function`.
-const PAIRS: [(&str, &str, &str, &str); 3] = [
+const PAIRS: [(&str, &str, &str, Option<Goal>); 3] = [
     (
         "routing/snapshot_at",
         "routing/route_table",
         "a routing decision read from the published snapshot vs computed from the migration",
-        "≤ 1×",
+        Some(Goal::AtMost(1.0)),
     ),
     (
         "index/search_top10",
         "index/bandwidth_floor",
         "exact top-10 scan of 10,000 × 384 f32 vs reading the same bytes",
-        "≤ 2×",
+        Some(Goal::AtMost(2.0)),
     ),
     (
         "embed/hash_v2",
         "embed/hash_v1",
         "one 100-word text: 384 vs 256 dimensions",
-        "",
+        None,
     ),
 ];
 
@@ -48,6 +48,7 @@ pub fn report(smoke: bool) -> anyhow::Result<String> {
             |---|---|---|---|---|---|\n";
     for (measure, baseline, meaning, goal) in PAIRS {
         let (m, b) = (mean_ns(&dir, measure)?, mean_ns(&dir, baseline)?);
+        let goal = goal.map(|goal| goal.verdict(m / b)).unwrap_or_default();
         out += &format!(
             "| `{measure}` / `{baseline}` | {meaning} | {} | {} | {} | {goal} |\n",
             nanos(m),

@@ -9,7 +9,7 @@ use reembed::embed::builtin::HashEmbedder;
 
 use super::process::{Memory, ServerProcess};
 use super::query::serve_queries;
-use super::stats::{median, ms, percentile, ratio};
+use super::stats::{Goal, median, ms, percentile, ratio};
 use super::{corpus, fill_store};
 
 pub struct Sizes {
@@ -140,6 +140,21 @@ fn scaling_report(sizes: &Sizes, steps: &[Step]) -> String {
             mb(step.backfilled.resident),
         );
     }
+    let flat = Goal::Flat(0.25);
+    let per_doc = |step: &Step| step.per_doc().as_secs_f64() / first.per_doc().as_secs_f64();
+    let all_flat = steps.iter().all(|step| flat.met(per_doc(step)));
+    let worst = steps
+        .iter()
+        .map(per_doc)
+        .max_by(|a, b| (a - 1.0).abs().total_cmp(&(b - 1.0).abs()))
+        .unwrap_or(1.0);
+    out += &format!(
+        "\nBackfill time per document: furthest from the smallest size at {worst:.2}×; goal {}: {}. \
+         Query latency is an exact scan of every vector, so it grows with the corpus \
+         (p50 ratio above).\n",
+        flat,
+        if all_flat { "met" } else { "**not met**" },
+    );
     out
 }
 
@@ -175,6 +190,17 @@ fn memory_report(empty: Memory, steps: &[Step]) -> String {
                 mb(memory.peak),
             );
         }
+    }
+    if let Some(largest) = steps.last() {
+        let raw = largest.docs as u64 * SOURCE_DIMS * 4;
+        let above = largest.loaded.resident.saturating_sub(empty.resident);
+        out += &format!(
+            "\nAfter loading {} documents: {} of the raw vector bytes plus {} fixed; goal {}.\n",
+            largest.docs,
+            ratio(above as f64, raw as f64),
+            mb(empty.resident),
+            Goal::AtMost(1.3).verdict(above as f64 / raw as f64),
+        );
     }
     out
 }

@@ -43,6 +43,45 @@ pub fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
+/// A goal of the issue on a ratio, so that every section says whether its figure meets it.
+#[derive(Debug, Clone, Copy)]
+pub enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+    /// Within ± this fraction of 1×.
+    Flat(f64),
+}
+
+impl Goal {
+    pub fn met(self, ratio: f64) -> bool {
+        match self {
+            Goal::AtMost(bound) => ratio <= bound,
+            Goal::AtLeast(bound) => ratio >= bound,
+            Goal::Flat(band) => (ratio - 1.0).abs() <= band,
+        }
+    }
+
+    /// The goal and whether `ratio` meets it, as "≤ 1.3×: met" or "≥ 0.8×: **not met**".
+    pub fn verdict(self, ratio: f64) -> String {
+        let verdict = if self.met(ratio) {
+            "met"
+        } else {
+            "**not met**"
+        };
+        format!("{self}: {verdict}")
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goal::AtMost(bound) => write!(f, "≤ {bound}×"),
+            Goal::AtLeast(bound) => write!(f, "≥ {bound}×"),
+            Goal::Flat(band) => write!(f, "within ±{:.0}%", band * 100.0),
+        }
+    }
+}
+
 pub fn ratio(a: f64, b: f64) -> String {
     if b == 0.0 {
         "n/a".to_owned()
@@ -63,5 +102,14 @@ mod tests {
         assert_eq!(percentile(&samples, 100.0), Duration::from_millis(100));
         assert_eq!(median(&[]), Duration::ZERO);
         assert_eq!(median_f64(&[3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn goals_say_whether_a_ratio_meets_them() {
+        assert_eq!(Goal::AtMost(1.3).verdict(1.3), "≤ 1.3×: met");
+        assert_eq!(Goal::AtLeast(0.8).verdict(0.79), "≥ 0.8×: **not met**");
+        assert!(Goal::Flat(0.25).met(0.76) && Goal::Flat(0.25).met(1.25));
+        assert!(!Goal::Flat(0.25).met(1.26) && !Goal::Flat(0.25).met(0.74));
+        assert_eq!(Goal::Flat(0.25).to_string(), "within ±25%");
     }
 }
