@@ -10,7 +10,7 @@ use reembed::embed::builtin::HashEmbedder;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::stats::{Goal, ms, ratio};
-use super::{Server, fill_store, registry};
+use super::{Server, registry, source_store};
 
 pub struct Sizes {
     docs: usize,
@@ -40,16 +40,7 @@ impl Sizes {
 const TARGET: &str = "hash-v2";
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
-    let template = super::ScratchDir::new()?;
-    fill_store(
-        "backfill",
-        template.path(),
-        sizes.docs,
-        sizes.words,
-        "hash-v1",
-        &HashEmbedder::hash_v1(),
-    )
-    .await?;
+    let template = source_store("backfill", sizes.docs, sizes.words).await?;
 
     // Each service run is followed by the raw loop at its batch size, so that a neighbour's
     // load on this shared machine falls on both sides of the comparison alike.

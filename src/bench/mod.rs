@@ -121,6 +121,15 @@ pub fn corpus(n: usize, words: usize) -> impl Iterator<Item = (String, String)> 
     })
 }
 
+/// A new scratch store of `docs` corpus documents with `hash-v1` vectors: where every
+/// migration benchmark starts, before it migrates to `hash-v2`.
+pub async fn source_store(label: &str, docs: usize, words: usize) -> anyhow::Result<ScratchDir> {
+    let dir = ScratchDir::new()?;
+    let v1 = HashEmbedder::hash_v1();
+    fill_store(label, dir.path(), docs, words, "hash-v1", &v1).await?;
+    Ok(dir)
+}
+
 /// Writes the corpus with vectors of `model` straight into a new store in `data_dir`, in
 /// chunks of 1,000 documents, and closes it; logs how long that took under `label`.
 pub async fn fill_store(

@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use reembed::embed::builtin::HashEmbedder;
-
 use super::cpu::{self, CpuSample};
 use super::stats::{Goal, median, median_f64, ms, ratio};
 use super::wrk::{Load, Request, Tool};
-use super::{Server, fill_store, registry};
+use super::{Server, registry, source_store};
 
 /// The goal for the p99 of `GET /v1/routing` at 64 connections.
 const P99_GOAL: Duration = Duration::from_millis(2);
@@ -153,17 +151,7 @@ impl Series {
 }
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
-    let dir = super::ScratchDir::new()?;
-    let v1 = HashEmbedder::hash_v1();
-    fill_store(
-        "routing",
-        dir.path(),
-        sizes.docs,
-        sizes.words,
-        "hash-v1",
-        &v1,
-    )
-    .await?;
+    let dir = source_store("routing", sizes.docs, sizes.words).await?;
     let (idle, busy, backfill_note) =
         Server::serving(dir.path(), registry("hash-v1"), async |base| {
             measure(sizes, base).await

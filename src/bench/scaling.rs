@@ -5,12 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use reembed::embed::builtin::HashEmbedder;
-
 use super::process::{Memory, ServerProcess};
 use super::query::serve_queries;
 use super::stats::{Goal, median, ms, percentile, ratio};
-use super::{corpus, fill_store};
+use super::{corpus, source_store};
 
 pub struct Sizes {
     steps: Vec<usize>,
@@ -93,9 +91,7 @@ async fn empty_server_memory() -> anyhow::Result<Memory> {
 }
 
 async fn measure(sizes: &Sizes, docs: usize) -> anyhow::Result<Step> {
-    let dir = super::ScratchDir::new()?;
-    let v1 = HashEmbedder::hash_v1();
-    fill_store("scaling", dir.path(), docs, sizes.words, "hash-v1", &v1).await?;
+    let dir = source_store("scaling", docs, sizes.words).await?;
     ServerProcess::serving(dir.path(), async |server| {
         measure_server(sizes, docs, server).await
     })

@@ -5,11 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use reembed::embed::builtin::HashEmbedder;
-
 use super::stats::ratio;
 use super::wrk::{Load, Request, Tool};
-use super::{Server, corpus, fill_store, registry};
+use super::{Server, corpus, registry, source_store};
 
 pub struct Sizes {
     tool: Tool,
@@ -85,17 +83,7 @@ struct Measured {
 }
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
-    let dir = super::ScratchDir::new()?;
-    let v1 = HashEmbedder::hash_v1();
-    fill_store(
-        "writes",
-        dir.path(),
-        sizes.docs,
-        sizes.words,
-        "hash-v1",
-        &v1,
-    )
-    .await?;
+    let dir = source_store("writes", sizes.docs, sizes.words).await?;
     let (measured, backfill_note) =
         Server::serving(dir.path(), registry("hash-v1"), async |base| {
             measure(sizes, base).await
