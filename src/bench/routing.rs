@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::cpu::{self, CpuSample};
-use super::stats::{Goal, median, median_f64, ms, ratio};
+use super::stats::{Goal, median, median_f64, met, ms, ratio};
 use super::wrk::{Load, Request, Tool};
 use super::{Server, registry, source_store};
 
@@ -121,15 +121,11 @@ impl Series {
         let (h, r) = (Self::rps(&self.healthz), Self::rps(&self.routing));
         let routing_p99 = Self::p99(&self.routing);
         let goals = if label == "idle" {
-            let p99_met = if routing_p99 <= P99_GOAL {
-                "met"
-            } else {
-                "**not met**"
-            };
             format!(
-                "goal {}; p99 ≤ {}: {p99_met}",
+                "goal {}; p99 ≤ {}: {}",
                 Goal::AtLeast(0.9).verdict(r / healthz_baseline),
                 ms(P99_GOAL),
+                met(routing_p99 <= P99_GOAL),
             )
         } else {
             format!(

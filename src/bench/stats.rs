@@ -63,13 +63,13 @@ impl Goal {
 
     /// The goal and whether `ratio` meets it, as "≤ 1.3×: met" or "≥ 0.8×: **not met**".
     pub fn verdict(self, ratio: f64) -> String {
-        let verdict = if self.met(ratio) {
-            "met"
-        } else {
-            "**not met**"
-        };
-        format!("{self}: {verdict}")
+        format!("{self}: {}", met(self.met(ratio)))
     }
+}
+
+/// "met", or "**not met**" in bold so that a miss stands out in the results.
+pub fn met(met: bool) -> &'static str {
+    if met { "met" } else { "**not met**" }
 }
 
 impl std::fmt::Display for Goal {
