@@ -76,8 +76,10 @@ impl Service {
     }
 }
 
-/// Polls `call` `polls` times, letting other threads run in between, then drops it; then
-/// waits long enough for anything it left running to finish.
+/// How long work a dropped call left running may take to finish.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Polls `call` `polls` times, letting other threads run in between, then drops it.
 async fn drop_after<F: Future>(call: F, polls: usize) {
     let mut call = Box::pin(call);
     for _ in 0..polls {
@@ -88,7 +90,20 @@ async fn drop_after<F: Future>(call: F, polls: usize) {
         tokio::task::yield_now().await;
     }
     drop(call);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Reads the two sides with `read` until they agree, for up to `SETTLE`, and returns the
+/// last reading: a section a dropped call began may still be finishing, but a disagreement
+/// that outlasts it stays until a restart.
+async fn settled<T: PartialEq>(mut read: impl AsyncFnMut() -> (T, T)) -> (T, T) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let (left, right) = read().await;
+        if left == right || tokio::time::Instant::now() >= deadline {
+            return (left, right);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,12 +113,14 @@ async fn a_dropped_write_or_delete_is_in_the_index_exactly_when_it_is_stored() {
         let id = format!("doc-{polls}");
         let write = [Service::document(&id)];
         drop_after(service.documents.upsert(&write), polls).await;
-        let (stored, indexed) = (service.stored(&id).await, service.indexed(&id));
+        let (stored, indexed) =
+            settled(async || (service.stored(&id).await, service.indexed(&id))).await;
         assert_eq!(stored, indexed, "write dropped after {polls} polls");
 
         service.documents.upsert(&write).await.expect("write");
         drop_after(service.documents.delete(&id), polls).await;
-        let (stored, indexed) = (service.stored(&id).await, service.indexed(&id));
+        let (stored, indexed) =
+            settled(async || (service.stored(&id).await, service.indexed(&id))).await;
         assert_eq!(stored, indexed, "delete dropped after {polls} polls");
     }
 }
@@ -134,12 +151,12 @@ async fn a_dropped_pause_or_resume_leaves_the_published_state_as_stored() {
             _ => Event::Resume,
         };
         drop_after(coordinator.transition("m", event, Utc::now()), polls).await;
-        let stored = service.store.migration("m").await.expect("read");
-        let published = coordinator.latest().expect("the migration").state;
-        assert_eq!(
-            Some(published),
-            stored.map(|m| m.state),
-            "dropped after {polls} polls"
-        );
+        let (stored, published) = settled(async || {
+            let stored = service.store.migration("m").await.expect("read");
+            let published = coordinator.latest().expect("the migration");
+            (stored.map(|m| m.state), Some(published.state))
+        })
+        .await;
+        assert_eq!(published, stored, "dropped after {polls} polls");
     }
 }
