@@ -108,6 +108,24 @@ pub struct Coordinator {
     changes: watch::Sender<u64>,
 }
 
+/// A throughput meter for `migration` as of `now`: running from its current count when it is
+/// in progress, so the window never reaches back into a pause; idle otherwise.
+fn meter_for(migration: Option<&Migration>, now: DateTime<Utc>) -> ThroughputMeter {
+    match migration {
+        Some(m) if m.state == MigrationState::InProgress => {
+            ThroughputMeter::starting(now, m.counts.processed)
+        }
+        _ => ThroughputMeter::default(),
+    }
+}
+
+/// The measured rate of `migration`, only while its backfill runs.
+fn running_rate(migration: &Migration, meter: &ThroughputMeter, now: DateTime<Utc>) -> Option<f64> {
+    (migration.state == MigrationState::InProgress)
+        .then(|| meter.rate(now))
+        .flatten()
+}
+
 impl Coordinator {
     /// Builds the coordinator from what the store holds: the newest migration and the active
     /// model (`initial_model` on a new store).
@@ -122,8 +140,8 @@ impl Coordinator {
         let latest = store.migrations().await?.into_iter().next();
         let live = Live {
             recorded_active: initial_model,
+            meter: meter_for(latest.as_ref(), Utc::now()),
             latest,
-            meter: ThroughputMeter::default(),
             in_flight_batches: 0,
             updated_at: Utc::now(),
         };
@@ -209,7 +227,7 @@ impl Coordinator {
                 .filter(|m| m.id == id)
                 .map(|m| Progress {
                     migration: m.clone(),
-                    snapshot: ProgressSnapshot::new(m.counts, live.meter.rate(now)),
+                    snapshot: ProgressSnapshot::new(m.counts, running_rate(m, &live.meter, now)),
                     in_flight_batches: live.in_flight_batches,
                     routing: route(&live.recorded_active, Some(m), now),
                     updated_at: live.updated_at,
@@ -220,7 +238,7 @@ impl Coordinator {
         }
         let migration = self.migration(id).await?;
         Ok(Progress {
-            snapshot: ProgressSnapshot::new(migration.counts, 0.0),
+            snapshot: ProgressSnapshot::new(migration.counts, None),
             in_flight_batches: 0,
             routing: route(&migration.source_model, Some(&migration), now),
             updated_at: migration
@@ -454,7 +472,7 @@ impl Coordinator {
     /// Installs a new newest migration (create, start) with fresh throughput samples.
     fn install(&self, migration: Migration) {
         let mut live = self.live();
-        live.meter = ThroughputMeter::default();
+        live.meter = meter_for(Some(&migration), Utc::now());
         live.latest = Some(migration);
         live.updated_at = Utc::now();
         self.publish_routing(&live);
@@ -467,12 +485,20 @@ impl Coordinator {
     fn publish_state(&self, mut next: Migration) -> Migration {
         let mut live = self.live();
         let Live {
-            latest, updated_at, ..
+            latest,
+            meter,
+            updated_at,
+            ..
         } = &mut *live;
         if let Some(current) = latest.as_mut().filter(|m| m.id == next.id) {
             next.counts = current.counts;
+            let resumed = current.state != MigrationState::InProgress
+                && next.state == MigrationState::InProgress;
             *current = next.clone();
             *updated_at = Utc::now();
+            if resumed {
+                *meter = meter_for(Some(current), *updated_at);
+            }
         }
         self.publish_routing(&live);
         drop(live);

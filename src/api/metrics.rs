@@ -79,7 +79,7 @@ async fn refresh_gauges(state: &AppState) {
         ),
         (
             "reembed_migration_throughput_per_sec",
-            progress.snapshot.throughput_per_sec,
+            progress.snapshot.throughput_per_sec.unwrap_or(0.0),
         ),
         ("reembed_migration_coverage", progress.snapshot.coverage),
         (

@@ -93,8 +93,11 @@ pub struct ProgressView {
     pub progress: f64,
     /// processed / (total − skipped): what the query threshold compares.
     pub coverage: f64,
-    pub throughput_per_sec: f64,
-    /// Null while nothing moves.
+    /// Documents per second over the last 60 s of wall-clock time (or since the backfill last
+    /// started, when shorter), embedding time included; null until a second has passed and a
+    /// document was processed, and whenever the migration is not in progress.
+    pub throughput_per_sec: Option<f64>,
+    /// Seconds left at that rate; 0 when nothing remains, null while the rate is unknown or 0.
     pub eta_secs: Option<f64>,
     pub in_flight_batches: u32,
     pub query_route: Route,

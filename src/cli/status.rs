@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::http::{CliError, Server};
 use super::lifecycle::{decode, newest};
-use super::wire::{Field, Migration, Progress, Routing, eta, print, say};
+use super::wire::{Field, Migration, Progress, Routing, eta, print, rate, say};
 use super::{Exit, StatusArgs, bar};
 
 /// How often `--watch` asks for progress: often enough to look live, rarely enough to cost
@@ -46,9 +46,9 @@ async fn watch(server: &Server, id: &str) -> Result<(), CliError> {
         bar.set_length(progress.total);
         bar.set_position(progress.done());
         bar.set_message(format!(
-            "{}, {:.1} docs/s, eta {}",
+            "{}, {}, eta {}",
             progress.state,
-            progress.throughput_per_sec,
+            rate(progress.throughput_per_sec),
             eta(progress.eta_secs)
         ));
         if progress.is_settled() {

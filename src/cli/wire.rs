@@ -66,7 +66,8 @@ pub struct Progress {
     pub skipped: u64,
     pub failed: u64,
     pub coverage: f64,
-    pub throughput_per_sec: f64,
+    /// Null until the server can estimate it.
+    pub throughput_per_sec: Option<f64>,
     pub eta_secs: Option<f64>,
 }
 
@@ -168,10 +169,7 @@ impl Progress {
             ("skipped", self.skipped.to_string()),
             ("failed", self.failed.to_string()),
             ("coverage", percent(self.coverage)),
-            (
-                "throughput",
-                format!("{:.1} docs/s", self.throughput_per_sec),
-            ),
+            ("throughput", rate(self.throughput_per_sec)),
             ("eta", eta(self.eta_secs)),
         ]
     }
@@ -210,6 +208,11 @@ pub fn say(line: impl Display) {
 /// `0.1234` as `12.3%`.
 pub fn percent(ratio: f64) -> String {
     format!("{:.1}%", ratio * 100.0)
+}
+
+/// A throughput as `12.3 docs/s`, or `-` while the server cannot estimate it yet.
+pub fn rate(per_sec: Option<f64>) -> String {
+    per_sec.map_or_else(|| "-".to_owned(), |rate| format!("{rate:.1} docs/s"))
 }
 
 /// Seconds as `1h 02m 03s`, `4m 05s` or `6s`; `-` when unknown (nothing moves yet).
@@ -261,6 +264,12 @@ mod tests {
         assert_eq!(fields[4], ("throughput", "12.3 docs/s".to_owned()));
         assert_eq!(fields[5], ("eta", "12s".to_owned()));
         assert_eq!(progress.done(), 52);
+        let unknown: Progress = serde_json::from_str(
+            r#"{"state": "in_progress", "total": 200, "processed": 0, "skipped": 0,
+                "failed": 0, "coverage": 0.0, "throughput_per_sec": null, "eta_secs": null}"#,
+        )
+        .unwrap();
+        assert_eq!(unknown.fields()[4], ("throughput", "-".to_owned()));
         assert!(!progress.is_settled());
     }
 }

@@ -31,6 +31,11 @@ struct Instruments {
     failing: AtomicBool,
     /// Added to every call of more than one text (a backfill batch or a bulk write).
     batch_delay: Mutex<Duration>,
+    /// When set, calls are served one at a time in arrival order, each taking this long per
+    /// text: a provider of fixed speed, whatever the concurrency.
+    per_text: Mutex<Option<Duration>>,
+    /// Taken by each call while `per_text` is set; tokio's mutex is fair, so a FIFO.
+    worker: tokio::sync::Mutex<()>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     batch_sizes: Mutex<Vec<usize>>,
@@ -46,6 +51,8 @@ impl Probe {
             open: watch::channel(true).0,
             failing: AtomicBool::new(false),
             batch_delay: Mutex::new(Duration::ZERO),
+            per_text: Mutex::new(None),
+            worker: tokio::sync::Mutex::new(()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             batch_sizes: Mutex::new(Vec::new()),
@@ -81,6 +88,12 @@ impl Probe {
 
     pub fn slow_batches(&self, delay: Duration) {
         *self.0.batch_delay.lock().unwrap() = delay;
+    }
+
+    /// Serves calls one at a time, `per_text` for each text: `1 / per_text` texts per second
+    /// however many batches are in flight.
+    pub fn serve_serially(&self, per_text: Duration) {
+        *self.0.per_text.lock().unwrap() = Some(per_text);
     }
 
     /// The most `embed` calls that ever ran at once.
@@ -134,6 +147,11 @@ impl Embedder for Probe {
         let delay = *self.0.batch_delay.lock().unwrap();
         if texts.len() > 1 && !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        let per_text = *self.0.per_text.lock().unwrap();
+        if let Some(per_text) = per_text {
+            let _turn = self.0.worker.lock().await;
+            tokio::time::sleep(per_text * texts.len() as u32).await;
         }
         if texts.iter().any(|t| t.contains(POISON)) {
             return Err(EmbedError::Rejected("probe: poisoned input".into()));

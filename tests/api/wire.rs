@@ -151,7 +151,7 @@ pub struct Progress {
     pub remaining: u64,
     pub progress: f64,
     pub coverage: f64,
-    pub throughput_per_sec: f64,
+    pub throughput_per_sec: Option<f64>,
     pub eta_secs: Option<f64>,
     pub in_flight_batches: u64,
     pub query_route: String,
