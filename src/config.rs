@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand};
 pub struct Config {
     /// Directory holding the SQLite database (`reembed.db`); created if missing.
     pub data_dir: PathBuf,
-    /// Consecutive failed backfill batches after which a migration moves to `failed`.
-    pub max_failed_batches: u32,
+    /// How long an embedding provider may stay unreachable before a migration moves to
+    /// `failed`; until then the backfill waits it out.
+    pub provider_patience: Duration,
     /// Whether the model registry came from a file whose `active_model` must match the
     /// store's: then a store holding documents of another active model is refused at start-up
     /// (the active model changes only through a migration).
@@ -63,17 +64,16 @@ impl Default for Limits {
     }
 }
 
-/// Default of `--max-failed-batches`: enough to ride out a provider's brief hiccup (each
-/// failed batch already retried its requests), few enough to stop a migration against a
-/// provider that is down within a minute or so.
-pub const DEFAULT_MAX_FAILED_BATCHES: u32 = 5;
+/// Default of `--provider-patience-secs`: five minutes rides out a provider's restart, a
+/// deployment or a short network outage without anyone having to resume the migration.
+pub const DEFAULT_PROVIDER_PATIENCE_SECS: u64 = 300;
 
 impl Config {
     /// A config storing its data under `data_dir`, with default limits.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            max_failed_batches: DEFAULT_MAX_FAILED_BATCHES,
+            provider_patience: Duration::from_secs(DEFAULT_PROVIDER_PATIENCE_SECS),
             registry_names_active_model: false,
             tokens: None,
             limits: Limits::default(),
@@ -123,10 +123,11 @@ pub struct ServeArgs {
     /// Model registry file (TOML; see reembed.example.toml). Without it: hash-v1 and hash-v2.
     #[arg(long = "config", env = "REEMBED_CONFIG")]
     pub config_file: Option<PathBuf>,
-    /// Consecutive failed backfill batches after which a migration moves to `failed`.
-    #[arg(long, env = "REEMBED_MAX_FAILED_BATCHES", default_value_t = DEFAULT_MAX_FAILED_BATCHES,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_failed_batches: u32,
+    /// Seconds an embedding provider may stay unreachable before a migration moves to
+    /// `failed`; until then the backfill waits it out.
+    #[arg(long, env = "REEMBED_PROVIDER_PATIENCE_SECS",
+          default_value_t = DEFAULT_PROVIDER_PATIENCE_SECS)]
+    pub provider_patience_secs: u64,
     /// File holding the API token (one line). `REEMBED_API_TOKEN` gives it directly instead.
     #[arg(long, env = "REEMBED_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
@@ -166,7 +167,7 @@ impl ServeArgs {
         }
         Ok(Config {
             data_dir: self.data_dir.clone(),
-            max_failed_batches: self.max_failed_batches,
+            provider_patience: Duration::from_secs(self.provider_patience_secs),
             registry_names_active_model: self.config_file.is_some(),
             tokens,
             limits: Limits {

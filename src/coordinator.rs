@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::domain::{
     ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot, Routing,
-    RoutingSnapshot, ThroughputMeter, TransitionError, route,
+    RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, Store, StoreError};
@@ -57,6 +57,8 @@ struct Live {
     meter: ThroughputMeter,
     /// Backfill batches claimed and not yet committed.
     in_flight_batches: u32,
+    /// The provider the running backfill waits for, while it is unreachable.
+    waiting: Option<Waiting>,
     /// When `latest` last changed (state or counts).
     updated_at: DateTime<Utc>,
 }
@@ -73,6 +75,8 @@ pub struct Progress {
     pub migration: Migration,
     pub snapshot: ProgressSnapshot,
     pub in_flight_batches: u32,
+    /// The provider the backfill waits for, while it is unreachable.
+    pub waiting: Option<Waiting>,
     pub routing: Routing,
     /// When the migration last changed state or counts.
     pub updated_at: DateTime<Utc>,
@@ -143,6 +147,7 @@ impl Coordinator {
             meter: meter_for(latest.as_ref(), Utc::now()),
             latest,
             in_flight_batches: 0,
+            waiting: None,
             updated_at: Utc::now(),
         };
         let routing = ArcSwap::from_pointee(live.routing());
@@ -229,6 +234,7 @@ impl Coordinator {
                     migration: m.clone(),
                     snapshot: ProgressSnapshot::new(m.counts, running_rate(m, &live.meter, now)),
                     in_flight_batches: live.in_flight_batches,
+                    waiting: live.waiting.clone(),
                     routing: route(&live.recorded_active, Some(m), now),
                     updated_at: live.updated_at,
                 })
@@ -240,6 +246,7 @@ impl Coordinator {
         Ok(Progress {
             snapshot: ProgressSnapshot::new(migration.counts, None),
             in_flight_batches: 0,
+            waiting: None,
             routing: route(&migration.source_model, Some(&migration), now),
             updated_at: migration
                 .completed_at
@@ -473,6 +480,7 @@ impl Coordinator {
     fn install(&self, migration: Migration) {
         let mut live = self.live();
         live.meter = meter_for(Some(&migration), Utc::now());
+        live.waiting = None;
         live.latest = Some(migration);
         live.updated_at = Utc::now();
         self.publish_routing(&live);
@@ -487,11 +495,16 @@ impl Coordinator {
         let Live {
             latest,
             meter,
+            waiting,
             updated_at,
             ..
         } = &mut *live;
         if let Some(current) = latest.as_mut().filter(|m| m.id == next.id) {
             next.counts = current.counts;
+            if current.state != next.state {
+                // A new state starts over: a resumed backfill probes the provider afresh.
+                *waiting = None;
+            }
             let resumed = current.state != MigrationState::InProgress
                 && next.state == MigrationState::InProgress;
             *current = next.clone();
@@ -526,6 +539,49 @@ impl Coordinator {
         self.publish_routing(&live);
         drop(live);
         self.publish();
+    }
+
+    /// Records that the backfill could not reach `model` (a transient failure) and returns
+    /// since when it has been unreachable: the first failure since it last answered.
+    pub fn provider_unreachable(
+        &self,
+        model: &str,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let mut live = self.live();
+        let waiting = match live.waiting.take() {
+            Some(w) if w.model == model => Waiting {
+                last_error: error.to_owned(),
+                ..w
+            },
+            _ => Waiting {
+                model: model.to_owned(),
+                since: now,
+                last_error: error.to_owned(),
+            },
+        };
+        let since = waiting.since;
+        live.waiting = Some(waiting);
+        drop(live);
+        self.publish();
+        since
+    }
+
+    /// Records that `model` answered the backfill again: nothing is waited for any more.
+    pub fn provider_reachable(&self, model: &str) {
+        let mut live = self.live();
+        if live.waiting.as_ref().is_none_or(|w| w.model != model) {
+            return;
+        }
+        live.waiting = None;
+        drop(live);
+        self.publish();
+    }
+
+    /// Whether the backfill is waiting for an unreachable provider.
+    pub fn is_waiting(&self) -> bool {
+        self.live().waiting.is_some()
     }
 
     /// Backfill batches claimed and not yet committed.

@@ -270,13 +270,30 @@ impl Documents {
         migration_id: &str,
         target_model: &str,
         items: Vec<BatchItem>,
-        failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let this = Arc::clone(self);
         let (migration_id, target_model) = (migration_id.to_owned(), target_model.to_owned());
         run_to_end(async move {
-            this.commit_batch_now(&migration_id, &target_model, items, failed)
+            this.commit_batch_now(&migration_id, &target_model, items)
                 .await
+        })
+        .await
+    }
+
+    /// Records that the latest attempt of the queued documents `doc_ids` failed (they stay
+    /// queued), and follows the count; to the end once begun, like every commit.
+    pub async fn record_failures(
+        self: &Arc<Self>,
+        migration_id: &str,
+        doc_ids: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let (this, migration_id) = (Arc::clone(self), migration_id.to_owned());
+        run_to_end(async move {
+            let _turn = this.commit_order.for_backfill().await;
+            let delta = this.store.record_failures(&migration_id, &doc_ids).await?;
+            this.coordinator
+                .apply_delta(&migration_id, delta, Utc::now());
+            Ok(())
         })
         .await
     }
@@ -286,19 +303,11 @@ impl Documents {
         migration_id: &str,
         target_model: &str,
         items: Vec<BatchItem>,
-        failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let mut receipt = BatchReceipt::default();
-        let (mut rest, mut failed) = (items.as_slice(), failed);
+        let mut rest = items.as_slice();
         loop {
-            let (part, committed) = self
-                .commit_part(
-                    migration_id,
-                    target_model,
-                    rest,
-                    std::mem::take(&mut failed),
-                )
-                .await?;
+            let (part, committed) = self.commit_part(migration_id, target_model, rest).await?;
             receipt.written.extend(part.written);
             receipt.delta = receipt.delta.then(part.delta);
             rest = &rest[committed..];
@@ -316,14 +325,13 @@ impl Documents {
         migration_id: &str,
         target_model: &str,
         items: &[BatchItem],
-        failed: u64,
     ) -> Result<(BatchReceipt, usize), StoreError> {
         let _turn = self.commit_order.for_backfill().await;
         let write_waits =
             |committed| committed >= MIN_BACKFILL_PART && self.commit_order.writes_waiting();
         let (receipt, committed) = self
             .store
-            .commit_batch_until(migration_id, target_model, items, failed, &write_waits)
+            .commit_batch_until(migration_id, target_model, items, &write_waits)
             .await?;
         let vectors: HashMap<&str, &[f32]> = items[..committed]
             .iter()

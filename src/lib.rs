@@ -82,7 +82,7 @@ pub async fn serve(
         coordinator.clone(),
         store.clone(),
         documents.clone(),
-        config.max_failed_batches,
+        config.provider_patience,
     )
     .spawn(&workers, stop_workers.clone());
     window::spawn(coordinator.clone(), &workers, stop_workers.clone());

@@ -104,7 +104,22 @@ pub struct ProgressView {
     /// Seconds callers of the target model have spent held back by its pacing and back-offs
     /// in this process (summed over concurrent batches).
     pub throttled_secs: f64,
+    /// Null, or the provider the backfill waits for while it is unreachable: the migration
+    /// stays `in_progress` and continues by itself when the provider answers again, unless it
+    /// stays away for longer than `--provider-patience-secs`.
+    pub waiting: Option<WaitingView>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A provider the backfill waits for (progress `waiting`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingView {
+    /// The registry id of the unreachable model.
+    pub model: String,
+    /// When its first failure since it last answered happened.
+    pub since: DateTime<Utc>,
+    /// The error of its latest failed attempt.
+    pub last_error: String,
 }
 
 /// Optional body of `POST /v1/migrations/{id}/pause`.
@@ -167,6 +182,11 @@ impl ProgressView {
             in_flight_batches: p.in_flight_batches,
             query_route: p.routing.query_route,
             throttled_secs,
+            waiting: p.waiting.map(|w| WaitingView {
+                model: w.model,
+                since: w.since,
+                last_error: w.last_error,
+            }),
             updated_at: p.updated_at,
         }
     }

@@ -19,17 +19,18 @@ use crate::store::{BatchItem, ClaimedDocument};
 
 /// First back-off after a failed batch; doubles per consecutive failure.
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest back-off between failed batches.
+/// Longest back-off between failed batches: a provider back from a restart is noticed within
+/// this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Runs batches and remembers how many failed in a row.
 pub struct BatchRunner {
     coordinator: Arc<Coordinator>,
     documents: Arc<Documents>,
-    /// Failed batches since the last successful one, across all batch tasks.
+    /// Failed batches since the last successful one, across all batch tasks: the back-off.
     consecutive_failures: Arc<AtomicU32>,
-    /// Consecutive failures after which the migration moves to `failed`.
-    max_failures: u32,
+    /// How long a provider may stay unreachable before the migration moves to `failed`.
+    patience: Duration,
 }
 
 /// What a batch did, for its log line.
@@ -58,17 +59,18 @@ impl Drop for InFlight {
 }
 
 impl BatchRunner {
-    /// A runner with no failures recorded, failing migrations after `max_failures` in a row.
+    /// A runner with no failures recorded, failing a migration once its provider has been
+    /// unreachable for longer than `patience`.
     pub fn new(
         coordinator: Arc<Coordinator>,
         documents: Arc<Documents>,
-        max_failures: u32,
+        patience: Duration,
     ) -> Self {
         Self {
             coordinator,
             documents,
             consecutive_failures: Arc::new(AtomicU32::new(0)),
-            max_failures,
+            patience,
         }
     }
 
@@ -99,7 +101,7 @@ impl BatchRunner {
             coordinator: self.coordinator.clone(),
             documents: self.documents.clone(),
             consecutive_failures: self.consecutive_failures.clone(),
-            max_failures: self.max_failures,
+            patience: self.patience,
         }
     }
 
@@ -113,22 +115,19 @@ impl BatchRunner {
         let items = match self.embed_isolating(target, &claimed).await {
             Ok(items) => items,
             Err(error) => {
-                let fatal = is_misconfiguration(&error);
-                let failure = Failure {
-                    documents: claimed.len() as u64,
-                    error: error.to_string(),
-                    fatal,
-                };
-                return self.failed(migration_id, failure).await;
+                return self
+                    .embedding_failed(migration_id, target, claimed, error)
+                    .await;
             }
         };
+        self.coordinator.provider_reachable(target);
         let skipped = items
             .iter()
             .filter(|i| matches!(i, BatchItem::Skipped { .. }))
             .count() as u64;
         match self
             .documents
-            .commit_batch(migration_id, target, items, 0)
+            .commit_batch(migration_id, target, items)
             .await
         {
             Ok(receipt) => {
@@ -139,12 +138,11 @@ impl BatchRunner {
                 }
             }
             Err(error) => {
-                let failure = Failure {
-                    documents: 0,
-                    error: error.to_string(),
-                    fatal: false,
-                };
-                self.failed(migration_id, failure).await
+                // The documents stay queued; a later sweep claims them again. A store that
+                // stays broken shows on /readyz, not as a provider failure.
+                tracing::warn!(%error, "could not commit a backfill batch; its documents stay queued");
+                self.back_off().await;
+                BatchOutcome::Failed
             }
         }
     }
@@ -193,52 +191,57 @@ impl BatchRunner {
         })
     }
 
-    /// Records a failed batch (its documents stay queued), backs off, and fails the migration
-    /// once the failures keep coming.
-    async fn failed(&self, migration_id: &str, failure: Failure) -> BatchOutcome {
-        let Failure {
-            documents,
-            error,
-            fatal,
-        } = failure;
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::warn!(%error, failures, "backfill batch failed; its documents stay queued");
-        if documents > 0 {
-            if let Err(store_error) = self
-                .documents
-                .commit_batch(migration_id, "", Vec::new(), documents)
-                .await
-            {
-                tracing::warn!(%store_error, "could not record the failed batch");
-            }
+    /// Records a batch the provider could not embed: its documents stay queued and count as
+    /// failed until they succeed. A misconfiguration fails the migration at once; a transient
+    /// failure waits the provider out (`Coordinator::provider_unreachable`) and fails the
+    /// migration only once it has been unreachable for longer than the patience.
+    async fn embedding_failed(
+        &self,
+        migration_id: &str,
+        target: &str,
+        claimed: Vec<ClaimedDocument>,
+        error: ServiceError,
+    ) -> BatchOutcome {
+        let error_text = error.to_string();
+        tracing::warn!(error = %error_text, "backfill batch failed; its documents stay queued");
+        metrics::counter!("reembed_backfill_failed_attempts_total", "migration" => migration_id.to_owned())
+            .increment(claimed.len() as u64);
+        let ids = claimed.into_iter().map(|doc| doc.id).collect();
+        if let Err(store_error) = self.documents.record_failures(migration_id, ids).await {
+            tracing::warn!(%store_error, "could not record the failed attempts");
         }
-        if fatal || failures >= self.max_failures {
-            let reason = if fatal {
-                format!("the target model is misconfigured: {error}")
-            } else {
-                format!("{failures} consecutive batches failed; last error: {error}")
-            };
-            if let Err(fail_error) = self
+        let now = Utc::now();
+        let reason = if is_misconfiguration(&error) {
+            Some(format!("the target model is misconfigured: {error_text}"))
+        } else {
+            let since = self
                 .coordinator
-                .fail(migration_id, reason, Utc::now())
-                .await
-            {
+                .provider_unreachable(target, &error_text, now);
+            let waited = (now - since).to_std().unwrap_or_default();
+            (waited > self.patience).then(|| {
+                format!(
+                    "{target} unreachable for {}s, longer than the patience of {}s; last error: \
+                     {error_text}",
+                    waited.as_secs(),
+                    self.patience.as_secs()
+                )
+            })
+        };
+        if let Some(reason) = reason {
+            if let Err(fail_error) = self.coordinator.fail(migration_id, reason, now).await {
                 tracing::debug!(%fail_error, "migration already left in_progress");
             }
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        tokio::time::sleep(backoff(failures)).await;
+        self.back_off().await;
         BatchOutcome::Failed
     }
-}
 
-/// A batch that did not commit.
-struct Failure {
-    /// Documents that go back to waiting on the queue (0 when the commit itself failed).
-    documents: u64,
-    error: String,
-    /// No retry can succeed until an operator fixes the configuration: fail the migration now.
-    fatal: bool,
+    /// Sleeps the back-off of one more consecutive failure.
+    async fn back_off(&self) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        tokio::time::sleep(backoff(failures)).await;
+    }
 }
 
 /// Whether `error` blames the provider's configuration rather than the moment: a wrong key,

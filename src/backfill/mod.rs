@@ -58,15 +58,15 @@ pub struct Backfill {
 }
 
 impl Backfill {
-    /// Wires the pool; nothing runs until `spawn`. A migration fails after `max_failed_batches`
-    /// consecutive failed batches.
+    /// Wires the pool; nothing runs until `spawn`. A migration fails once its provider has
+    /// been unreachable for longer than `provider_patience`.
     pub fn new(
         coordinator: Arc<Coordinator>,
         store: Arc<dyn Store>,
         documents: Arc<Documents>,
-        max_failed_batches: u32,
+        provider_patience: Duration,
     ) -> Self {
-        let batches = batch::BatchRunner::new(coordinator.clone(), documents, max_failed_batches);
+        let batches = batch::BatchRunner::new(coordinator.clone(), documents, provider_patience);
         Self {
             coordinator,
             store,
@@ -116,7 +116,13 @@ impl Backfill {
             };
         }
         let in_flight = self.coordinator.in_flight_batches();
-        if in_flight >= migration.config.max_concurrent {
+        // While the provider is unreachable, one batch at a time probes it.
+        let limit = if self.coordinator.is_waiting() {
+            1
+        } else {
+            migration.config.max_concurrent
+        };
+        if in_flight >= limit {
             return Step::Saturated;
         }
         let claimed = match self

@@ -112,7 +112,8 @@ pub struct Counts {
     pub total: u64,
     pub processed: u64,
     pub skipped: u64,
-    /// Embedding attempts that failed and were put back in the queue.
+    /// Queued documents whose latest embedding attempt failed: they wait for another, and
+    /// stop counting once it succeeds (or they leave the queue otherwise).
     pub failed: u64,
 }
 

@@ -16,6 +16,8 @@ mod proptests;
 
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
-pub use progress::{Pace, ProgressSnapshot, ThroughputMeter, estimate_secs, estimate_tokens};
+pub use progress::{
+    Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,
+};
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
 pub use routing::{Phase, Route, Routing, RoutingSnapshot, route};

@@ -85,6 +85,16 @@ impl ThroughputMeter {
     }
 }
 
+/// A provider the backfill is waiting for (API.md progress `waiting`): unreachable since
+/// `since`, with the last error it gave. Transient: it lives in memory while the migration
+/// runs and is not persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub model: String,
+    pub since: DateTime<Utc>,
+    pub last_error: String,
+}
+
 /// The computed part of a progress report.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProgressSnapshot {

@@ -57,13 +57,14 @@ pub type StoredVector = (String, u64, Vec<f32>);
 
 /// How one committed transaction changed the counts of a migration, so the in-memory copy can
 /// follow the database without re-reading it. `total` is signed because a delete shrinks it,
-/// `skipped` because re-queueing the skipped documents takes them off the skip list.
+/// `skipped` because re-queueing the skipped documents takes them off the skip list, `failed`
+/// because a document whose attempt failed stops counting once it succeeds or leaves the queue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountsDelta {
     pub total: i64,
     pub processed: u64,
     pub skipped: i64,
-    pub failed: u64,
+    pub failed: i64,
 }
 
 impl CountsDelta {
@@ -88,7 +89,7 @@ impl CountsDelta {
             total: counts.total.saturating_add_signed(self.total),
             processed: counts.processed + self.processed,
             skipped: counts.skipped.saturating_add_signed(self.skipped),
-            failed: counts.failed + self.failed,
+            failed: counts.failed.saturating_add_signed(self.failed),
         }
     }
 }
@@ -225,16 +226,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ClaimedDocument>, StoreError>;
     /// Commits one backfill batch in one transaction: each embedded vector is written only if
     /// the document is still queued and at the embedded version (compare-and-set); skips leave
-    /// the queue for the skip list; the migration's counts move by exactly what happened.
+    /// the queue for the skip list; the migration's counts move by exactly what happened (a
+    /// document whose earlier attempt failed stops counting as failed).
     async fn commit_batch(
         &self,
         migration_id: &str,
         target_model: &str,
         items: &[BatchItem],
-        failed: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let (receipt, _) = self
-            .commit_batch_until(migration_id, target_model, items, failed, &|_| false)
+            .commit_batch_until(migration_id, target_model, items, &|_| false)
             .await?;
         Ok(receipt)
     }
@@ -248,9 +249,16 @@ pub trait Store: Send + Sync + 'static {
         migration_id: &str,
         target_model: &str,
         items: &[BatchItem],
-        failed: u64,
         stop: &(dyn Fn(usize) -> bool + Send + Sync),
     ) -> Result<(BatchReceipt, usize), StoreError>;
+    /// Marks the queued documents among `doc_ids` as failed (their attempt failed, they stay
+    /// queued): `failed` grows by those not marked yet, so a document counts once however
+    /// often it fails.
+    async fn record_failures(
+        &self,
+        migration_id: &str,
+        doc_ids: &[String],
+    ) -> Result<CountsDelta, StoreError>;
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError>;
     /// Puts every skipped document that still exists back on the migration's queue and clears
     /// its skip list, in one transaction: skipped shrinks by the list's length, and total by

@@ -189,8 +189,14 @@ impl Store for SqliteStore {
         let latest = latest_migration(&mut tx).await?;
         let backfilling = latest.as_ref().filter(|m| m.state.is_backfilling());
         let mut delta = CountsDelta::default();
-        if let Some(migration) = backfilling {
-            delta.total = -sql_int(dequeue(&mut tx, &migration.id, id).await?)?;
+        if let Some(migration) = backfilling
+            && let Some(left) = dequeue(&mut tx, &migration.id, id).await?
+        {
+            delta = CountsDelta {
+                total: -1,
+                processed: 0,
+                ..left.delta()
+            };
         }
         remove_document(&mut tx, id, version).await?;
         let migration = record_delta(&mut tx, backfilling, delta).await?;
@@ -318,6 +324,12 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;
+            // Nothing waits any more, so nothing is waiting after a failure.
+            sqlx::query("UPDATE migrations SET failed = 0 WHERE id = ?1")
+                .bind(&migration.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
         }
         tx.commit().await.map_err(store_error)
     }
@@ -380,7 +392,6 @@ impl Store for SqliteStore {
         migration_id: &str,
         target_model: &str,
         items: &[BatchItem],
-        failed: u64,
         stop: &(dyn Fn(usize) -> bool + Send + Sync),
     ) -> Result<(BatchReceipt, usize), StoreError> {
         let mut tx = self.begin_write().await?;
@@ -398,12 +409,37 @@ impl Store for SqliteStore {
             commit_item(&mut tx, batch, item, &mut receipt).await?;
             committed += 1;
         }
-        receipt.delta.failed = failed;
         if !receipt.delta.is_zero() {
             apply_delta(&mut tx, migration_id, receipt.delta).await?;
         }
         tx.commit().await.map_err(store_error)?;
         Ok((receipt, committed))
+    }
+
+    async fn record_failures(
+        &self,
+        migration_id: &str,
+        doc_ids: &[String],
+    ) -> Result<CountsDelta, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut delta = CountsDelta::default();
+        for doc_id in doc_ids {
+            let flagged = sqlx::query(
+                "UPDATE backfill_queue SET failed = 1
+                 WHERE migration_id = ?1 AND doc_id = ?2 AND failed = 0",
+            )
+            .bind(migration_id)
+            .bind(doc_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            delta.failed += sql_int(flagged.rows_affected())?;
+        }
+        if !delta.is_zero() {
+            apply_delta(&mut tx, migration_id, delta).await?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(delta)
     }
 
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError> {
@@ -575,7 +611,9 @@ async fn follow_write(
     delta: &mut CountsDelta,
 ) -> Result<(), StoreError> {
     if has_vector_of(write, &migration.target_model) {
-        delta.processed += dequeue(tx, &migration.id, &write.id).await?;
+        if let Some(left) = dequeue(tx, &migration.id, &write.id).await? {
+            *delta = delta.then(left.delta());
+        }
     } else {
         delta.total += sql_int(enqueue(tx, &migration.id, &write.id).await?)?;
     }
@@ -594,15 +632,40 @@ async fn enqueue(tx: &mut Tx, migration_id: &str, doc_id: &str) -> Result<u64, S
     Ok(done.rows_affected())
 }
 
-/// Takes a document off the queue; returns 1 if it was queued, else 0.
-async fn dequeue(tx: &mut Tx, migration_id: &str, doc_id: &str) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2")
-        .bind(migration_id)
-        .bind(doc_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    Ok(done.rows_affected())
+/// A queue entry that was taken off the queue.
+struct Dequeued {
+    /// Whether its latest attempt had failed.
+    had_failed: bool,
+}
+
+impl Dequeued {
+    /// The count change of a document done with: processed + 1, and no longer failed.
+    fn delta(&self) -> CountsDelta {
+        CountsDelta {
+            processed: 1,
+            failed: -i64::from(self.had_failed),
+            ..CountsDelta::default()
+        }
+    }
+}
+
+/// Takes a document off the queue; `None` if it was not queued.
+async fn dequeue(
+    tx: &mut Tx,
+    migration_id: &str,
+    doc_id: &str,
+) -> Result<Option<Dequeued>, StoreError> {
+    let failed: Option<i64> = sqlx::query_scalar(
+        "DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2 RETURNING failed",
+    )
+    .bind(migration_id)
+    .bind(doc_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(failed.map(|failed| Dequeued {
+        had_failed: failed != 0,
+    }))
 }
 
 /// Persists a non-zero delta on the backfilling migration and reports it for the receipt.
@@ -632,7 +695,7 @@ async fn apply_delta(
     .bind(delta.total)
     .bind(sql_int(delta.processed)?)
     .bind(delta.skipped)
-    .bind(sql_int(delta.failed)?)
+    .bind(delta.failed)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
@@ -798,16 +861,20 @@ async fn commit_item(
             version,
             vector,
         } => {
-            if dequeue_if_current(tx, batch.migration_id, id, *version).await? {
+            if let Some(left) = dequeue_if_current(tx, batch.migration_id, id, *version).await? {
                 upsert_vector(tx, batch.target_model, id, *version, vector).await?;
                 receipt.written.push((id.clone(), *version));
-                receipt.delta.processed += 1;
+                receipt.delta = receipt.delta.then(left.delta());
             }
         }
         BatchItem::Skipped { id, reason } => {
-            if dequeue(tx, batch.migration_id, id).await? > 0 {
+            if let Some(left) = dequeue(tx, batch.migration_id, id).await? {
                 insert_skip(tx, batch, id, reason).await?;
-                receipt.delta.skipped += 1;
+                receipt.delta = receipt.delta.then(CountsDelta {
+                    processed: 0,
+                    skipped: 1,
+                    ..left.delta()
+                });
             }
         }
     }
@@ -823,18 +890,21 @@ async fn dequeue_if_current(
     migration_id: &str,
     doc_id: &str,
     version: u64,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+) -> Result<Option<Dequeued>, StoreError> {
+    let failed: Option<i64> = sqlx::query_scalar(
         "DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2
-           AND EXISTS (SELECT 1 FROM documents WHERE id = ?2 AND version = ?3)",
+           AND EXISTS (SELECT 1 FROM documents WHERE id = ?2 AND version = ?3)
+         RETURNING failed",
     )
     .bind(migration_id)
     .bind(doc_id)
     .bind(sql_int(version)?)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await
     .map_err(store_error)?;
-    Ok(done.rows_affected() > 0)
+    Ok(failed.map(|failed| Dequeued {
+        had_failed: failed != 0,
+    }))
 }
 
 async fn insert_skip(

@@ -306,7 +306,7 @@ async fn a_recreated_document_continues_its_version_so_an_old_claim_fails() {
     let receipt = store.write_documents(&[write("a", &[SOURCE])]).await;
     assert_eq!(receipt.unwrap().outcomes[0].version, 2);
     let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
     assert!(receipt.written.is_empty());
     assert_eq!(queued(&store, "m1").await, [("a".to_owned(), 2)]);
 }
@@ -443,7 +443,7 @@ async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them() {
     let claim = store.queued_documents(&m.id, "a", 10).await.unwrap();
     assert_eq!(claim.len(), 1, "after = a leaves only b");
     let batch = vec![embedded("a", 1), embedded("b", 1), embedded("b", 1)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
     assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
     assert_eq!(receipt.delta.processed, 2);
     assert_eq!(stored(&store, "m1").await.counts, counts(2, 2, 0, 0));
@@ -471,7 +471,7 @@ async fn a_batch_told_to_stop_commits_the_items_so_far_and_leaves_the_rest_queue
         so_far == 2
     };
     let (receipt, committed) = store
-        .commit_batch_until(&m.id, TARGET, &batch, 0, &stop_after_two)
+        .commit_batch_until(&m.id, TARGET, &batch, &stop_after_two)
         .await
         .unwrap();
     assert_eq!(committed, 2);
@@ -485,7 +485,7 @@ async fn a_batch_told_to_stop_commits_the_items_so_far_and_leaves_the_rest_queue
     assert_eq!(stored(&store, "m1").await.counts, counts(3, 2, 0, 0));
 
     let (receipt, committed) = store
-        .commit_batch_until(&m.id, TARGET, &batch[2..], 0, &|_| true)
+        .commit_batch_until(&m.id, TARGET, &batch[2..], &|_| true)
         .await
         .unwrap();
     assert_eq!(committed, 1, "the first item always commits");
@@ -501,7 +501,7 @@ async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target() {
     let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
     put(&store, vec![write("a", &[SOURCE])]).await;
     let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
     assert!(receipt.written.is_empty());
     assert!(receipt.delta.is_zero());
     assert!(all_vectors(&store, TARGET).await.unwrap().is_empty());
@@ -517,7 +517,7 @@ async fn a_batch_does_not_overwrite_or_recount_a_dual_written_document() {
     let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
     put(&store, vec![write_text("a", "newer", &[SOURCE, TARGET])]).await;
     let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch, 0).await.unwrap();
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
     assert!(receipt.written.is_empty());
     let target = all_vectors(&store, TARGET).await.unwrap();
     assert_eq!(target, [("a".to_owned(), 2, vector_of(TARGET, "newer"))]);
@@ -533,11 +533,9 @@ async fn a_skip_leaves_the_queue_for_the_skip_list_once() {
         id: "a".to_owned(),
         reason: "input too long".to_owned(),
     };
-    let receipt = store
-        .commit_batch(&m.id, TARGET, &[skip(), skip()], 3)
-        .await;
+    let receipt = store.commit_batch(&m.id, TARGET, &[skip(), skip()]).await;
     let delta = receipt.unwrap().delta;
-    assert_eq!((delta.skipped, delta.failed), (1, 3));
+    assert_eq!((delta.processed, delta.skipped, delta.failed), (0, 1, 0));
     let skips = store.skips(&m.id).await.unwrap();
     assert_eq!(skips.len(), 1);
     assert_eq!(
@@ -545,18 +543,66 @@ async fn a_skip_leaves_the_queue_for_the_skip_list_once() {
         ("a", "input too long")
     );
     assert!(queued(&store, "m1").await.is_empty());
-    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 1, 3));
+    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 1, 0));
+}
+
+fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|&id| id.to_owned()).collect()
 }
 
 #[tokio::test]
-async fn a_failed_batch_only_counts_its_failures() {
+async fn a_failed_attempt_counts_each_queued_document_once() {
     let (_dir, store) = open().await;
-    put(&store, vec![write("a", &[SOURCE])]).await;
+    put(&store, vec![write("a", &[SOURCE]), write("b", &[SOURCE])]).await;
     let m = started(&store, "m1").await;
-    let receipt = store.commit_batch(&m.id, "", &Vec::new(), 1).await.unwrap();
-    assert_eq!(receipt.delta.failed, 1);
-    assert_eq!(queued(&store, "m1").await.len(), 1);
-    assert_eq!(stored(&store, "m1").await.counts, counts(1, 0, 0, 1));
+    let delta = store
+        .record_failures(&m.id, &ids(&["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(delta.failed, 2);
+    let again = store
+        .record_failures(&m.id, &ids(&["a", "gone"]))
+        .await
+        .unwrap();
+    assert!(
+        again.is_zero(),
+        "a fails again, gone is not queued: {again:?}"
+    );
+    assert_eq!(
+        queued(&store, "m1").await.len(),
+        2,
+        "failed documents stay queued"
+    );
+    assert_eq!(stored(&store, "m1").await.counts, counts(2, 0, 0, 2));
+}
+
+#[tokio::test]
+async fn failed_goes_down_as_documents_leave_the_queue_by_any_way() {
+    let (_dir, store) = open().await;
+    let docs = ["embedded", "skipped", "deleted", "rewritten", "waiting"];
+    put(&store, docs.iter().map(|id| write(id, &[SOURCE])).collect()).await;
+    let m = started(&store, "m1").await;
+    store.record_failures(&m.id, &ids(&docs)).await.unwrap();
+    assert_eq!(stored(&store, "m1").await.counts, counts(5, 0, 0, 5));
+
+    let skip = BatchItem::Skipped {
+        id: "skipped".to_owned(),
+        reason: "too long".to_owned(),
+    };
+    let receipt = store
+        .commit_batch(&m.id, TARGET, &[embedded("embedded", 1), skip])
+        .await
+        .unwrap();
+    assert_eq!(receipt.delta.failed, -2);
+    let deleted = store.delete_document("deleted").await.unwrap().unwrap();
+    assert_eq!(deleted.migration.unwrap().1.failed, -1);
+    let rewritten = store
+        .write_documents(&[write("rewritten", &[SOURCE, TARGET])])
+        .await
+        .unwrap();
+    let delta = rewritten.migration.unwrap().1;
+    assert_eq!((delta.processed, delta.failed), (1, -1));
+    assert_eq!(stored(&store, "m1").await.counts, counts(4, 2, 1, 1));
 }
 
 // ---- Lifecycle ----------------------------------------------------------------------------
@@ -572,7 +618,7 @@ async fn completion_is_refused_while_documents_are_queued() {
     assert!(!store.complete_migration(&done).await.unwrap());
     assert_eq!(stored(&store, "m1").await.state, MigrationState::InProgress);
     store
-        .commit_batch(&m.id, TARGET, &[embedded("a", 1)], 0)
+        .commit_batch(&m.id, TARGET, &[embedded("a", 1)])
         .await
         .unwrap();
     assert!(store.complete_migration(&done).await.unwrap());
@@ -712,7 +758,7 @@ async fn populate(store: &SqliteStore) -> (Migration, Migration) {
     .await;
     let first = started(store, "m1").await;
     let items = ["a", "b", "c"].map(|id| embedded(id, 1)).to_vec();
-    let receipt = store.commit_batch("m1", TARGET, &items, 0).await.unwrap();
+    let receipt = store.commit_batch("m1", TARGET, &items).await.unwrap();
     let first = Migration {
         counts: receipt.delta.applied_to(first.counts),
         ..first
@@ -742,9 +788,10 @@ async fn populate(store: &SqliteStore) -> (Migration, Migration) {
             vector: vec![1.0],
         },
     ];
-    let receipt = store.commit_batch("m2", THIRD, &batch, 2).await.unwrap();
+    let failures = store.record_failures("m2", &ids(&["c"])).await.unwrap();
+    let receipt = store.commit_batch("m2", THIRD, &batch).await.unwrap();
     let second = Migration {
-        counts: receipt.delta.applied_to(second.counts),
+        counts: receipt.delta.then(failures).applied_to(second.counts),
         ..second
     };
     let paused = second
@@ -767,7 +814,7 @@ async fn everything_survives_a_reopen() {
     let dir = TempDir::new().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let (first, second) = populate(&store).await;
-    assert_eq!(second.counts, counts(3, 1, 1, 2));
+    assert_eq!(second.counts, counts(3, 1, 1, 1));
     let skips = store.skips("m2").await.unwrap();
     let documents = store.list_documents(None, 10).await.unwrap();
     store.close().await;
@@ -836,14 +883,14 @@ async fn concurrent_writes_and_batches_keep_counts_and_vectors_consistent() {
     for _ in 0..60 {
         let claim = store.queued_documents("m1", "", 7).await.unwrap();
         let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
-        store.commit_batch("m1", TARGET, &items, 0).await.unwrap();
+        store.commit_batch("m1", TARGET, &items).await.unwrap();
     }
     writer.await.unwrap();
     assert_consistent(&store, "m1").await;
     while !queued(&store, "m1").await.is_empty() {
         let claim = store.queued_documents("m1", "", 7).await.unwrap();
         let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
-        store.commit_batch("m1", TARGET, &items, 0).await.unwrap();
+        store.commit_batch("m1", TARGET, &items).await.unwrap();
     }
     assert_consistent(&store, "m1").await;
 }

@@ -98,7 +98,7 @@ impl TestApp {
     }
 
     /// `models` served on a fresh data directory with the default `Config` changed by
-    /// `configure` (for example a smaller `max_failed_batches`).
+    /// `configure` (for example a shorter `provider_patience`).
     pub async fn with_config(
         models: ModelRegistry,
         configure: impl FnOnce(&mut reembed::Config),

@@ -25,6 +25,7 @@ mod lifecycle;
 mod migrations;
 mod operating;
 mod operations;
+mod outages;
 mod progress;
 mod provider_config;
 mod providers;

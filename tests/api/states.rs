@@ -5,6 +5,7 @@
 //! The returned probe is still held in `planned`, `in_progress`, `paused` and `cancelled`.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -92,7 +93,9 @@ pub async fn arrive(state: Reached, config: Value) -> Arrived {
     if !matches!(provider, Provider::Open) {
         probe.hold();
     }
-    let app = TestApp::with_models(probe.registry()).await;
+    // A provider down for a second is down for good here, so `failed` comes quickly.
+    let patience = Duration::from_secs(1);
+    let app = TestApp::with_config(probe.registry(), |c| c.provider_patience = patience).await;
     let docs: Vec<(String, String)> = (1..=3)
         .map(|i| (format!("doc-{i}"), format!("{HELD} document number {i}")))
         .collect();

@@ -155,7 +155,16 @@ pub struct Progress {
     pub eta_secs: Option<f64>,
     pub in_flight_batches: u64,
     pub query_route: String,
+    pub waiting: Option<Waiting>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Progress `waiting`: the provider the backfill waits for.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Waiting {
+    pub model: String,
+    pub since: DateTime<Utc>,
+    pub last_error: String,
 }
 
 /// `GET /v1/migrations/{id}/skips`.
