@@ -24,8 +24,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::domain::{
-    ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot, Routing,
-    RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
+    BackfillLimits, ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot,
+    Routing, RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, Store, StoreError};
@@ -59,6 +59,8 @@ struct Live {
     in_flight_batches: u32,
     /// The provider the running backfill waits for, while it is unreachable.
     waiting: Option<Waiting>,
+    /// What the backfill's controller allowed at the supervisor's latest claim.
+    limits: Option<BackfillLimits>,
     /// When `latest` last changed (state or counts).
     updated_at: DateTime<Utc>,
 }
@@ -77,6 +79,8 @@ pub struct Progress {
     pub in_flight_batches: u32,
     /// The provider the backfill waits for, while it is unreachable.
     pub waiting: Option<Waiting>,
+    /// The backfill's current concurrency and batch size, while it runs.
+    pub limits: Option<BackfillLimits>,
     pub routing: Routing,
     /// When the migration last changed state or counts.
     pub updated_at: DateTime<Utc>,
@@ -148,6 +152,7 @@ impl Coordinator {
             latest,
             in_flight_batches: 0,
             waiting: None,
+            limits: None,
             updated_at: Utc::now(),
         };
         let routing = ArcSwap::from_pointee(live.routing());
@@ -235,6 +240,9 @@ impl Coordinator {
                     snapshot: ProgressSnapshot::new(m.counts, running_rate(m, &live.meter, now)),
                     in_flight_batches: live.in_flight_batches,
                     waiting: live.waiting.clone(),
+                    limits: live
+                        .limits
+                        .filter(|_| m.state == MigrationState::InProgress),
                     routing: route(&live.recorded_active, Some(m), now),
                     updated_at: live.updated_at,
                 })
@@ -247,6 +255,7 @@ impl Coordinator {
             snapshot: ProgressSnapshot::new(migration.counts, None),
             in_flight_batches: 0,
             waiting: None,
+            limits: None,
             routing: route(&migration.source_model, Some(&migration), now),
             updated_at: migration
                 .completed_at
@@ -327,6 +336,7 @@ impl Coordinator {
             return Err(TransitionError {
                 event: event.name(),
                 state: current.state,
+                unmet: None,
             }
             .into());
         }
@@ -367,6 +377,7 @@ impl Coordinator {
             return Err(TransitionError {
                 event: "reconfigure",
                 state: current.state,
+                unmet: None,
             }
             .into());
         }
@@ -400,6 +411,7 @@ impl Coordinator {
             return Err(TransitionError {
                 event: "retry the skips of",
                 state: current.state,
+                unmet: None,
             }
             .into());
         }
@@ -481,6 +493,7 @@ impl Coordinator {
         let mut live = self.live();
         live.meter = meter_for(Some(&migration), Utc::now());
         live.waiting = None;
+        live.limits = None;
         live.latest = Some(migration);
         live.updated_at = Utc::now();
         self.publish_routing(&live);
@@ -577,6 +590,12 @@ impl Coordinator {
         live.waiting = None;
         drop(live);
         self.publish();
+    }
+
+    /// Records what the backfill's controller allows now, for progress reports. Publishes
+    /// nothing: the supervisor calls it at every claim, and a change notice would wake it.
+    pub fn set_backfill_limits(&self, limits: BackfillLimits) {
+        self.live().limits = Some(limits);
     }
 
     /// Whether the backfill is waiting for an unreachable provider.

@@ -19,21 +19,13 @@ use serde_json::Value;
 
 use crate::commit_order::CommitOrder;
 use crate::coordinator::Coordinator;
-use crate::domain::{Route, Routing};
-use crate::embed::{EmbedError, Embedder, ModelRegistry};
+use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing};
+use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
 use crate::index::IndexSet;
 use crate::run_to_end::run_to_end;
 use crate::store::{
     BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, WriteOutcome, WriteReceipt,
 };
-
-/// Who an embedding is for: a request waits for it; the backfill only needs it eventually,
-/// and yields the CPU to requests (`Embedder::embed_background`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    Request,
-    Backfill,
-}
 
 /// How many times a write is re-routed when it raced a migration completing.
 const MAX_WRITE_ATTEMPTS: usize = 3;
@@ -57,6 +49,18 @@ pub struct Upserted {
     pub outcomes: Vec<WriteOutcome>,
     pub embedded_with: Vec<String>,
     pub routing: Arc<Routing>,
+}
+
+/// A query's answer: which side answered and why, and the hits.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The routing the query followed.
+    pub routing: Arc<Routing>,
+    /// The model whose index answered: the routed one, or its fallback.
+    pub model: String,
+    pub route: Route,
+    pub reason: QueryReason,
+    pub hits: Vec<QueryHit>,
 }
 
 /// One query hit with its text.
@@ -156,9 +160,14 @@ impl Documents {
             .collect();
         let mut embedded_with = Vec::with_capacity(routing.write_models.len());
         for model in &routing.write_models {
-            let vectors = match self.embed(model, &texts, Priority::Request).await {
+            let best_effort = routing.is_best_effort_write(model);
+            if best_effort && self.recently_unreachable(model) {
+                tracing::debug!(%model, "dual write target unreachable; queued for the backfill");
+                continue;
+            }
+            let vectors = match self.embed(model, &texts, Lane::Interactive).await {
                 Ok(vectors) => vectors,
-                Err(error) if routing.is_best_effort_write(model) => {
+                Err(error) if best_effort => {
                     tracing::warn!(%error, "dual write to the target failed; queued for the backfill");
                     continue;
                 }
@@ -177,13 +186,13 @@ impl Documents {
         &self,
         model: &str,
         texts: &[String],
-        priority: Priority,
+        lane: Lane,
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
         let embedder = self.embedder(model)?;
         let started = Instant::now();
-        let result = match priority {
-            Priority::Request => embedder.embed(texts).await,
-            Priority::Backfill => embedder.embed_background(texts).await,
+        let result = match lane {
+            Lane::Interactive => embedder.embed(texts).await,
+            Lane::Backfill => embedder.embed_backfill(texts).await,
         };
         let vectors = observed(model, started, result)?;
         check_shape(model, embedder.dimensions(), texts.len(), &vectors)?;
@@ -193,9 +202,28 @@ impl Documents {
     /// Embeds a search query with `model`, which may mark queries apart from documents
     /// (`Embedder::embed_query`), checking the promised dimensions as `embed` does.
     async fn embed_query(&self, model: &str, text: &str) -> Result<Vec<f32>, ServiceError> {
+        self.embed_query_with(model, text, false).await
+    }
+
+    /// `embed_query` without retrying a transient failure (`Embedder::embed_query_once`), for
+    /// a query that has a fallback.
+    async fn embed_query_once(&self, model: &str, text: &str) -> Result<Vec<f32>, ServiceError> {
+        self.embed_query_with(model, text, true).await
+    }
+
+    async fn embed_query_with(
+        &self,
+        model: &str,
+        text: &str,
+        once: bool,
+    ) -> Result<Vec<f32>, ServiceError> {
         let embedder = self.embedder(model)?;
         let started = Instant::now();
-        let result = embedder.embed_query(text).await;
+        let result = if once {
+            embedder.embed_query_once(text).await
+        } else {
+            embedder.embed_query(text).await
+        };
         let vector = observed(model, started, result)?;
         check_shape(
             model,
@@ -204,6 +232,16 @@ impl Documents {
             std::slice::from_ref(&vector),
         )?;
         Ok(vector)
+    }
+
+    /// How far `model`'s backfill may go within `bounds` right now (`Embedder::backfill_limits`);
+    /// the bounds themselves for a model that is not configured.
+    pub fn backfill_limits(&self, model: &str, bounds: Bounds) -> BackfillLimits {
+        self.models
+            .get(model)
+            .map_or(BackfillLimits::at(bounds), |embedder| {
+                embedder.backfill_limits(bounds)
+            })
     }
 
     fn embedder(&self, model: &str) -> Result<&Arc<dyn Embedder>, ServiceError> {
@@ -357,16 +395,68 @@ impl Documents {
         }
     }
 
-    /// Embeds `text` with the current query model and searches that model's index only.
-    pub async fn query(
-        &self,
-        text: &str,
-        top_k: usize,
-    ) -> Result<(Arc<Routing>, Vec<QueryHit>), ServiceError> {
+    /// Embeds `text` with the current query model and searches that model's index only. When
+    /// that model's provider is unreachable (it just failed, or fails now) and the routing
+    /// names a fallback, the fallback model embeds and answers instead (`reason: fallback`):
+    /// vectors of the two models still never meet.
+    pub async fn query(&self, text: &str, top_k: usize) -> Result<Answer, ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
-        count_route("query", routing.query_route);
-        let query = self.embed_query(&routing.query_model, text).await?;
-        let hits = self.indexes.search(&routing.query_model, &query, top_k);
+        let routed = (routing.query_model.clone(), routing.query_route);
+        let (model, route, reason, query) = match &routing.fallback {
+            Some(fallback) if self.recently_unreachable(&routed.0) => {
+                self.fall_back(&routed.0, fallback, text).await?
+            }
+            Some(fallback) => match self.embed_query_once(&routed.0, text).await {
+                Err(error) if is_transient(&error) => {
+                    self.fall_back(&routed.0, fallback, text).await?
+                }
+                result => (routed.0, routed.1, routing.query_reason, result?),
+            },
+            None => {
+                let query = self.embed_query(&routed.0, text).await?;
+                (routed.0, routed.1, routing.query_reason, query)
+            }
+        };
+        count_route("query", route);
+        let hits = self.search(&model, &query, top_k).await?;
+        Ok(Answer {
+            routing,
+            model,
+            route,
+            reason,
+            hits,
+        })
+    }
+
+    /// Embeds `text` with the fallback model, counting the fallback from `failed`.
+    async fn fall_back(
+        &self,
+        failed: &str,
+        (model, route): &(String, Route),
+        text: &str,
+    ) -> Result<(String, Route, QueryReason, Vec<f32>), ServiceError> {
+        metrics::counter!("reembed_query_fallbacks_total", "model" => failed.to_owned(), "fallback" => model.clone())
+            .increment(1);
+        let query = self.embed_query(model, text).await?;
+        Ok((model.clone(), *route, QueryReason::Fallback, query))
+    }
+
+    /// Whether `model`'s provider failed so recently that a request with another way to be
+    /// served should not wait for it (`Embedder::recently_unreachable`).
+    fn recently_unreachable(&self, model: &str) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|embedder| embedder.recently_unreachable())
+    }
+
+    /// The `top_k` nearest documents to `query` in `model`'s index, with their texts.
+    async fn search(
+        &self,
+        model: &str,
+        query: &[f32],
+        top_k: usize,
+    ) -> Result<Vec<QueryHit>, ServiceError> {
+        let hits = self.indexes.search(model, query, top_k);
         let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
         let texts: HashMap<String, String> = self.store.texts(&ids).await?.into_iter().collect();
         let hits = hits
@@ -380,8 +470,20 @@ impl Documents {
                 })
             })
             .collect();
-        Ok((routing, hits))
+        Ok(hits)
     }
+}
+
+/// Whether `error` is a provider failing for the moment (down, overloaded, timing out), for
+/// which another model's index may answer instead.
+fn is_transient(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::Embed {
+            source: EmbedError::Unavailable(_),
+            ..
+        }
+    )
 }
 
 /// Refuses a provider answer with the wrong number of vectors or a wrong dimension.

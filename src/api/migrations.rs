@@ -11,12 +11,12 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, AppJson, Problem, optional_object};
 use crate::coordinator::Progress;
-use crate::documents::{Priority, ServiceError};
+use crate::documents::ServiceError;
 use crate::domain::{
-    BackfillConfig, ConfigPatch, Event, Migration, MigrationState, Phase, Route, estimate_secs,
-    estimate_tokens,
+    BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Event, Migration, MigrationState, Phase,
+    Route, ThrottleReason, estimate_secs, estimate_tokens,
 };
-use crate::embed::{EmbedError, ModelRegistry};
+use crate::embed::{EmbedError, Lane, ModelRegistry};
 
 /// The text the preflight check embeds with the target model.
 const PREFLIGHT_PROBE: &str = "reembed preflight: is this model reachable and the right size?";
@@ -108,6 +108,14 @@ pub struct ProgressView {
     /// stays `in_progress` and continues by itself when the provider answers again, unless it
     /// stays away for longer than `--provider-patience-secs`.
     pub waiting: Option<WaitingView>,
+    /// Batches the backfill keeps in flight now, as its controller sets them; at most the
+    /// config's `max_concurrent` (which it reports while the backfill does not run).
+    pub concurrency: u32,
+    /// Documents per batch now, as the controller sets them; at most the config's
+    /// `batch_size`.
+    pub batch_size: u32,
+    /// Why `concurrency` or `batch_size` is below the configured bounds; null at the bounds.
+    pub throttle_reason: Option<ThrottleReason>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -166,6 +174,10 @@ impl ProgressView {
     pub fn new(p: Progress, models: &ModelRegistry) -> Self {
         let throttled_secs = models.throttled(&p.migration.target_model).as_secs_f64();
         let m = p.migration;
+        let limits = p.limits.unwrap_or(BackfillLimits::at(Bounds {
+            max_concurrent: m.config.max_concurrent,
+            batch_size: m.config.batch_size,
+        }));
         Self {
             id: m.id,
             state: m.state,
@@ -187,6 +199,9 @@ impl ProgressView {
                 since: w.since,
                 last_error: w.last_error,
             }),
+            concurrency: limits.concurrency,
+            batch_size: limits.batch_size,
+            throttle_reason: limits.reason,
             updated_at: p.updated_at,
         }
     }
@@ -241,7 +256,7 @@ async fn preflight(state: &AppState, target: &str) -> Result<(), ApiError> {
     let probe = [PREFLIGHT_PROBE.to_owned()];
     match state
         .documents
-        .embed(target, &probe, Priority::Request)
+        .embed(target, &probe, Lane::Interactive)
         .await
     {
         Ok(_) => Ok(()),

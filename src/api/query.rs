@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, AppJson, Problem};
-use crate::domain::{Phase, Route, Routing};
+use crate::domain::{Phase, QueryReason, Route, Routing};
 
 /// `top_k` when the query does not say, and the largest accepted.
 const DEFAULT_TOP_K: i64 = 10;
@@ -39,6 +39,9 @@ pub struct QueryResponse {
     pub model: String,
     pub phase: Phase,
     pub migration_id: Option<String>,
+    /// Why this side answered; `fallback` when the routed model's provider failed and the
+    /// other model's index answered.
+    pub reason: QueryReason,
     pub hits: Vec<HitView>,
 }
 
@@ -71,8 +74,9 @@ pub async fn query(
             "top_k: must be 1 to {MAX_TOP_K}, got {top_k}"
         )));
     }
-    let (routing, hits) = state.documents.query(&body.text, top_k as usize).await?;
-    let hits = hits
+    let answer = state.documents.query(&body.text, top_k as usize).await?;
+    let hits = answer
+        .hits
         .into_iter()
         .map(|h| HitView {
             id: h.id,
@@ -81,10 +85,11 @@ pub async fn query(
         })
         .collect();
     Ok(AppJson(QueryResponse {
-        route: routing.query_route,
-        model: routing.query_model.clone(),
-        phase: routing.phase,
-        migration_id: routing.migration_id.clone(),
+        route: answer.route,
+        model: answer.model,
+        phase: answer.routing.phase,
+        migration_id: answer.routing.migration_id.clone(),
+        reason: answer.reason,
         hits,
     }))
 }

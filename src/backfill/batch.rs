@@ -12,9 +12,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
-use crate::documents::{Documents, Priority, ServiceError};
+use crate::documents::{Documents, ServiceError};
 use crate::domain::Migration;
-use crate::embed::EmbedError;
+use crate::embed::{EmbedError, Lane};
 use crate::store::{BatchItem, ClaimedDocument};
 
 /// First back-off after a failed batch; doubles per consecutive failure.
@@ -156,11 +156,7 @@ impl BatchRunner {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<BatchItem>, ServiceError>> + Send + 'a>> {
         Box::pin(async move {
             let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
-            match self
-                .documents
-                .embed(target, &texts, Priority::Backfill)
-                .await
-            {
+            match self.documents.embed(target, &texts, Lane::Backfill).await {
                 Ok(vectors) => Ok(docs
                     .iter()
                     .zip(vectors)

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::coordinator::Coordinator;
 use crate::documents::Documents;
-use crate::domain::MigrationState;
+use crate::domain::{BackfillLimits, Bounds, Migration, MigrationState, ThrottleReason};
 use crate::store::Store;
 
 /// Pause after the store refused a claim or a completion, so a broken database is not spun on.
@@ -54,6 +54,7 @@ pub struct Cursor {
 pub struct Backfill {
     coordinator: Arc<Coordinator>,
     store: Arc<dyn Store>,
+    documents: Arc<Documents>,
     batches: batch::BatchRunner,
 }
 
@@ -66,10 +67,12 @@ impl Backfill {
         documents: Arc<Documents>,
         provider_patience: Duration,
     ) -> Self {
-        let batches = batch::BatchRunner::new(coordinator.clone(), documents, provider_patience);
+        let batches =
+            batch::BatchRunner::new(coordinator.clone(), documents.clone(), provider_patience);
         Self {
             coordinator,
             store,
+            documents,
             batches,
         }
     }
@@ -100,12 +103,13 @@ impl Backfill {
         tracing::info!("backfill supervisor stopped; batches in flight will finish");
     }
 
-    /// Claims and spawns at most one batch of the migration in progress.
+    /// Claims and spawns at most one batch of the migration in progress, or of the repairs
+    /// a completed migration's rollback window waits for.
     pub async fn step(&self, cursor: &mut Cursor, tracker: &TaskTracker) -> Step {
         let Some(migration) = self
             .coordinator
             .latest()
-            .filter(|m| m.state == MigrationState::InProgress)
+            .filter(|m| m.state == MigrationState::InProgress || m.repairs_pending() > 0)
         else {
             return Step::Idle;
         };
@@ -115,19 +119,15 @@ impl Backfill {
                 after: String::new(),
             };
         }
+        let limits = self.limits(&migration);
+        self.coordinator.set_backfill_limits(limits);
         let in_flight = self.coordinator.in_flight_batches();
-        // While the provider is unreachable, one batch at a time probes it.
-        let limit = if self.coordinator.is_waiting() {
-            1
-        } else {
-            migration.config.max_concurrent
-        };
-        if in_flight >= limit {
+        if in_flight >= limits.concurrency {
             return Step::Saturated;
         }
         let claimed = match self
             .store
-            .queued_documents(&migration.id, &cursor.after, migration.config.batch_size)
+            .queued_documents(&migration.id, &cursor.after, limits.batch_size)
             .await
         {
             Ok(claimed) => claimed,
@@ -137,22 +137,46 @@ impl Backfill {
             }
         };
         let Some(last) = claimed.last() else {
-            return self.drained(cursor, in_flight).await;
+            return self.drained(&migration, cursor, in_flight).await;
         };
         cursor.after = last.id.clone();
         self.batches.spawn(tracker, &migration, claimed);
         Step::Claimed
     }
 
+    /// The concurrency and batch size the target model's controller allows within the
+    /// migration's bounds; one batch at a time probes a provider that is unreachable.
+    fn limits(&self, migration: &Migration) -> BackfillLimits {
+        let bounds = Bounds {
+            max_concurrent: migration.config.max_concurrent,
+            batch_size: migration.config.batch_size,
+        };
+        let limits = self
+            .documents
+            .backfill_limits(&migration.target_model, bounds);
+        if !self.coordinator.is_waiting() {
+            return limits;
+        }
+        BackfillLimits {
+            concurrency: 1,
+            reason: Some(ThrottleReason::ProviderUnavailable),
+            ..limits
+        }
+    }
+
     /// Nothing queued after the cursor: wait for the batches in flight, then sweep again from
-    /// the start, and complete once a sweep from the start finds nothing.
-    async fn drained(&self, cursor: &mut Cursor, in_flight: u32) -> Step {
+    /// the start, and complete once a sweep from the start finds nothing (repairs are done
+    /// then, and the counts already say so).
+    async fn drained(&self, migration: &Migration, cursor: &mut Cursor, in_flight: u32) -> Step {
         if in_flight > 0 {
             return Step::Saturated;
         }
         if !cursor.after.is_empty() {
             cursor.after.clear();
             return Step::Claimed;
+        }
+        if migration.state != MigrationState::InProgress {
+            return Step::Idle;
         }
         match self.coordinator.try_complete(Utc::now()).await {
             Ok(true) => Step::Idle,

@@ -162,10 +162,12 @@ pub struct Migration {
 
 /// An event that the current state does not accept (API.md: 409 `invalid-transition`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("cannot {event} a migration in state {state}")]
+#[error("cannot {event} a migration in state {state}{}", unmet.as_ref().map_or(String::new(), |why| format!(": {why}")))]
 pub struct TransitionError {
     pub event: &'static str,
     pub state: MigrationState,
+    /// What the state lacks when it would otherwise accept the event (repairs still queued).
+    pub unmet: Option<String>,
 }
 
 impl Migration {
@@ -199,6 +201,7 @@ impl Migration {
         let illegal = || TransitionError {
             event: event.name(),
             state: self.state,
+            unmet: None,
         };
         let mut next = self.clone();
         match (&event, self.state) {
@@ -218,6 +221,12 @@ impl Migration {
             (Event::Cancel, Planned | InProgress | Paused | Failed) => next.state = Cancelled,
             (Event::Rollback, InProgress | Paused | Failed) => next.state = RolledBack,
             (Event::Rollback, Completed) if self.window_open(now) => next.state = RolledBack,
+            (Event::Finalize, Completed) if self.repairs_pending() > 0 => {
+                return Err(TransitionError {
+                    unmet: Some(self.repairs_unmet()),
+                    ..illegal()
+                });
+            }
             (Event::Finalize, Completed) if self.window_open(now) => {
                 next.rollback_window_ends_at = Some(now);
             }
@@ -235,10 +244,31 @@ impl Migration {
         Ok(next)
     }
 
-    /// Completed and `now` is before the end of the rollback window.
+    /// Completed, and `now` is before the end of the rollback window or documents still wait
+    /// for repair (`repairs_pending`).
     pub fn window_open(&self, now: DateTime<Utc>) -> bool {
         self.state == MigrationState::Completed
-            && self.rollback_window_ends_at.is_some_and(|end| now < end)
+            && (self.rollback_window_ends_at.is_some_and(|end| now < end)
+                || self.repairs_pending() > 0)
+    }
+
+    /// Documents written during the rollback window while the target was unreachable, queued
+    /// until the target has embedded them: the window cannot end before, or the target would
+    /// become active without them.
+    pub fn repairs_pending(&self) -> u64 {
+        if self.state == MigrationState::Completed {
+            self.counts.remaining()
+        } else {
+            0
+        }
+    }
+
+    fn repairs_unmet(&self) -> String {
+        format!(
+            "{} documents written while the target model was unreachable wait to be embedded \
+             with it; the rollback window ends once they are",
+            self.repairs_pending()
+        )
     }
 
     /// Completed and the rollback window has ended: the target is the active model.
@@ -401,7 +431,14 @@ mod tests {
                         accepted += 1;
                     }
                     (Err(err), None) => {
-                        assert_eq!(err, TransitionError { event: name, state });
+                        assert_eq!(
+                            err,
+                            TransitionError {
+                                event: name,
+                                state,
+                                unmet: None
+                            }
+                        );
                         let text = err.to_string();
                         assert_eq!(text, format!("cannot {name} a migration in state {state}"));
                     }
@@ -498,7 +535,8 @@ mod tests {
                             err,
                             TransitionError {
                                 event: name,
-                                state: Completed
+                                state: Completed,
+                                unmet: None,
                             }
                         );
                     }
@@ -530,7 +568,8 @@ mod tests {
                     err,
                     TransitionError {
                         event: "complete",
-                        state: InProgress
+                        state: InProgress,
+                        unmet: None,
                     }
                 );
             }
@@ -707,5 +746,47 @@ mod tests {
             .filter(|s| s.is_backfilling())
             .collect();
         assert_eq!(backfilling, [InProgress, Paused, Failed]);
+    }
+
+    /// A completed migration with `repairs` documents written while its target was down.
+    fn awaiting_repairs(repairs: u64) -> Migration {
+        let mut m = in_state(Completed);
+        m.counts.total += repairs;
+        m
+    }
+
+    #[test]
+    fn repairs_keep_the_rollback_window_open_past_its_end() {
+        let end = 100 + WINDOW_SECS as i64;
+        let m = awaiting_repairs(2);
+        assert_eq!(m.repairs_pending(), 2);
+        assert!(m.window_open(at(end)), "repairs pending at the deadline");
+        assert!(m.window_open(at(end + 86_400)));
+        assert_eq!(
+            m.settled_model(at(end + 86_400)),
+            "hash-v1",
+            "the source stays active"
+        );
+        assert!(m.is_open(at(end)), "no new migration while repairs wait");
+        assert_eq!(awaiting_repairs(0).repairs_pending(), 0);
+        assert!(!awaiting_repairs(0).window_open(at(end)));
+        // Only a completed migration repairs; a running one is simply not done.
+        assert_eq!(in_state(InProgress).repairs_pending(), 0);
+    }
+
+    #[test]
+    fn finalize_is_refused_while_repairs_wait_and_names_them() {
+        let m = awaiting_repairs(3);
+        let refused = m.apply(Event::Finalize, at(200)).unwrap_err();
+        assert_eq!((refused.event, refused.state), ("finalize", Completed));
+        let text = refused.to_string();
+        assert!(
+            text.starts_with("cannot finalize a migration in state completed: 3 documents"),
+            "{text}"
+        );
+        // Rolling back needs no repair: the source holds every document.
+        assert_eq!(apply(&m, Event::Rollback, 200).state, RolledBack);
+        let repaired = awaiting_repairs(0);
+        assert!(repaired.apply(Event::Finalize, at(200)).is_ok());
     }
 }

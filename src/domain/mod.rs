@@ -10,6 +10,7 @@ pub mod migration;
 pub mod progress;
 pub mod retry;
 pub mod routing;
+pub mod throttle;
 
 #[cfg(test)]
 mod proptests;
@@ -20,4 +21,5 @@ pub use progress::{
     Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,
 };
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
-pub use routing::{Phase, Route, Routing, RoutingSnapshot, route};
+pub use routing::{Phase, QueryReason, Route, Routing, RoutingSnapshot, route};
+pub use throttle::{BackfillLimits, Bounds, Controller, ThrottleReason};

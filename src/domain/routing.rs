@@ -30,6 +30,24 @@ pub enum Route {
     DualWrite,
 }
 
+/// Why a query is answered by the side it is (API.md query `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryReason {
+    /// No migration routes queries elsewhere.
+    Stable,
+    /// Migrating, with the target's coverage under the threshold.
+    BelowThreshold,
+    /// Migrating, with the target's coverage at or over the threshold.
+    ThresholdReached,
+    /// Completed: the target answers while both models are written.
+    RollbackWindow,
+    /// The migration was rolled back: the source answers.
+    RolledBack,
+    /// The routed model's provider failed and the other model's index answered.
+    Fallback,
+}
+
 /// One routing decision, complete enough to serve `GET /v1/routing`.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Routing {
@@ -41,14 +59,23 @@ pub struct Routing {
     pub write_route: Route,
     /// Coverage of the routing migration, 0.0 to 1.0 (1.0 when no migration ever ran).
     pub progress: f64,
+    /// Why queries go to `query_model`; in each query's answer, not in `GET /v1/routing`.
+    #[serde(skip)]
+    pub query_reason: QueryReason,
+    /// The other model, and its side, whose index can answer a query when `query_model`'s
+    /// provider fails: the source while migrating and in the rollback window (it is always
+    /// written and complete), the target only once its coverage is past the threshold.
+    #[serde(skip)]
+    pub fallback: Option<(String, Route)>,
 }
 
 impl Routing {
     /// Whether a write may go ahead without `model` when its embedder fails: only the target of
-    /// a dual write while migrating, because the store then queues the document and the
-    /// backfill embeds it before completion. Every other write model is required.
+    /// a dual write while migrating or in the rollback window, because the store then queues
+    /// the document and the backfill embeds it before completion (or, in the window, before
+    /// the window may end). Every other write model is required.
     pub fn is_best_effort_write(&self, model: &str) -> bool {
-        self.phase == Phase::Migrating
+        matches!(self.phase, Phase::Migrating | Phase::RollbackWindow)
             && self.write_route == Route::DualWrite
             && self
                 .write_models
@@ -81,11 +108,16 @@ pub struct RoutingSnapshot<T = Arc<Routing>> {
 impl RoutingSnapshot {
     /// Decides the routing of `latest` (see `route`) for any time.
     pub fn new(active_model: &str, latest: Option<&Migration>) -> Self {
-        let window_end = latest
-            .filter(|m| m.state == MigrationState::Completed)
+        let completed = latest.filter(|m| m.state == MigrationState::Completed);
+        let repairs_pending = completed.is_some_and(|m| m.repairs_pending() > 0);
+        // While repairs wait, the window stays open whatever the clock says; the snapshot is
+        // decided again when they are done (every count change publishes a new one).
+        let window_end = completed
+            .filter(|_| !repairs_pending)
             .and_then(|m| m.rollback_window_ends_at);
+        let window_open = repairs_pending || window_end.is_some();
         Self {
-            current: Arc::new(decide(active_model, latest, window_end.is_some())),
+            current: Arc::new(decide(active_model, latest, window_open)),
             after_window: window_end
                 .map(|end| (end, Arc::new(decide(active_model, latest, false)))),
         }
@@ -131,12 +163,17 @@ fn decide(active_model: &str, latest: Option<&Migration>, window_open: bool) -> 
             query_route: Route::Target,
             write_route: Route::DualWrite,
             progress: coverage,
+            query_reason: QueryReason::RollbackWindow,
+            fallback: Some((m.source_model.clone(), Route::Legacy)),
         },
         MigrationState::Completed => stable(&m.target_model, id, Route::Target, coverage),
-        MigrationState::Planned
-        | MigrationState::Failed
-        | MigrationState::Cancelled
-        | MigrationState::RolledBack => stable(&m.source_model, id, Route::Legacy, coverage),
+        MigrationState::RolledBack => Routing {
+            query_reason: QueryReason::RolledBack,
+            ..stable(&m.source_model, id, Route::Legacy, coverage)
+        },
+        MigrationState::Planned | MigrationState::Failed | MigrationState::Cancelled => {
+            stable(&m.source_model, id, Route::Legacy, coverage)
+        }
     }
 }
 
@@ -149,6 +186,8 @@ fn stable(model: &str, migration_id: Option<String>, side: Route, progress: f64)
         query_route: side,
         write_route: side,
         progress,
+        query_reason: QueryReason::Stable,
+        fallback: None,
     }
 }
 
@@ -156,10 +195,22 @@ fn stable(model: &str, migration_id: Option<String>, side: Route, progress: f64)
 /// lattice-embed), and the threshold compares coverage so skips cannot pin queries to the source.
 fn migrating(m: &Migration, coverage: f64) -> Routing {
     let on_target = coverage >= m.config.target_query_threshold;
-    let (query_model, query_route) = if on_target {
-        (&m.target_model, Route::Target)
+    let (query_model, query_route, query_reason, fallback) = if on_target {
+        let source = (m.source_model.clone(), Route::Legacy);
+        (
+            &m.target_model,
+            Route::Target,
+            QueryReason::ThresholdReached,
+            Some(source),
+        )
     } else {
-        (&m.source_model, Route::Legacy)
+        // The target's index lacks too much to answer for the source.
+        (
+            &m.source_model,
+            Route::Legacy,
+            QueryReason::BelowThreshold,
+            None,
+        )
     };
     let (write_models, write_route) = if m.config.dual_write {
         (
@@ -177,6 +228,8 @@ fn migrating(m: &Migration, coverage: f64) -> Routing {
         query_route,
         write_route,
         progress: coverage,
+        query_reason,
+        fallback,
     }
 }
 
@@ -234,6 +287,18 @@ mod tests {
             query_route: query.1,
             write_route: writes.1,
             progress,
+            query_reason: QueryReason::Stable,
+            fallback: None,
+        }
+    }
+
+    /// The decision without its query plan (reason and fallback), which
+    /// `every_query_reason_and_fallback` covers.
+    fn without_query_plan(routing: Routing) -> Routing {
+        Routing {
+            query_reason: QueryReason::Stable,
+            fallback: None,
+            ..routing
         }
     }
 
@@ -333,7 +398,59 @@ mod tests {
         ]);
         assert_eq!(cases.len(), 5 + 12 + 3);
         for (name, m, now, expected) in cases {
-            assert_eq!(route("hash-v0", m.as_ref(), at(now)), expected, "{name}");
+            let decided = without_query_plan(route("hash-v0", m.as_ref(), at(now)));
+            assert_eq!(decided, expected, "{name}");
+        }
+    }
+
+    /// API.md's query `reason` per row, and which model may answer when the routed one's
+    /// provider fails: the source whenever the target answers before cut-over, never the
+    /// target below the threshold.
+    #[test]
+    fn every_query_reason_and_fallback() {
+        use QueryReason::{BelowThreshold, RollbackWindow, Stable, ThresholdReached};
+        let src = Some((SRC.to_owned(), Route::Legacy));
+        let completed = migration(Completed, true, 10, 10);
+        let cases = [
+            (None, 0, Stable, None),
+            (Some(migration(Planned, true, 0, 10)), 0, Stable, None),
+            (Some(migration(Failed, true, 5, 10)), 0, Stable, None),
+            (Some(migration(Cancelled, true, 9, 10)), 0, Stable, None),
+            (
+                Some(migration(RolledBack, true, 10, 10)),
+                0,
+                QueryReason::RolledBack,
+                None,
+            ),
+            (
+                Some(migration(InProgress, true, 7, 10)),
+                0,
+                BelowThreshold,
+                None,
+            ),
+            (
+                Some(migration(InProgress, false, 8, 10)),
+                0,
+                ThresholdReached,
+                src.clone(),
+            ),
+            (
+                Some(migration(Paused, true, 9, 10)),
+                0,
+                ThresholdReached,
+                src.clone(),
+            ),
+            (Some(completed.clone()), WINDOW_END - 1, RollbackWindow, src),
+            (Some(completed), WINDOW_END, Stable, None),
+        ];
+        for (m, now, reason, fallback) in cases {
+            let r = route(SRC, m.as_ref(), at(now));
+            let state = m.map(|m| m.state);
+            assert_eq!(
+                (r.query_reason, r.fallback),
+                (reason, fallback),
+                "{state:?}"
+            );
         }
     }
 

@@ -142,7 +142,7 @@ impl Embedder for HashEmbedder {
         .await
     }
 
-    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    async fn embed_backfill(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (embedder, texts) = (*self, texts.to_vec());
         joined(background::spawn(move || embedder.embed_all(&texts))).await
     }

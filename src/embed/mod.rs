@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::domain::Pace;
+use crate::domain::{BackfillLimits, Bounds, Pace};
 
 use builtin::HashEmbedder;
 
@@ -31,6 +31,18 @@ pub struct ModelInfo {
     pub provider: String,
     /// The length of every vector the model returns.
     pub dimensions: usize,
+}
+
+/// Who an embedding is for. Every model serves two lanes: a client's write or query waits
+/// for its answer, so it goes first, never behind the backfill, and has its own share of the
+/// model's rate budget; the backfill only needs its vectors eventually and takes what
+/// interactive traffic leaves (`pacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// A client request (write or query) is waiting.
+    Interactive,
+    /// A backfill batch.
+    Backfill,
 }
 
 /// Why a batch could not be embedded; the variant tells the caller whether to retry.
@@ -60,11 +72,12 @@ pub trait Embedder: Send + Sync + 'static {
     /// `texts`. Batches let providers amortise a request over many texts.
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError>;
 
-    /// Embeds documents for the backfill: the same vectors as `embed`, but a model that
-    /// computes them on this machine's CPU does it at background priority (`background`), so
-    /// that a backfill takes only the CPU that requests leave idle. By default, `embed`: a
-    /// remote provider's work costs no local CPU.
-    async fn embed_background(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// Embeds documents for the backfill (`Lane::Backfill`): the same vectors as `embed`, but
+    /// behind every client request of the model. A provider paces them in the backfill lane;
+    /// a model that computes them on this machine's CPU does it at background priority
+    /// (`background`), so that a backfill takes only the CPU that requests leave idle. By
+    /// default, `embed`.
+    async fn embed_backfill(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.embed(texts).await
     }
 
@@ -79,11 +92,34 @@ pub trait Embedder: Send + Sync + 'static {
         Ok(vector)
     }
 
+    /// Embeds a search query that has another way to be answered (a fallback model): the same
+    /// vector as `embed_query`, but a transient failure is returned at once instead of being
+    /// retried, so the fallback answers without the user waiting out the retries. By default,
+    /// `embed_query`.
+    async fn embed_query_once(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        self.embed_query(text).await
+    }
+
     /// Total time callers have spent held back by client-side pacing and back-off (summed
     /// over concurrent callers), for the metrics: a migration that crawls because of rate
     /// limits should say so. Zero for models that are never throttled.
     fn throttled(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// How far the backfill of this model may go within the migration's `bounds` right now:
+    /// a provider adapts it to the latency its live requests see (`domain::throttle`). By
+    /// default, the bounds themselves.
+    fn backfill_limits(&self, bounds: Bounds) -> BackfillLimits {
+        BackfillLimits::at(bounds)
+    }
+
+    /// Whether the provider failed transiently (down, overloaded, timing out) in the last few
+    /// seconds and has not answered since, so a request that can be served another way (a
+    /// query with a fallback, the best-effort half of a dual write) should not wait for its
+    /// retries. False for models that cannot be unreachable.
+    fn recently_unreachable(&self) -> bool {
+        false
     }
 
     /// The client-side budget the model is paced at, for `dry_run` estimates; unbounded for

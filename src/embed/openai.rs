@@ -7,7 +7,8 @@
 //! vector of the promised dimensions. A wrong vector is never returned, only an error.
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -15,10 +16,11 @@ use reqwest::header::RETRY_AFTER;
 use reqwest::{Client, Url};
 
 use super::pacing::Pacer;
-use super::{EmbedError, Embedder};
+use super::{EmbedError, Embedder, Lane};
+use crate::domain::throttle::DEFAULT_LATENCY_BUDGET;
 use crate::domain::{
-    Pace, Permanent, ProviderFailure, RetryDecision, RetryPolicy, estimate_tokens,
-    parse_retry_after,
+    BackfillLimits, Bounds, Controller, Pace, Permanent, ProviderFailure, RetryDecision,
+    RetryPolicy, estimate_tokens, parse_retry_after,
 };
 use wire::EmbeddingsRequest;
 
@@ -34,6 +36,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest wait for a connection; a provider that cannot accept one in this time is down,
 /// however long a request may take once connected.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after a transient failure the provider counts as unreachable for requests that
+/// have another way to be served (`Embedder::recently_unreachable`); after that, one of them
+/// tries it again.
+const UNREACHABLE_HOLD: Duration = Duration::from_secs(5);
 /// How much of an error body to quote in an error message.
 const ERROR_BODY_CHARS: usize = 300;
 
@@ -68,6 +74,10 @@ pub struct OpenAiSettings {
     pub document_prefix: String,
     /// Attempts per request, the first included, before a transient failure is given up.
     pub max_attempts: NonZeroU32,
+    /// The extra latency the backfill may add to live requests at this provider; the
+    /// backfill's concurrency and batch size adapt to keep to it (`domain::throttle`). Zero
+    /// turns the adaptation off: the backfill runs at the migration's configured bounds.
+    pub interactive_latency_budget: Duration,
 }
 
 impl OpenAiSettings {
@@ -88,6 +98,7 @@ impl OpenAiSettings {
             document_prefix: String::new(),
             max_attempts: NonZeroU32::new(RetryPolicy::default().max_attempts)
                 .unwrap_or(NonZeroU32::MIN),
+            interactive_latency_budget: DEFAULT_LATENCY_BUDGET,
         }
     }
 }
@@ -102,6 +113,13 @@ pub struct OpenAiEmbedder {
     /// Shared by every caller of this model: budgets, the overload pause, throttled time.
     pacer: Pacer,
     retry: RetryPolicy,
+    /// Sets the backfill's concurrency and batch size from the latencies of this model's
+    /// requests; `None` when the budget is zero. A std `Mutex`: taken to record one latency or
+    /// read the limits, never across an `.await`.
+    controller: Option<Mutex<Controller>>,
+    /// When a request last failed transiently, cleared by the next success. A std `Mutex`
+    /// taken to set, clear or read one instant.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 /// A failed attempt, as the retry policy needs to see it.
@@ -128,36 +146,60 @@ impl OpenAiEmbedder {
             max_attempts: settings.max_attempts.get(),
             ..RetryPolicy::default()
         };
+        let controller = (!settings.interactive_latency_budget.is_zero()).then(|| {
+            let request_inputs = u32::try_from(settings.max_batch.get()).unwrap_or(u32::MAX);
+            Mutex::new(Controller::new(
+                settings.interactive_latency_budget,
+                request_inputs,
+            ))
+        });
         Ok(Self {
             settings,
             endpoint,
             client,
             pacer,
             retry,
+            controller,
+            failed_at: Mutex::new(None),
         })
     }
 
-    /// Embeds `inputs` (prefixes already applied) in requests of at most `max_batch`.
-    async fn embed_inputs(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// Embeds `inputs` (prefixes already applied) in requests of at most `max_batch`, in
+    /// `lane`.
+    async fn embed_inputs(
+        &self,
+        inputs: &[String],
+        lane: Lane,
+        retry: RetryPolicy,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(self.settings.max_batch.get()) {
-            vectors.extend(self.embed_chunk(chunk).await?);
+            vectors.extend(self.embed_chunk(chunk, lane, retry).await?);
         }
         Ok(vectors)
     }
 
-    /// One request's worth of inputs: paced, retried, checked.
-    async fn embed_chunk(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    /// One request's worth of inputs: paced in its lane, retried, checked, and its latency
+    /// shown to the controller.
+    async fn embed_chunk(
+        &self,
+        inputs: &[String],
+        lane: Lane,
+        retry: RetryPolicy,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let tokens = request_tokens(inputs);
         let mut attempt = 1;
         loop {
             self.pacer.ready(tokens).await;
+            let sent = Instant::now();
             match self.post(inputs).await {
                 Ok(body) => {
+                    *lock(&self.failed_at) = None;
+                    self.observe(lane, inputs.len(), sent.elapsed());
                     let (model, dims) = (&self.settings.model, self.settings.dimensions);
                     return wire::read_vectors(body.as_ref(), inputs.len(), dims, model);
                 }
-                Err(failed) => self.after_failure(failed, attempt).await?,
+                Err(failed) => self.after_failure(failed, attempt, retry).await?,
             }
             attempt += 1;
         }
@@ -185,13 +227,45 @@ impl OpenAiEmbedder {
         response.bytes().await.map_err(transport_failure)
     }
 
+    /// Embeds one query, retrying as `retry` says.
+    async fn query_with(&self, text: &str, retry: RetryPolicy) -> Result<Vec<f32>, EmbedError> {
+        let inputs = with_prefix(&self.settings.query_prefix, &[text]);
+        let vectors = self.embed_inputs(&inputs, Lane::Interactive, retry).await?;
+        // `read_vectors` checked the count: exactly one.
+        vectors
+            .into_iter()
+            .next()
+            .ok_or_else(|| EmbedError::Unavailable("no vector for the query".into()))
+    }
+
+    /// Shows the controller how long a successful request of `inputs` inputs took.
+    fn observe(&self, lane: Lane, inputs: usize, latency: Duration) {
+        let Some(controller) = &self.controller else {
+            return;
+        };
+        let mut controller = lock(controller);
+        match lane {
+            Lane::Interactive => controller.observe_interactive(inputs, latency, Instant::now()),
+            Lane::Backfill => controller.observe_backfill(latency, Instant::now()),
+        }
+    }
+
     /// Waits as the retry policy says (the whole model waits on an overload), or turns the
     /// failure into the error the caller gets.
-    async fn after_failure(&self, failed: Failed, attempt: u32) -> Result<(), EmbedError> {
-        let decision =
-            self.retry
-                .decide(failed.failure, failed.retry_after, attempt, rand::random());
+    async fn after_failure(
+        &self,
+        failed: Failed,
+        attempt: u32,
+        retry: RetryPolicy,
+    ) -> Result<(), EmbedError> {
+        let decision = retry.decide(failed.failure, failed.retry_after, attempt, rand::random());
         let model = &self.settings.model;
+        if matches!(
+            decision,
+            RetryDecision::Retry { .. } | RetryDecision::Exhausted
+        ) {
+            *lock(&self.failed_at) = Some(Instant::now());
+        }
         match decision {
             RetryDecision::Retry { after } => {
                 let detail = &failed.detail;
@@ -223,21 +297,40 @@ impl Embedder for OpenAiEmbedder {
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let inputs = with_prefix(&self.settings.document_prefix, texts);
-        self.embed_inputs(&inputs).await
+        self.embed_inputs(&inputs, Lane::Interactive, self.retry)
+            .await
+    }
+
+    async fn embed_backfill(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let inputs = with_prefix(&self.settings.document_prefix, texts);
+        self.embed_inputs(&inputs, Lane::Backfill, self.retry).await
     }
 
     async fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let inputs = with_prefix(&self.settings.query_prefix, &[text]);
-        let vectors = self.embed_inputs(&inputs).await?;
-        // `read_vectors` checked the count: exactly one.
-        vectors
-            .into_iter()
-            .next()
-            .ok_or_else(|| EmbedError::Unavailable("no vector for the query".into()))
+        self.query_with(text, self.retry).await
+    }
+
+    async fn embed_query_once(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..self.retry
+        };
+        self.query_with(text, once).await
     }
 
     fn throttled(&self) -> Duration {
         self.pacer.throttled()
+    }
+
+    fn backfill_limits(&self, bounds: Bounds) -> BackfillLimits {
+        match &self.controller {
+            Some(controller) => lock(controller).limits(bounds),
+            None => BackfillLimits::at(bounds),
+        }
+    }
+
+    fn recently_unreachable(&self) -> bool {
+        lock(&self.failed_at).is_some_and(|at| at.elapsed() < UNREACHABLE_HOLD)
     }
 
     fn pace(&self) -> Pace {
@@ -247,6 +340,11 @@ impl Embedder for OpenAiEmbedder {
             tokens_per_minute: self.settings.tokens_per_minute.map(NonZeroU32::get),
         }
     }
+}
+
+/// A value behind its lock; each holds plain data, valid even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `{base_url}/embeddings`, keeping any query string of `base_url`.

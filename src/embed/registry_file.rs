@@ -43,6 +43,7 @@ use serde::Deserialize;
 use super::builtin::HashEmbedder;
 use super::openai::{DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, OpenAiEmbedder, OpenAiSettings};
 use super::{Embedder, ModelInfo, ModelRegistry};
+use crate::domain::throttle::DEFAULT_LATENCY_BUDGET;
 
 /// The environment variable that overrides `active_model`.
 pub const ACTIVE_MODEL_ENV: &str = "REEMBED_ACTIVE_MODEL";
@@ -103,6 +104,7 @@ struct ModelTable {
     timeout_secs: Option<NonZeroU64>,
     query_prefix: Option<String>,
     document_prefix: Option<String>,
+    interactive_latency_budget_ms: Option<u64>,
 }
 
 /// Who computes a model's vectors; also `ModelInfo::provider`.
@@ -228,6 +230,10 @@ impl ModelTable {
             ("timeout_secs", self.timeout_secs.is_some()),
             ("query_prefix", self.query_prefix.is_some()),
             ("document_prefix", self.document_prefix.is_some()),
+            (
+                "interactive_latency_budget_ms",
+                self.interactive_latency_budget_ms.is_some(),
+            ),
         ]
         .into_iter()
         .filter_map(|(field, set)| set.then_some(field))
@@ -289,6 +295,9 @@ impl ModelTable {
             timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
             query_prefix: self.query_prefix.unwrap_or_default(),
             document_prefix: self.document_prefix.unwrap_or_default(),
+            interactive_latency_budget: self
+                .interactive_latency_budget_ms
+                .map_or(DEFAULT_LATENCY_BUDGET, Duration::from_millis),
             ..OpenAiSettings::new(base_url, model, self.dimensions.get())
         })
     }

@@ -160,7 +160,7 @@ impl Store for SqliteStore {
         if let Some(latest) = &latest {
             refuse_after_completion(latest, writes)?;
         }
-        let backfilling = latest.as_ref().filter(|m| m.state.is_backfilling());
+        let backfilling = latest.as_ref().filter(|m| m.follows_writes());
         let mut delta = CountsDelta::default();
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
@@ -187,7 +187,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let latest = latest_migration(&mut tx).await?;
-        let backfilling = latest.as_ref().filter(|m| m.state.is_backfilling());
+        let backfilling = latest.as_ref().filter(|m| m.follows_writes());
         let mut delta = CountsDelta::default();
         if let Some(migration) = backfilling
             && let Some(left) = dequeue(&mut tx, &migration.id, id).await?
@@ -499,30 +499,50 @@ struct LatestMigration {
     id: String,
     target_model: String,
     state: MigrationState,
+    /// Completed and its rollback window still open (`Migration::window_open`): a write
+    /// lacking the target vector is queued for repair rather than refused.
+    window_open: bool,
+}
+
+impl LatestMigration {
+    /// Whether a write's effect on the queue must be followed in its transaction: while the
+    /// backfill runs, and in the rollback window, where the queue holds the repairs.
+    fn follows_writes(&self) -> bool {
+        self.state.is_backfilling() || self.window_open
+    }
 }
 
 async fn latest_migration(tx: &mut Tx) -> Result<Option<LatestMigration>, StoreError> {
-    let row =
-        sqlx::query("SELECT id, target_model, state FROM migrations ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(store_error)?;
+    let row = sqlx::query(
+        "SELECT id, target_model, state, rollback_window_ends_at, total, processed, skipped
+         FROM migrations ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
     let Some(row) = row else { return Ok(None) };
+    let state = decode_state(&column::<String>(&row, "state")?)?;
+    let ends_at = decode_optional_time(&row, "rollback_window_ends_at")?;
+    let count = |name| column::<i64>(&row, name);
+    let repairs_pending = count("total")? > count("processed")? + count("skipped")?;
+    let window_open = state == MigrationState::Completed
+        && (repairs_pending || ends_at.is_some_and(|end| Utc::now() < end));
     Ok(Some(LatestMigration {
         id: column(&row, "id")?,
         target_model: column(&row, "target_model")?,
-        state: decode_state(&column::<String>(&row, "state")?)?,
+        state,
+        window_open,
     }))
 }
 
-/// Once a migration has completed, every live document must keep a current target vector
-/// (invariant 2); a write routed before the completion would break that, so it is refused
-/// before anything is written.
+/// Once a migration's rollback window has closed, every live document must keep a current
+/// target vector (invariant 2); a write routed before that would break it, so it is refused
+/// before anything is written. Inside the window such a write is queued for repair instead.
 fn refuse_after_completion(
     latest: &LatestMigration,
     writes: &[DocumentWrite],
 ) -> Result<(), StoreError> {
-    if latest.state != MigrationState::Completed {
+    if latest.state != MigrationState::Completed || latest.window_open {
         return Ok(());
     }
     match writes

@@ -11,6 +11,8 @@ mod fake_openai;
 mod helpers;
 mod probe;
 mod process;
+#[path = "../../src/bench/serial_provider.rs"]
+mod serial_provider;
 mod states;
 mod wire;
 
@@ -20,6 +22,7 @@ mod bench_smoke;
 mod cli;
 mod crash;
 mod documents;
+mod fallback;
 mod dropped;
 mod lifecycle;
 mod migrations;
@@ -31,4 +34,5 @@ mod provider_config;
 mod providers;
 mod query;
 mod routing;
+mod serial_provider_tests;
 mod walkthrough;

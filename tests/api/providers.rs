@@ -217,9 +217,9 @@ async fn a_wrong_dimension_mid_migration_fails_it_at_once_and_stores_nothing() {
     fake.answer_dimensions(DIMENSIONS * 2);
     fake.release();
     let failed = app.wait_for_state("resized", "failed", PATIENCE).await;
-    assert_eq!(
-        (failed.processed, failed.failed),
-        (0, 10),
+    assert_eq!(failed.processed, 0, "{failed:?}");
+    assert!(
+        (1..=10).contains(&failed.failed),
         "one batch failed it at once, without waiting out the patience: {failed:?}"
     );
     let error = app.migration("resized").await.error.unwrap_or_default();

@@ -66,6 +66,7 @@ pub struct QueryResult {
     pub model: String,
     pub phase: String,
     pub migration_id: Option<String>,
+    pub reason: String,
     pub hits: Vec<Hit>,
 }
 
