@@ -2,20 +2,21 @@
 //! Ctrl-C. Everything else lives in the library so tests can build the same application.
 
 use anyhow::Context;
-use clap::Parser;
-use reembed::config::{Cli, Command, ServeArgs};
+use reembed::cli::CommandLine;
+use reembed::config::{Command, ServeArgs};
 use reembed::embed::ModelRegistry;
 use std::io::Write;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command() {
+    let CommandLine { command, remote } = CommandLine::parse();
+    match command {
         Command::Serve(args) => serve(args).await,
         Command::Openapi => {
             println!("{}", reembed::api::openapi().to_pretty_json()?);
             Ok(())
         }
-        Command::Client(command) => std::process::exit(reembed::cli::run(command).await),
+        Command::Client(command) => std::process::exit(reembed::cli::run(&remote, command).await),
     }
 }
 

@@ -135,14 +135,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::config::{Cli, Command};
+    use crate::cli::CommandLine;
+    use crate::config::Command;
 
     fn migrate_args(argv: &[&str]) -> MigrateArgs {
         let argv = ["reembed", "migrate"].iter().chain(argv);
-        match Cli::try_parse_from(argv).unwrap().command() {
+        match CommandLine::try_parse_from(argv).unwrap().command {
             Command::Client(super::super::ClientCommand::Migrate(args)) => args,
             other => panic!("parsed as {other:?}"),
         }

@@ -15,11 +15,13 @@
 //! - **2**: a usage error, an input file that cannot be read, or a server that cannot be reached
 //!   or gives no usable answer (the message names the URL).
 //!
-//! `http` is the transport and its errors, `wire` the response shapes and how they print,
-//! `bar` the terminal-only progress bars, `import` and `line` the JSON Lines import,
+//! `command_line` parses the whole command line (`--url` and `--api-token` go before or after
+//! the subcommand), `http` is the transport and its errors, `wire` the response shapes and how
+//! they print, `bar` the terminal-only progress bars, `import` and `line` the JSON Lines import,
 //! `lifecycle` the migration calls, `status` the report and `--watch`.
 
 mod bar;
+mod command_line;
 mod http;
 mod import;
 mod lifecycle;
@@ -31,19 +33,25 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+pub use command_line::CommandLine;
 use http::{CliError, Server};
 
-/// Where the service runs and how to authenticate; every client subcommand takes these.
+/// Where the service runs and how to authenticate; every client subcommand takes these, before
+/// or after its name ([`CommandLine`] makes them global).
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
     /// Base URL of the running reembed service.
     #[arg(long, env = "REEMBED_URL", default_value = "http://127.0.0.1:8080",
-          value_parser = http::parse_base_url)]
+          value_parser = http::parse_base_url, global = true, help_heading = CLIENT_OPTIONS)]
     pub url: reqwest::Url,
     /// API token, sent as `Authorization: Bearer <token>` when set.
-    #[arg(long, env = "REEMBED_API_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "REEMBED_API_TOKEN", hide_env_values = true, global = true,
+          help_heading = CLIENT_OPTIONS)]
     pub api_token: Option<String>,
 }
+
+/// The `--help` heading of [`Remote`]'s options, apart from the `serve` flags.
+const CLIENT_OPTIONS: &str = "Client options (before or after the subcommand)";
 
 /// The client subcommands, flattened into the binary's `Command` next to `serve`.
 #[derive(Debug, Subcommand)]
@@ -76,8 +84,6 @@ pub struct ImportArgs {
     /// server's default `--max-bulk-documents`.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub batch: u32,
-    #[command(flatten)]
-    pub remote: Remote,
 }
 
 /// Flags of `reembed migrate`; config flags left out take the server's defaults.
@@ -114,8 +120,6 @@ pub struct MigrateArgs {
     /// Print the server's JSON instead of `key: value` lines.
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub remote: Remote,
 }
 
 /// Flags of `reembed status`.
@@ -130,8 +134,6 @@ pub struct StatusArgs {
     /// Print the server's JSON (`routing`, `migration`, `progress`) instead of `key: value`.
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub remote: Remote,
 }
 
 /// Flags of the lifecycle calls `resume`, `cancel`, `rollback` and `finalize`.
@@ -142,8 +144,6 @@ pub struct ActionArgs {
     /// Print the server's JSON instead of `key: value` lines.
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub remote: Remote,
 }
 
 /// Flags of `reembed pause`.
@@ -178,10 +178,10 @@ impl Exit {
     }
 }
 
-/// Runs one client command against the service and returns the process exit code; errors
-/// are printed to stderr here, so `main` only has to exit with the code.
-pub async fn run(command: ClientCommand) -> i32 {
-    let exit = match dispatch(command).await {
+/// Runs one client command against the service `remote` names and returns the process exit
+/// code; errors are printed to stderr here, so `main` only has to exit with the code.
+pub async fn run(remote: &Remote, command: ClientCommand) -> i32 {
+    let exit = match dispatch(remote, command).await {
         Ok(exit) => exit,
         Err(error) => {
             eprintln!("reembed: {error}");
@@ -191,25 +191,20 @@ pub async fn run(command: ClientCommand) -> i32 {
     exit.code()
 }
 
-async fn dispatch(command: ClientCommand) -> Result<Exit, CliError> {
-    use lifecycle::Action;
+async fn dispatch(remote: &Remote, command: ClientCommand) -> Result<Exit, CliError> {
+    use lifecycle::{Action, act};
+    let server = &Server::new(remote)?;
     match command {
-        ClientCommand::Import(args) => import::run(&Server::new(&args.remote)?, &args).await,
-        ClientCommand::Migrate(args) => {
-            lifecycle::migrate(&Server::new(&args.remote)?, &args).await
-        }
-        ClientCommand::Status(args) => status::run(&Server::new(&args.remote)?, &args).await,
+        ClientCommand::Import(args) => import::run(server, &args).await,
+        ClientCommand::Migrate(args) => lifecycle::migrate(server, &args).await,
+        ClientCommand::Status(args) => status::run(server, &args).await,
         ClientCommand::Pause(args) => {
             let reason = args.reason.as_deref();
-            act(&args.action, Action::Pause { reason }).await
+            act(server, &args.action, Action::Pause { reason }).await
         }
-        ClientCommand::Resume(args) => act(&args, Action::Resume).await,
-        ClientCommand::Cancel(args) => act(&args, Action::Cancel).await,
-        ClientCommand::Rollback(args) => act(&args, Action::Rollback).await,
-        ClientCommand::Finalize(args) => act(&args, Action::Finalize).await,
+        ClientCommand::Resume(args) => act(server, &args, Action::Resume).await,
+        ClientCommand::Cancel(args) => act(server, &args, Action::Cancel).await,
+        ClientCommand::Rollback(args) => act(server, &args, Action::Rollback).await,
+        ClientCommand::Finalize(args) => act(server, &args, Action::Finalize).await,
     }
-}
-
-async fn act(args: &ActionArgs, action: lifecycle::Action<'_>) -> Result<Exit, CliError> {
-    lifecycle::act(&Server::new(&args.remote)?, args, action).await
 }

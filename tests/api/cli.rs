@@ -342,3 +342,53 @@ async fn the_api_token_is_sent_as_a_bearer_token() {
     assert_eq!(env.code, 0, "{env:#?}");
     env.assert_field("state", "planned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_options_go_before_or_after_the_subcommand() {
+    let tokens = Tokens {
+        write: "s3cret".to_owned(),
+        read: None,
+    };
+    let app = TestApp::with_config(ModelRegistry::builtin(), |c| c.tokens = Some(tokens)).await;
+    let base = app.base.as_str();
+
+    // `--url` before the subcommand, `--api-token` after it.
+    let split = [
+        "--url",
+        base,
+        "migrate",
+        "--to",
+        "hash-v2",
+        "--no-start",
+        "--api-token",
+        "s3cret",
+    ];
+    let created = reembed_with(&split, &[], None).await;
+    assert_eq!(created.code, 0, "{created:#?}");
+    created.assert_field("state", "planned");
+    let before = ["--url", base, "--api-token", "s3cret", "status"];
+    let after = ["status", "--url", base, "--api-token", "s3cret"];
+    for args in [before, after] {
+        let status = reembed_with(&args, &[], None).await;
+        assert_eq!(status.code, 0, "{args:?}: {status:#?}");
+        status.assert_field("migration", created.field("id").unwrap());
+    }
+
+    let serve_flag_first = reembed_with(&["--listen", "127.0.0.1:0", "status"], &[], None).await;
+    assert_eq!(serve_flag_first.code, 2, "{serve_flag_first:#?}");
+    let expected = "--listen is a flag of `reembed serve` and cannot be used with `status`";
+    assert!(
+        serve_flag_first.stderr.contains(expected),
+        "{serve_flag_first:#?}"
+    );
+    let serve_with_url = reembed_with(&["serve", "--url", base], &[], None).await;
+    assert_eq!(
+        serve_with_url.code, 2,
+        "refused, not served: {serve_with_url:#?}"
+    );
+    assert!(
+        serve_with_url
+            .stderr
+            .contains("--url is an option of the client subcommands")
+    );
+}
