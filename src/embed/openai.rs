@@ -190,7 +190,7 @@ impl OpenAiEmbedder {
         let tokens = request_tokens(inputs);
         let mut attempt = 1;
         loop {
-            self.pacer.ready(tokens).await;
+            self.pacer.ready(tokens, lane).await;
             let sent = Instant::now();
             match self.post(inputs).await {
                 Ok(body) => {
