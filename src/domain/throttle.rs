@@ -14,10 +14,14 @@
 //! | interactive excess: p90 of small interactive requests' latency over the lowest seen | at least `MIN_SAMPLES` of them in the last `RECENT` | what live traffic actually waits |
 //! | the latency of the latest backfill request | otherwise | what a request arriving now would wait at a FIFO provider |
 //!
-//! Over the budget, it backs off multiplicatively: half the concurrency, then (at one batch in
-//! flight) a batch shrunk in proportion to the overshoot. Under half the budget it grows back:
-//! the batch first (doubling while far under, by a quarter near it), then one more batch in
-//! flight. Between changes it waits for a request sent after the last change to answer.
+//! Two batches in flight keep a one-worker provider busy while the other batch commits and the
+//! next is claimed, so the controller keeps two whenever the bounds allow and sizes the batch
+//! for both to fit the budget. Over the budget, it backs off multiplicatively: half the
+//! concurrency above two, else a batch shrunk in proportion to the overshoot (and one batch in
+//! flight only once a batch is down to one document). Under half the budget it grows back: the
+//! second batch in flight, then the batch (doubling while far under, by a quarter near it),
+//! then more batches in flight. Between changes it waits for a request sent after the last
+//! change to answer.
 //! `batch_size` and `max_concurrent` of the migration stay the upper bounds.
 //!
 //! Pure: the caller passes the clock reading with each observation.
@@ -47,6 +51,9 @@ const MIN_SETTLE: Duration = Duration::from_millis(50);
 const START_BATCH: u32 = 8;
 /// Shrinking aims this far under the budget, so the next sample is not over it again.
 const AIM: f64 = 0.8;
+/// Batches in flight the controller keeps while it shrinks or grows the batch: one computed
+/// at the provider, one queued behind it.
+const PIPELINE: u32 = 2;
 
 /// Why the backfill runs below its configured bounds (progress `throttle_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -209,27 +216,34 @@ impl Controller {
         Some(recent[p90])
     }
 
-    /// Halves the concurrency, or at one batch in flight shrinks the batch in proportion to
-    /// the overshoot; `true` when something changed.
+    /// Halves the concurrency above `PIPELINE`, else shrinks the batch in proportion to the
+    /// overshoot, else keeps one batch in flight; `true` when something changed.
     fn back_off(&mut self, pressure: Duration, reason: ThrottleReason, bounds: Bounds) -> bool {
         self.clamp(bounds);
         self.reason = Some(reason);
-        if self.concurrency > 1 {
-            self.concurrency /= 2;
+        if self.concurrency > PIPELINE {
+            self.concurrency = (self.concurrency / 2).max(PIPELINE);
             return true;
         }
-        let per_request = self.batch_size.min(self.request_inputs);
-        let ratio = AIM * self.budget.as_secs_f64() / pressure.as_secs_f64();
-        let shrunk = ((f64::from(per_request) * ratio) as u32).clamp(1, per_request);
-        let changed = shrunk != self.batch_size;
-        self.batch_size = shrunk;
-        changed
+        if self.batch_size > 1 {
+            let per_request = self.batch_size.min(self.request_inputs);
+            let ratio = AIM * self.budget.as_secs_f64() / pressure.as_secs_f64();
+            self.batch_size = ((f64::from(per_request) * ratio) as u32).clamp(1, per_request);
+            return true;
+        }
+        let single = self.concurrency > 1;
+        self.concurrency = 1;
+        single
     }
 
-    /// Grows the batch toward its bound, then the concurrency; `true` when something changed.
+    /// Grows to `PIPELINE` batches in flight, then the batch toward its bound, then the
+    /// concurrency; `true` when something changed.
     fn grow(&mut self, pressure: Duration, bounds: Bounds) -> bool {
         self.clamp(bounds);
-        if self.batch_size < bounds.batch_size {
+        if self.concurrency < PIPELINE.min(bounds.max_concurrent) {
+            self.concurrency += 1;
+            true
+        } else if self.batch_size < bounds.batch_size {
             let factor = if pressure < self.budget / 4 {
                 2.0
             } else {
