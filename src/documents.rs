@@ -181,7 +181,8 @@ impl Documents {
         Ok((writes, embedded_with))
     }
 
-    /// Embeds `texts` with `model`, checking the provider kept its promised dimensions.
+    /// Embeds `texts` with `model`, checking the provider kept its promised dimensions, and
+    /// counts the texts the model embedded truncated (`is_over_input_limit`).
     pub async fn embed(
         &self,
         model: &str,
@@ -196,7 +197,31 @@ impl Documents {
         };
         let vectors = observed(model, started, result)?;
         check_shape(model, embedder.dimensions(), texts.len(), &vectors)?;
+        self.count_truncated(model, texts);
         Ok(vectors)
+    }
+
+    /// Whether `model` embeds `text` truncated: its estimated tokens exceed the model's
+    /// `max_input_tokens` (`ModelRegistry::is_over_input_limit`).
+    pub fn is_over_input_limit(&self, model: &str, text: &str) -> bool {
+        self.models.is_over_input_limit(model, text)
+    }
+
+    /// Counts the texts of one embedded batch that `model` truncated; one log line per batch.
+    fn count_truncated(&self, model: &str, texts: &[String]) {
+        if self.models.max_input_tokens(model).is_none() {
+            return;
+        }
+        let truncated = texts
+            .iter()
+            .filter(|text| self.is_over_input_limit(model, text))
+            .count();
+        if truncated > 0 {
+            metrics::counter!("reembed_embed_truncated_inputs_total", "model" => model.to_owned())
+                .increment(truncated as u64);
+            let inputs = texts.len();
+            tracing::debug!(%model, truncated, inputs, "inputs over max_input_tokens embedded truncated");
+        }
     }
 
     /// Embeds a search query with `model`, which may mark queries apart from documents
@@ -266,7 +291,11 @@ impl Documents {
         writes: Vec<DocumentWrite>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let _turn = self.commit_order.for_write().await;
-        let receipt = self.store.write_documents(&writes).await?;
+        let over_input_limit = |model: &str, text: &str| self.is_over_input_limit(model, text);
+        let receipt = self
+            .store
+            .write_documents_with(&writes, &over_input_limit)
+            .await?;
         for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
             for (model, vector) in &write.vectors {
                 self.indexes

@@ -13,6 +13,7 @@ use super::error::{ApiError, AppJson, AppQuery, Problem, objects};
 use crate::config::Limits;
 use crate::documents::{NewDocument, Upserted};
 use crate::domain::Route;
+use crate::embed::ModelRegistry;
 use crate::store::StoredDocument;
 
 /// Longest accepted document id, in bytes.
@@ -79,6 +80,10 @@ pub struct DocumentView {
     pub metadata: Value,
     pub version: u64,
     pub embeddings: BTreeMap<String, EmbeddingView>,
+    /// Whether the text is longer than the `max_input_tokens` of a model in `embeddings`
+    /// (tokens estimated as characters / 4, rounded up): that model's provider embedded it
+    /// truncated. False when none of them has a limit.
+    pub truncated: bool,
 }
 
 /// Query string of `GET /v1/documents`.
@@ -99,8 +104,13 @@ pub struct DocumentPage {
     pub next_after: Option<String>,
 }
 
-impl From<StoredDocument> for DocumentView {
-    fn from(doc: StoredDocument) -> Self {
+impl DocumentView {
+    /// The view of `doc`, judging truncation by the limits in `models` as they are now.
+    fn new(doc: StoredDocument, models: &ModelRegistry) -> Self {
+        let truncated = doc
+            .embeddings
+            .iter()
+            .any(|e| models.is_over_input_limit(&e.model, &doc.text));
         let embeddings = doc
             .embeddings
             .into_iter()
@@ -120,6 +130,7 @@ impl From<StoredDocument> for DocumentView {
             metadata: doc.metadata,
             version: doc.version,
             embeddings,
+            truncated,
         }
     }
 }
@@ -236,7 +247,7 @@ pub async fn get_document(
     Path(id): Path<String>,
 ) -> Result<AppJson<DocumentView>, ApiError> {
     let doc = state.store.get_document(&id).await?;
-    doc.map(|d| AppJson(d.into()))
+    doc.map(|d| AppJson(DocumentView::new(d, &state.models)))
         .ok_or_else(|| ApiError::NotFound(format!("document {id} not found")))
 }
 
@@ -276,7 +287,10 @@ pub async fn list_documents(
     let next_after = (docs.len() == limit as usize)
         .then(|| docs.last().map(|d| d.id.clone()))
         .flatten();
-    let documents = docs.into_iter().map(Into::into).collect();
+    let documents = docs
+        .into_iter()
+        .map(|d| DocumentView::new(d, &state.models))
+        .collect();
     Ok(AppJson(DocumentPage {
         documents,
         next_after,

@@ -73,6 +73,7 @@ async fn refresh_gauges(state: &AppState) {
         ("reembed_migration_processed", counts.processed as f64),
         ("reembed_migration_skipped", counts.skipped as f64),
         ("reembed_migration_failed", counts.failed as f64),
+        ("reembed_migration_truncated", counts.truncated as f64),
         (
             "reembed_migration_in_flight_batches",
             f64::from(progress.in_flight_batches),

@@ -88,6 +88,10 @@ pub struct ProgressView {
     pub processed: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Processed documents whose text is longer than the target model's `max_input_tokens`
+    /// (tokens estimated as characters / 4): embedded all the same, the provider truncating
+    /// them. Counted when their target vector is written; 0 for a target without a limit.
+    pub truncated: u64,
     pub remaining: u64,
     /// processed / total.
     pub progress: f64,
@@ -186,6 +190,7 @@ impl ProgressView {
             processed: m.counts.processed,
             skipped: m.counts.skipped,
             failed: m.counts.failed,
+            truncated: m.counts.truncated,
             remaining: p.snapshot.remaining,
             progress: p.snapshot.progress,
             coverage: p.snapshot.coverage,

@@ -149,6 +149,8 @@ impl BatchRunner {
 
     /// Embeds `docs`; an input the provider rejects is split off until it stands alone and is
     /// skipped with the provider's reason, so one poisoned document never blocks its batch.
+    /// A text over the target's `max_input_tokens` is embedded (the provider truncates it) and
+    /// marked `truncated`.
     fn embed_isolating<'a>(
         &'a self,
         target: &'a str,
@@ -164,6 +166,7 @@ impl BatchRunner {
                         id: doc.id.clone(),
                         version: doc.version,
                         vector,
+                        truncated: self.documents.is_over_input_limit(target, &doc.text),
                     })
                     .collect()),
                 Err(ServiceError::Embed {

@@ -115,6 +115,10 @@ pub struct Counts {
     /// Queued documents whose latest embedding attempt failed: they wait for another, and
     /// stop counting once it succeeds (or they leave the queue otherwise).
     pub failed: u64,
+    /// Processed documents whose target vector was embedded from a text longer than the
+    /// target's `max_input_tokens` (the provider truncated it); only grows, and never exceeds
+    /// `processed`.
+    pub truncated: u64,
 }
 
 impl Counts {
@@ -323,6 +327,7 @@ mod tests {
             processed,
             skipped,
             failed: 0,
+            truncated: 0,
         }
     }
 

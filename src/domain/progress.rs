@@ -232,6 +232,7 @@ mod tests {
             processed,
             skipped,
             failed: 3,
+            truncated: 1,
         }
     }
 

@@ -211,6 +211,7 @@ proptest! {
             processed: counts.1,
             skipped: counts.2,
             failed: counts.3,
+            truncated: counts.1 / 2,
         };
         if use_any_window {
             m.config.rollback_window_secs = any_window;
@@ -234,7 +235,7 @@ proptest! {
     ) {
         let counts = |(total, processed, skipped): (u64, u64, u64)| {
             let skipped = skipped.min(total);
-            Counts { total, processed: processed.min(total - skipped), skipped, failed: 0 }
+            Counts { total, processed: processed.min(total - skipped), skipped, failed: 0, truncated: 0 }
         };
         let (mut low, mut high) = (counts(a), counts(b));
         if low.coverage() > high.coverage() {

@@ -264,6 +264,7 @@ mod tests {
             processed,
             skipped: 0,
             failed: 0,
+            truncated: 0,
         };
         if state == Completed {
             m.completed_at = Some(at(0));

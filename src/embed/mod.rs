@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::domain::{BackfillLimits, Bounds, Pace};
+use crate::domain::{BackfillLimits, Bounds, Pace, estimate_tokens};
 
 use builtin::HashEmbedder;
 
@@ -138,7 +138,19 @@ pub struct ModelRegistry {
     /// The model a fresh store makes active; the store's own choice wins after that.
     active_model: String,
     /// In registration order, which is the order `GET /v1/models` lists them in.
-    entries: Vec<(ModelInfo, Arc<dyn Embedder>)>,
+    entries: Vec<Entry>,
+}
+
+/// One registered model.
+#[derive(Clone)]
+struct Entry {
+    info: ModelInfo,
+    embedder: Arc<dyn Embedder>,
+    /// The longest input the model embeds whole, in estimated tokens (`estimate_tokens`);
+    /// `None` when unknown (the builtin models take any length). A longer text is still
+    /// embedded, the server truncating it, but is flagged (issue 10). Kept beside `info`
+    /// rather than in it, because `GET /v1/models` does not show it.
+    max_input_tokens: Option<u32>,
 }
 
 impl ModelRegistry {
@@ -166,21 +178,52 @@ impl ModelRegistry {
     /// `info.dimensions` must equal `embedder.dimensions()`: indexes are sized from the
     /// former and vectors are checked against the latter.
     pub fn insert(&mut self, info: ModelInfo, embedder: Arc<dyn Embedder>) {
+        self.insert_with_input_limit(info, embedder, None);
+    }
+
+    /// `insert` for a model that embeds at most `max_input_tokens` (estimated) of each text
+    /// whole; `None` for no limit.
+    pub fn insert_with_input_limit(
+        &mut self,
+        info: ModelInfo,
+        embedder: Arc<dyn Embedder>,
+        max_input_tokens: Option<u32>,
+    ) {
         debug_assert_eq!(
             info.dimensions,
             embedder.dimensions(),
             "model {} advertises other dimensions than its embedder returns",
             info.id
         );
-        match self.position(&info.id) {
-            Some(at) => self.entries[at] = (info, embedder),
-            None => self.entries.push((info, embedder)),
+        let entry = Entry {
+            info,
+            embedder,
+            max_input_tokens,
+        };
+        match self.position(&entry.info.id) {
+            Some(at) => self.entries[at] = entry,
+            None => self.entries.push(entry),
         }
     }
 
     /// The embedder registered as `id`.
     pub fn get(&self, id: &str) -> Option<&Arc<dyn Embedder>> {
-        self.position(id).map(|at| &self.entries[at].1)
+        self.position(id).map(|at| &self.entries[at].embedder)
+    }
+
+    /// The input limit of the model `id` in estimated tokens; `None` for a model without one
+    /// or an unknown id.
+    pub fn max_input_tokens(&self, id: &str) -> Option<u32> {
+        self.position(id)
+            .and_then(|at| self.entries[at].max_input_tokens)
+    }
+
+    /// Whether model `id` embeds `text` truncated: its estimated tokens (characters / 4,
+    /// rounded up, the rule pacing budgets with) exceed the model's `max_input_tokens`.
+    /// False for a model without a limit or an unknown id.
+    pub fn is_over_input_limit(&self, id: &str, text: &str) -> bool {
+        self.max_input_tokens(id)
+            .is_some_and(|limit| estimate_tokens(text.chars().count() as u64) > u64::from(limit))
     }
 
     /// Time callers of model `id` have spent throttled (`Embedder::throttled`); zero for an
@@ -192,14 +235,17 @@ impl ModelRegistry {
 
     /// The description of the model registered as `id`.
     pub fn info(&self, id: &str) -> Option<&ModelInfo> {
-        self.position(id).map(|at| &self.entries[at].0)
+        self.position(id).map(|at| &self.entries[at].info)
     }
 
     /// A copy of every registered model's description, in registration order. Owned, so a
     /// caller can keep or consume it; the list is short and read at start-up and by
     /// `GET /v1/models` only.
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.entries.iter().map(|(info, _)| info.clone()).collect()
+        self.entries
+            .iter()
+            .map(|entry| entry.info.clone())
+            .collect()
     }
 
     /// The model a fresh store makes active.
@@ -215,7 +261,7 @@ impl ModelRegistry {
 
     // A linear scan: a registry holds a handful of models.
     fn position(&self, id: &str) -> Option<usize> {
-        self.entries.iter().position(|(info, _)| info.id == id)
+        self.entries.iter().position(|entry| entry.info.id == id)
     }
 }
 
@@ -313,6 +359,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(vectors[0][0], 1.0, "the replacement embedder answers");
+    }
+
+    #[test]
+    fn a_text_is_over_the_input_limit_past_its_estimated_tokens() {
+        let mut registry = ModelRegistry::builtin();
+        registry.insert_with_input_limit(info("short", 2), Arc::new(Constant(2)), Some(8));
+        // 8 tokens are 32 characters; characters, not bytes, are counted.
+        assert!(!registry.is_over_input_limit("short", &"a".repeat(32)));
+        assert!(registry.is_over_input_limit("short", &"a".repeat(33)));
+        assert!(!registry.is_over_input_limit("short", &"é".repeat(32)));
+        assert_eq!(registry.max_input_tokens("short"), Some(8));
+        for unlimited in ["hash-v1", "unknown"] {
+            assert!(!registry.is_over_input_limit(unlimited, &"a".repeat(10_000)));
+            assert_eq!(registry.max_input_tokens(unlimited), None);
+        }
+    }
+
+    #[test]
+    fn insert_replaces_the_input_limit_too() {
+        let mut registry = ModelRegistry::new("m");
+        registry.insert_with_input_limit(info("m", 2), Arc::new(Constant(2)), Some(8));
+        registry.insert(info("m", 2), Arc::new(Constant(2)));
+        assert_eq!(registry.max_input_tokens("m"), None);
     }
 
     #[test]

@@ -105,6 +105,10 @@ struct ModelTable {
     query_prefix: Option<String>,
     document_prefix: Option<String>,
     interactive_latency_budget_ms: Option<u64>,
+    /// The model's input limit in estimated tokens: longer documents are still embedded (the
+    /// server truncates them) but flagged as truncated. Not an `OpenAiSettings` field: the
+    /// registry keeps it (`ModelRegistry::is_over_input_limit`).
+    max_input_tokens: Option<NonZeroU32>,
 }
 
 /// Who computes a model's vectors; also `ModelInfo::provider`.
@@ -120,8 +124,8 @@ enum Provider {
 /// Reads an environment variable; a parameter so tests need not touch the process's own.
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-/// A registry entry ready to insert.
-type Built = (ModelInfo, Arc<dyn Embedder>);
+/// A registry entry ready to insert: the model, its embedder and its input limit.
+type Built = (ModelInfo, Arc<dyn Embedder>, Option<u32>);
 
 impl ModelRegistry {
     /// The registry described by the TOML file at `path`, with the process environment's
@@ -143,8 +147,8 @@ impl ModelRegistry {
         check_ids(&file)?;
         let mut registry = ModelRegistry::new(file.active_model);
         for table in file.models {
-            let (info, embedder) = table.build(env)?;
-            registry.insert(info, embedder);
+            let (info, embedder, max_input_tokens) = table.build(env)?;
+            registry.insert_with_input_limit(info, embedder, max_input_tokens);
         }
         Ok(registry)
     }
@@ -214,7 +218,8 @@ impl ModelTable {
             let message = format!("{} has {fixed} dimensions, not {asked}", self.id);
             return Err(invalid(&self.id, &message));
         }
-        Ok((model_info(self.id, "builtin", fixed), Arc::new(embedder)))
+        let info = model_info(self.id, "builtin", fixed);
+        Ok((info, Arc::new(embedder), None))
     }
 
     /// The fields only an `openai` model takes that this table sets.
@@ -234,6 +239,7 @@ impl ModelTable {
                 "interactive_latency_budget_ms",
                 self.interactive_latency_budget_ms.is_some(),
             ),
+            ("max_input_tokens", self.max_input_tokens.is_some()),
         ]
         .into_iter()
         .filter_map(|(field, set)| set.then_some(field))
@@ -248,9 +254,11 @@ impl ModelTable {
         let base_url = parse_base_url(&base_url).map_err(|message| invalid(&id, &message))?;
         let api_key = self.api_key(&base_url, env)?;
         let dimensions = self.dimensions.get();
+        let max_input_tokens = self.max_input_tokens.map(NonZeroU32::get);
         let settings = self.openai_settings(base_url, api_key)?;
         let embedder = OpenAiEmbedder::new(settings).map_err(|e| invalid(&id, &e.to_string()))?;
-        Ok((model_info(id, "openai", dimensions), Arc::new(embedder)))
+        let info = model_info(id, "openai", dimensions);
+        Ok((info, Arc::new(embedder), max_input_tokens))
     }
 
     /// The key named by `api_key_env` (see the module doc for when it may be missing).

@@ -93,13 +93,33 @@ requests_per_minute = 3000
 tokens_per_minute = 1000000
 timeout_secs = 20
 query_prefix = "query: "
-document_prefix = "passage: ""#,
+document_prefix = "passage: "
+max_input_tokens = 8191"#,
     );
     let registry = load(&text, &[("OPENAI_API_KEY", "sk-test")]).unwrap();
     let models = registry.models();
     assert_eq!(models[2], info("openai-small", "openai", 1536));
     let embedder = registry.get("openai-small").unwrap();
     assert_eq!(embedder.dimensions(), 1536);
+    assert_eq!(registry.max_input_tokens("openai-small"), Some(8191));
+}
+
+#[test]
+fn max_input_tokens_flags_longer_texts_of_its_model_only() {
+    let registry = load(&remote("max_input_tokens = 8"), &[]).unwrap();
+    assert_eq!(registry.max_input_tokens("openai-small"), Some(8));
+    assert!(registry.is_over_input_limit("openai-small", &"x".repeat(33)));
+    assert!(!registry.is_over_input_limit("openai-small", &"x".repeat(32)));
+    assert!(!registry.is_over_input_limit("hash-v1", &"x".repeat(33)));
+}
+
+#[test]
+fn without_max_input_tokens_no_model_has_a_limit() {
+    let registry = load(&remote(""), &[]).unwrap();
+    for model in ["hash-v1", "hash-v2", "openai-small"] {
+        assert_eq!(registry.max_input_tokens(model), None, "{model}");
+        assert!(!registry.is_over_input_limit(model, &"x".repeat(100_000)));
+    }
 }
 
 #[test]
@@ -227,6 +247,8 @@ fn malformed_shapes_are_parse_errors_naming_the_problem() {
             "cohere",
         ),
         (remote("max_batch = 0"), "max_batch"),
+        (remote("max_input_tokens = 0"), "max_input_tokens"),
+        (remote("max_input_tokens = -8"), "max_input_tokens"),
         (remote("requests_per_minute = -1"), "requests_per_minute"),
         (
             BUILTINS.replace("active_model = \"hash-v1\"", ""),
@@ -267,6 +289,13 @@ fn provider_fields_are_validated() {
         (
             BUILTINS.replace("dimensions = 384", "dimensions = 384\nmax_batch = 8"),
             "max_batch is for",
+        ),
+        (
+            BUILTINS.replace(
+                "dimensions = 384",
+                "dimensions = 384\nmax_input_tokens = 512",
+            ),
+            "max_input_tokens is for provider = \"openai\" only",
         ),
     ];
     for (text, mentioned) in cases {

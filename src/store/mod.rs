@@ -55,16 +55,23 @@ pub struct WriteOutcome {
 /// A stored vector: (document id, document version it was computed from, the vector).
 pub type StoredVector = (String, u64, Vec<f32>);
 
+/// Asked by `Store::write_documents_with` of a write's target vector: whether model (first
+/// argument) embedded the text (second) truncated, being longer than its `max_input_tokens`
+/// (`ModelRegistry::is_over_input_limit`). Storage asks; the registry decides.
+pub type OverInputLimit<'a> = &'a (dyn Fn(&str, &str) -> bool + Send + Sync);
+
 /// How one committed transaction changed the counts of a migration, so the in-memory copy can
 /// follow the database without re-reading it. `total` is signed because a delete shrinks it,
 /// `skipped` because re-queueing the skipped documents takes them off the skip list, `failed`
 /// because a document whose attempt failed stops counting once it succeeds or leaves the queue.
+/// `truncated`, like `processed`, only grows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountsDelta {
     pub total: i64,
     pub processed: u64,
     pub skipped: i64,
     pub failed: i64,
+    pub truncated: u64,
 }
 
 impl CountsDelta {
@@ -80,6 +87,7 @@ impl CountsDelta {
             processed: self.processed + next.processed,
             skipped: self.skipped + next.skipped,
             failed: self.failed + next.failed,
+            truncated: self.truncated + next.truncated,
         }
     }
 
@@ -90,6 +98,7 @@ impl CountsDelta {
             processed: counts.processed + self.processed,
             skipped: counts.skipped.saturating_add_signed(self.skipped),
             failed: counts.failed.saturating_add_signed(self.failed),
+            truncated: counts.truncated + self.truncated,
         }
     }
 }
@@ -118,6 +127,9 @@ pub enum BatchItem {
         id: String,
         version: u64,
         vector: Vec<f32>,
+        /// Whether the text was longer than the target's `max_input_tokens`, so the provider
+        /// embedded it truncated: the migration counts it as truncated once written.
+        truncated: bool,
     },
     /// Permanently rejected by the provider: take it off the queue and list it as skipped.
     Skipped { id: String, reason: String },
@@ -173,8 +185,18 @@ pub trait Store: Send + Sync + 'static {
     /// queued (total + 1 if newly queued) and one whose queued entry is satisfied by a target
     /// vector in this write is dequeued (processed + 1). If the latest migration is
     /// `completed` and a document is written without its target vector, nothing is written
-    /// and `Conflict` is returned.
-    async fn write_documents(&self, writes: &[DocumentWrite]) -> Result<WriteReceipt, StoreError>;
+    /// and `Conflict` is returned. No text counts as truncated (`write_documents_with`).
+    async fn write_documents(&self, writes: &[DocumentWrite]) -> Result<WriteReceipt, StoreError> {
+        self.write_documents_with(writes, &|_, _| false).await
+    }
+    /// `write_documents`, where a queued entry satisfied by a target vector whose text
+    /// `over_input_limit` says the target embedded truncated also counts as truncated
+    /// (truncated + 1, with processed + 1).
+    async fn write_documents_with(
+        &self,
+        writes: &[DocumentWrite],
+        over_input_limit: OverInputLimit<'_>,
+    ) -> Result<WriteReceipt, StoreError>;
     /// Deletes a document and all its vectors; a queued entry leaves the total (total − 1).
     /// `None` when the document did not exist.
     async fn delete_document(&self, id: &str) -> Result<Option<WriteReceipt>, StoreError>;
@@ -227,7 +249,8 @@ pub trait Store: Send + Sync + 'static {
     /// Commits one backfill batch in one transaction: each embedded vector is written only if
     /// the document is still queued and at the embedded version (compare-and-set); skips leave
     /// the queue for the skip list; the migration's counts move by exactly what happened (a
-    /// document whose earlier attempt failed stops counting as failed).
+    /// document whose earlier attempt failed stops counting as failed; a written item marked
+    /// `truncated` counts as truncated).
     async fn commit_batch(
         &self,
         migration_id: &str,

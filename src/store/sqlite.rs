@@ -26,8 +26,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, DocumentWrite, Skip, Store, StoreError,
-    StoredDocument, StoredVector, VectorInfo, WriteOutcome, WriteReceipt,
+    BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, DocumentWrite, OverInputLimit, Skip,
+    Store, StoreError, StoredDocument, StoredVector, VectorInfo, WriteOutcome, WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
@@ -154,7 +154,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn write_documents(&self, writes: &[DocumentWrite]) -> Result<WriteReceipt, StoreError> {
+    async fn write_documents_with(
+        &self,
+        writes: &[DocumentWrite],
+        over_input_limit: OverInputLimit<'_>,
+    ) -> Result<WriteReceipt, StoreError> {
         let mut tx = self.begin_write().await?;
         let latest = latest_migration(&mut tx).await?;
         if let Some(latest) = &latest {
@@ -166,7 +170,7 @@ impl Store for SqliteStore {
         for write in writes {
             let version = upsert_document(&mut tx, write).await?;
             if let Some(migration) = backfilling {
-                follow_write(&mut tx, migration, write, &mut delta).await?;
+                follow_write(&mut tx, migration, write, over_input_limit, &mut delta).await?;
             }
             outcomes.push(WriteOutcome {
                 id: write.id.clone(),
@@ -296,7 +300,7 @@ impl Store for SqliteStore {
             ..Counts::default()
         };
         sqlx::query(
-            "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0
+            "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0, truncated = 0
              WHERE id = ?1",
         )
         .bind(&migration.id)
@@ -622,17 +626,21 @@ async fn upsert_vector(
 }
 
 /// Keeps the backfilling migration's queue consistent with a write: a target vector in the
-/// write satisfies a queued entry (processed + 1); without one, the document is queued so the
-/// backfill embeds its newest version (total + 1, once however often it is rewritten).
+/// write satisfies a queued entry (processed + 1, and truncated + 1 when the target embedded
+/// the text truncated); without one, the document is queued so the backfill embeds its newest
+/// version (total + 1, once however often it is rewritten).
 async fn follow_write(
     tx: &mut Tx,
     migration: &LatestMigration,
     write: &DocumentWrite,
+    over_input_limit: OverInputLimit<'_>,
     delta: &mut CountsDelta,
 ) -> Result<(), StoreError> {
-    if has_vector_of(write, &migration.target_model) {
+    let target = migration.target_model.as_str();
+    if has_vector_of(write, target) {
         if let Some(left) = dequeue(tx, &migration.id, &write.id).await? {
-            *delta = delta.then(left.delta());
+            let truncated = over_input_limit(target, &write.text);
+            *delta = delta.then(left.delta()).then(truncated_delta(truncated));
         }
     } else {
         delta.total += sql_int(enqueue(tx, &migration.id, &write.id).await?)?;
@@ -666,6 +674,14 @@ impl Dequeued {
             failed: -i64::from(self.had_failed),
             ..CountsDelta::default()
         }
+    }
+}
+
+/// The count change of a processed document that was (or was not) embedded truncated.
+fn truncated_delta(truncated: bool) -> CountsDelta {
+    CountsDelta {
+        truncated: u64::from(truncated),
+        ..CountsDelta::default()
     }
 }
 
@@ -708,7 +724,7 @@ async fn apply_delta(
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE migrations SET total = total + ?2, processed = processed + ?3,
-                skipped = skipped + ?4, failed = failed + ?5
+                skipped = skipped + ?4, failed = failed + ?5, truncated = truncated + ?6
          WHERE id = ?1",
     )
     .bind(migration_id)
@@ -716,6 +732,7 @@ async fn apply_delta(
     .bind(sql_int(delta.processed)?)
     .bind(delta.skipped)
     .bind(delta.failed)
+    .bind(sql_int(delta.truncated)?)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
@@ -763,8 +780,8 @@ async fn insert_migration_row(pool: &SqlitePool, m: &Migration) -> Result<(), St
     sqlx::query(
         "INSERT INTO migrations (id, source_model, target_model, config, state, created_at,
              started_at, completed_at, rollback_window_ends_at, error, pause_reason,
-             total, processed, skipped, failed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             total, processed, skipped, failed, truncated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )
     .bind(&m.id)
     .bind(&m.source_model)
@@ -781,6 +798,7 @@ async fn insert_migration_row(pool: &SqlitePool, m: &Migration) -> Result<(), St
     .bind(sql_int(counts.processed)?)
     .bind(sql_int(counts.skipped)?)
     .bind(sql_int(counts.failed)?)
+    .bind(sql_int(counts.truncated)?)
     .execute(pool)
     .await
     .map_err(|e| insert_error(e, &m.id))?;
@@ -880,11 +898,13 @@ async fn commit_item(
             id,
             version,
             vector,
+            truncated,
         } => {
             if let Some(left) = dequeue_if_current(tx, batch.migration_id, id, *version).await? {
                 upsert_vector(tx, batch.target_model, id, *version, vector).await?;
                 receipt.written.push((id.clone(), *version));
-                receipt.delta = receipt.delta.then(left.delta());
+                let counted = left.delta().then(truncated_delta(*truncated));
+                receipt.delta = receipt.delta.then(counted);
             }
         }
         BatchItem::Skipped { id, reason } => {
@@ -1148,6 +1168,7 @@ fn decode_counts(row: &SqliteRow) -> Result<Counts, StoreError> {
         processed: count("processed")?,
         skipped: count("skipped")?,
         failed: count("failed")?,
+        truncated: count("truncated")?,
     })
 }
 

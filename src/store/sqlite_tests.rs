@@ -95,20 +95,40 @@ async fn queued(store: &SqliteStore, migration_id: &str) -> Vec<(String, u64)> {
 }
 
 fn embedded(id: &str, version: u64) -> BatchItem {
+    embedded_from(id, version, false)
+}
+
+/// `embedded`, from a text longer than the target's `max_input_tokens`.
+fn embedded_truncated(id: &str, version: u64) -> BatchItem {
+    embedded_from(id, version, true)
+}
+
+fn embedded_from(id: &str, version: u64, truncated: bool) -> BatchItem {
     BatchItem::Embedded {
         id: id.to_owned(),
         version,
         vector: vector_of(TARGET, "from the backfill"),
+        truncated,
     }
 }
 
+/// Counts with no truncated document.
 fn counts(total: u64, processed: u64, skipped: u64, failed: u64) -> Counts {
     Counts {
         total,
         processed,
         skipped,
         failed,
+        truncated: 0,
     }
+}
+
+/// Texts over this many characters count as over the target's input limit in these tests.
+const TARGET_LIMIT_CHARS: usize = 32;
+
+/// The `over_input_limit` of `write_documents_with`: only the target has a limit.
+fn target_limit(model: &str, text: &str) -> bool {
+    model == TARGET && text.chars().count() > TARGET_LIMIT_CHARS
 }
 
 async fn version_of(store: &SqliteStore, id: &str) -> Option<u64> {
@@ -433,6 +453,71 @@ async fn after_completion_a_write_lacking_the_target_conflicts_and_changes_nothi
     assert_eq!(accepted.unwrap().outcomes[0].version, 1);
 }
 
+#[tokio::test]
+async fn a_dual_write_satisfying_a_queued_long_document_counts_it_truncated() {
+    let (_dir, store) = open().await;
+    let long = "a long text ".repeat(10);
+    put(
+        &store,
+        vec![
+            write_text("long", &long, &[SOURCE]),
+            write("short", &[SOURCE]),
+        ],
+    )
+    .await;
+    started(&store, "m1").await;
+    let writes = [
+        write_text("long", &long, &[SOURCE, TARGET]),
+        write("short", &[SOURCE, TARGET]),
+    ];
+    let receipt = store.write_documents_with(&writes, &target_limit).await;
+    let processed = CountsDelta {
+        processed: 2,
+        truncated: 1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(
+        receipt.unwrap().migration,
+        Some(("m1".to_owned(), processed))
+    );
+    let again = store
+        .write_documents_with(&writes[..1], &target_limit)
+        .await;
+    assert_eq!(
+        again.unwrap().migration,
+        None,
+        "no longer queued, not recounted"
+    );
+    let expected = Counts {
+        truncated: 1,
+        ..counts(2, 2, 0, 0)
+    };
+    assert_eq!(stored(&store, "m1").await.counts, expected);
+}
+
+#[tokio::test]
+async fn a_long_write_counts_truncated_only_when_it_satisfies_a_queued_target_entry() {
+    let (_dir, store) = open().await;
+    let long = "a long text ".repeat(10);
+    put(&store, vec![write_text("queued", &long, &[SOURCE])]).await;
+    started(&store, "m1").await;
+    // Over the source's limit only: the target embedded it whole.
+    let source_limit = |model: &str, text: &str| model == SOURCE && !text.is_empty();
+    let source_only = [write_text("queued", &long, &[SOURCE, TARGET])];
+    let receipt = store
+        .write_documents_with(&source_only, &source_limit)
+        .await;
+    assert_eq!(receipt.unwrap().migration.unwrap().1.truncated, 0);
+    // Not queued, or queued by a write without the target vector: nothing is processed.
+    let fresh = [write_text("fresh", &long, &[SOURCE, TARGET])];
+    let receipt = store.write_documents_with(&fresh, &target_limit).await;
+    assert_eq!(receipt.unwrap().migration, None);
+    let unembedded = [write_text("later", &long, &[SOURCE])];
+    let receipt = store.write_documents_with(&unembedded, &target_limit).await;
+    assert_eq!(receipt.unwrap().migration.unwrap().1.truncated, 0);
+    assert_eq!(stored(&store, "m1").await.counts, counts(2, 1, 0, 0));
+}
+
 // ---- Backfill batches ---------------------------------------------------------------------
 
 #[tokio::test]
@@ -449,6 +534,35 @@ async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them() {
     assert_eq!(stored(&store, "m1").await.counts, counts(2, 2, 0, 0));
     let target = all_vectors(&store, TARGET).await.unwrap();
     assert_eq!(target[0].2, vector_of(TARGET, "from the backfill"));
+}
+
+#[tokio::test]
+async fn a_batch_item_marked_truncated_counts_once_when_written() {
+    let (_dir, store) = open().await;
+    let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&store, docs).await;
+    let m = started(&store, "m1").await;
+    // c moves on before its batch commits: its truncated vector fails compare-and-set.
+    put(&store, vec![write_text("c", "rewritten", &[SOURCE])]).await;
+    let batch = vec![
+        embedded_truncated("a", 1),
+        embedded("b", 1),
+        embedded_truncated("a", 1),
+        embedded_truncated("c", 1),
+    ];
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    assert_eq!((receipt.delta.processed, receipt.delta.truncated), (2, 1));
+    let expected = Counts {
+        truncated: 1,
+        ..counts(3, 2, 0, 0)
+    };
+    assert_eq!(stored(&store, "m1").await.counts, expected);
+    let retry = store
+        .commit_batch(&m.id, TARGET, &[embedded_truncated("c", 2)])
+        .await
+        .unwrap();
+    assert_eq!(retry.delta.truncated, 1, "the current version counts");
+    assert_eq!(stored(&store, "m1").await.counts.truncated, 2);
 }
 
 #[tokio::test]
@@ -744,7 +858,7 @@ async fn an_unknown_stored_state_is_reported_as_corrupt() {
 // ---- Durability ---------------------------------------------------------------------------
 
 /// A completed migration with every timestamp set, then a running one with a queue, a skip,
-/// a processed document, a failure and a pause reason.
+/// a processed document embedded truncated, a failure and a pause reason.
 async fn populate(store: &SqliteStore) -> (Migration, Migration) {
     store.set_active_model(SOURCE).await.unwrap();
     put(
@@ -786,6 +900,7 @@ async fn populate(store: &SqliteStore) -> (Migration, Migration) {
             id: "b".to_owned(),
             version: 1,
             vector: vec![1.0],
+            truncated: true,
         },
     ];
     let failures = store.record_failures("m2", &ids(&["c"])).await.unwrap();
@@ -814,7 +929,11 @@ async fn everything_survives_a_reopen() {
     let dir = TempDir::new().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
     let (first, second) = populate(&store).await;
-    assert_eq!(second.counts, counts(3, 1, 1, 1));
+    let with_truncated = Counts {
+        truncated: 1,
+        ..counts(3, 1, 1, 1)
+    };
+    assert_eq!(second.counts, with_truncated);
     let skips = store.skips("m2").await.unwrap();
     let documents = store.list_documents(None, 10).await.unwrap();
     store.close().await;
@@ -825,6 +944,11 @@ async fn everything_survives_a_reopen() {
 
     let store = SqliteStore::open(dir.path()).await.unwrap();
     assert_eq!(store.migrations().await.unwrap(), [second, first]);
+    assert_eq!(
+        stored(&store, "m2").await.counts.truncated,
+        1,
+        "truncated is durable"
+    );
     assert_eq!(store.active_model().await.unwrap().as_deref(), Some(SOURCE));
     assert_eq!(queued(&store, "m2").await, [("c".to_owned(), 1)]);
     assert_eq!(store.skips("m2").await.unwrap(), skips);

@@ -59,6 +59,7 @@ async fn get_returns_the_documented_shape_with_metadata() {
         );
     }
     assert_eq!(raw["metadata"], metadata);
+    assert_eq!(raw["truncated"], false, "hash-v1 has no input limit");
     assert_eq!(
         raw["embeddings"],
         json!({ "hash-v1": { "version": 1, "dimensions": 256 } })

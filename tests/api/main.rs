@@ -35,4 +35,5 @@ mod providers;
 mod query;
 mod routing;
 mod serial_provider_tests;
+mod truncated;
 mod walkthrough;

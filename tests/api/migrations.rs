@@ -161,6 +161,7 @@ async fn progress_reports_every_documented_field() {
             "processed",
             "skipped",
             "failed",
+            "truncated",
         ],
     );
     assert_has_keys(
@@ -184,6 +185,7 @@ async fn progress_reports_every_documented_field() {
         (3, 3, 0, 0, 0)
     );
     assert_eq!((p.progress, p.coverage, p.in_flight_batches), (1.0, 1.0, 0));
+    assert_eq!(p.truncated, 0, "hash-v2 has no input limit");
     assert_eq!(p.throughput_per_sec, None, "not in progress: {p:?}");
     assert_eq!(p.eta_secs, Some(0.0), "nothing remains: {p:?}");
     assert!(p.updated_at <= Utc::now(), "{p:?}");

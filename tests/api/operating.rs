@@ -276,7 +276,7 @@ async fn a_request_that_cannot_answer_in_time_is_503_and_writes_nothing() {
 }
 
 /// The value of the first sample of `name` whose labels contain every `label`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
         .lines()
         .filter(|line| !line.starts_with('#'))

@@ -31,6 +31,8 @@ pub struct Document {
     pub metadata: Value,
     pub version: u64,
     pub embeddings: BTreeMap<String, Embedding>,
+    /// Longer than the `max_input_tokens` of a model holding a vector for it.
+    pub truncated: bool,
 }
 
 /// One model's vector of a document: which document version it embeds.
@@ -149,6 +151,7 @@ pub struct Progress {
     pub processed: u64,
     pub skipped: u64,
     pub failed: u64,
+    pub truncated: u64,
     pub remaining: u64,
     pub progress: f64,
     pub coverage: f64,
