@@ -4,11 +4,15 @@
 mod backfill;
 mod cpu;
 mod floor;
+mod live;
 mod micro;
 mod process;
 mod query;
 mod routing;
 mod scaling;
+// Shared with the tests, which also use its outages and 429s; the benchmarks do not.
+#[allow(dead_code)]
+mod serial_provider;
 mod stats;
 mod writes;
 mod wrk;
@@ -26,10 +30,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const USAGE: &str =
-    "usage: reembed-bench [--smoke] [--only query,routing,backfill,writes,scaling,micro]";
+    "usage: reembed-bench [--smoke] [--only query,routing,backfill,writes,live,scaling,micro]";
 
 /// Every benchmark, in the order they run; `scaling` also reports memory.
-const ALL: [&str; 6] = ["query", "routing", "backfill", "writes", "scaling", "micro"];
+const ALL: [&str; 7] = [
+    "query", "routing", "backfill", "writes", "live", "scaling", "micro",
+];
 
 /// Which benchmarks to run, and at which sizes.
 pub struct Options {
@@ -83,6 +89,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("writes") {
         let sizes = writes::Sizes::new(options.smoke);
         println!("{}", writes::run(&sizes).await?);
+    }
+    if options.wants("live") {
+        println!("{}", live::run(&live::Sizes::new(options.smoke)).await?);
     }
     if options.wants("scaling") {
         let sizes = scaling::Sizes::new(options.smoke);

@@ -20,6 +20,7 @@ fn the_benchmarks_run_in_smoke_mode() {
         "## Routing throughput",
         "## Backfill overhead",
         "## Writes",
+        "## Live traffic during a backfill",
         "## Scaling",
         "## Memory",
     ] {
