@@ -12,13 +12,14 @@ use serde_json::{Value, json};
 
 use reembed::embed::builtin::HashEmbedder;
 
-use super::serial_provider::{Outcome, Request, SerialProvider, Settings, Speed};
+use super::serial_provider::{Outcome, Request, SerialProvider, Settings, Speed, text};
 use super::stats::{Goal, ms, percentile};
 use super::{ScratchDir, Server, fill_store, migration_action, progress};
 
 /// The model's `interactive_latency_budget_ms`, the default.
 const BUDGET: Duration = Duration::from_millis(250);
 const MODEL: &str = "serial";
+const DIMENSIONS: usize = 64;
 const MIGRATION: &str = "bench-live";
 /// Characters per live text: 5 ms of service each; corpus texts are about as long.
 const TEXT_CHARS: usize = 250;
@@ -137,7 +138,7 @@ struct Measured {
 
 async fn scenario(sizes: &Sizes, config: Value, max_batch: usize) -> anyhow::Result<Measured> {
     let provider = SerialProvider::start(Settings {
-        dimensions: 64,
+        dimensions: DIMENSIONS,
         speed: speed(),
     })
     .await?;
@@ -224,7 +225,7 @@ async fn round(
     let started = Instant::now();
     let put = client
         .put(format!("{base}/v1/documents/live-{n}"))
-        .json(&json!({ "text": text(LIVE, n) }))
+        .json(&json!({ "text": text(LIVE, n, TEXT_CHARS) }))
         .send()
         .await?;
     anyhow::ensure!(put.status() == 200, "PUT: {}", put.text().await?);
@@ -232,7 +233,7 @@ async fn round(
     let started = Instant::now();
     let query = client
         .post(format!("{base}/v1/query"))
-        .json(&json!({ "text": text(LIVE, n + 1_000_000), "top_k": 3 }))
+        .json(&json!({ "text": text(LIVE, n + 1_000_000, TEXT_CHARS), "top_k": 3 }))
         .send()
         .await?;
     anyhow::ensure!(query.status() == 200, "query: {}", query.text().await?);
@@ -245,40 +246,8 @@ fn processed(progress: &Value) -> u64 {
     progress["processed"].as_u64().unwrap_or(0)
 }
 
-/// A text of `TEXT_CHARS` characters starting with `prefix` and `n`.
-fn text(prefix: &str, n: usize) -> String {
-    let words = ["embedding", "server", "queue", "order", "model", "vector"];
-    let mut text = format!("{prefix} {n} ");
-    let mut i = n;
-    while text.len() < TEXT_CHARS {
-        text.push_str(words[i % words.len()]);
-        text.push(' ');
-        i += 7;
-    }
-    text.truncate(TEXT_CHARS);
-    text
-}
-
 /// hash-v1 (active) and the provider's model.
 fn registry(provider: &SerialProvider, max_batch: usize) -> anyhow::Result<ModelRegistry> {
-    let toml = format!(
-        r#"
-        active_model = "hash-v1"
-
-        [[models]]
-        id = "hash-v1"
-        provider = "builtin"
-        dimensions = 256
-
-        [[models]]
-        id = "{MODEL}"
-        provider = "openai"
-        dimensions = 64
-        base_url = "{}"
-        model = "serial-minilm"
-        max_batch = {max_batch}
-        "#,
-        provider.base_url()
-    );
+    let toml = provider.registry_toml(MODEL, DIMENSIONS, max_batch, "");
     ModelRegistry::from_toml_str(&toml, &|_| None).context("the live benchmark's registry")
 }

@@ -69,6 +69,21 @@ impl Speed {
     }
 }
 
+/// A text of `chars` characters that starts with `prefix` and `n`, so the provider's log
+/// (`Request::head`) tells whose it is, and its service time is known.
+pub fn text(prefix: &str, n: usize, chars: usize) -> String {
+    let words = ["embedding", "server", "queue", "order", "model", "vector"];
+    let mut text = format!("{prefix} {n} ");
+    let mut i = n;
+    while text.len() < chars {
+        text.push_str(words[i % words.len()]);
+        text.push(' ');
+        i += 7;
+    }
+    text.truncate(chars);
+    text
+}
+
 /// What a `SerialProvider` is started with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -224,6 +239,38 @@ impl SerialProvider {
     /// `http://127.0.0.1:PORT`, the same across outages: requests go to `{base_url}/embeddings`.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// A model registry file (TOML) with `hash-v1` active and this provider's model as the
+    /// `openai` model `model_id` of `dimensions` (as `Settings` gave them), taking `max_batch`
+    /// inputs per request, with `fields` (TOML lines) added to its table.
+    pub fn registry_toml(
+        &self,
+        model_id: &str,
+        dimensions: usize,
+        max_batch: usize,
+        fields: &str,
+    ) -> String {
+        format!(
+            r#"
+            active_model = "hash-v1"
+
+            [[models]]
+            id = "hash-v1"
+            provider = "builtin"
+            dimensions = 256
+
+            [[models]]
+            id = "{model_id}"
+            provider = "openai"
+            dimensions = {dimensions}
+            base_url = "{}"
+            model = "serial-minilm"
+            max_batch = {max_batch}
+            {fields}
+            "#,
+            self.base_url
+        )
     }
 
     /// Goes down as a restarting server does; returns once the listener is closed and every

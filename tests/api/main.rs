@@ -11,6 +11,8 @@ mod fake_openai;
 mod helpers;
 mod probe;
 mod process;
+// Shared with the benchmarks and `tests/live`, which use more of it than the tests here.
+#[allow(dead_code)]
 #[path = "../../src/bench/serial_provider.rs"]
 mod serial_provider;
 mod states;

@@ -13,11 +13,12 @@ use reembed::embed::ModelRegistry;
 use serde_json::json;
 
 use crate::helpers::{PATIENCE, TestApp, eventually};
-use crate::serial_provider::{Request, SerialProvider, Settings, Speed};
+use crate::serial_provider::{Request, SerialProvider, Settings, Speed, text};
 use crate::wire::{Progress, QueryResult};
 
 /// The registry id of the provider's model.
 const MODEL: &str = "serial";
+const DIMENSIONS: usize = 64;
 /// The extra latency the backfill may add to live requests (the default budget).
 const BUDGET: Duration = Duration::from_millis(250);
 /// Every corpus text starts with this, every live text with `LIVE`, so the provider's log
@@ -35,42 +36,9 @@ fn speed() -> Speed {
     }
 }
 
-/// A text of `TEXT_CHARS` characters starting with `prefix` and `n`.
-fn text(prefix: &str, n: usize) -> String {
-    let mut text = format!("{prefix} {n} ");
-    let words = ["embedding", "server", "queue", "order", "model", "vector"];
-    let mut i = n;
-    while text.len() < TEXT_CHARS {
-        text.push_str(words[i % words.len()]);
-        text.push(' ');
-        i += 7;
-    }
-    text.truncate(TEXT_CHARS);
-    text
-}
-
 fn registry(provider: &SerialProvider, max_batch: usize) -> ModelRegistry {
-    let toml = format!(
-        r#"
-        active_model = "hash-v1"
-
-        [[models]]
-        id = "hash-v1"
-        provider = "builtin"
-        dimensions = 256
-
-        [[models]]
-        id = "{MODEL}"
-        provider = "openai"
-        dimensions = 64
-        base_url = "{}"
-        model = "serial-minilm"
-        max_batch = {max_batch}
-        interactive_latency_budget_ms = {}
-        "#,
-        provider.base_url(),
-        BUDGET.as_millis()
-    );
+    let budget = format!("interactive_latency_budget_ms = {}", BUDGET.as_millis());
+    let toml = provider.registry_toml(MODEL, DIMENSIONS, max_batch, &budget);
     ModelRegistry::from_toml_str(&toml, &|_| None).expect("a valid registry")
 }
 
@@ -98,13 +66,19 @@ impl Live {
     async fn round(&mut self, app: &TestApp, n: usize) {
         let started = Instant::now();
         let reply = app
-            .put_document_reply(&format!("live-{n}"), &json!({ "text": text(LIVE, n) }))
+            .put_document_reply(
+                &format!("live-{n}"),
+                &json!({ "text": text(LIVE, n, TEXT_CHARS) }),
+            )
             .await;
         assert_eq!(reply.status, 200, "a live write was refused: {reply}");
         self.puts.0.push(started.elapsed());
         let started = Instant::now();
         let reply = app
-            .query_reply(&json!({ "text": text(LIVE, n + 1_000_000), "top_k": 3 }))
+            .query_reply(&json!({
+                "text": text(LIVE, n + 1_000_000, TEXT_CHARS),
+                "top_k": 3
+            }))
             .await;
         assert_eq!(reply.status, 200, "a live query was refused: {reply}");
         self.queries.0.push(started.elapsed());
@@ -126,14 +100,14 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn live_traffic_stays_within_the_budget(config: serde_json::Value, max_batch: usize) {
     let _alone = ONE_AT_A_TIME.lock().await;
     let provider = SerialProvider::start(Settings {
-        dimensions: 64,
+        dimensions: DIMENSIONS,
         speed: speed(),
     })
     .await
     .expect("the provider starts");
     let app = TestApp::with_models(registry(&provider, max_batch)).await;
     let corpus: Vec<(String, String)> = (0..DOCUMENTS)
-        .map(|n| (format!("doc-{n:05}"), text(CORPUS, n)))
+        .map(|n| (format!("doc-{n:05}"), text(CORPUS, n, TEXT_CHARS)))
         .collect();
     app.load(&corpus, 500).await;
 
