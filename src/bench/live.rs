@@ -57,18 +57,36 @@ fn speed() -> Speed {
     }
 }
 
-/// One scenario: a name, the migration config and the model's `max_batch`.
-const SCENARIOS: [(&str, &str, usize); 2] = [
-    (
-        "defaults (100 / 4, max_batch 32)",
-        r#"{"target_query_threshold": 0.0}"#,
-        32,
-    ),
-    (
-        "large batches (256 / 4, max_batch 256)",
-        r#"{"batch_size": 256, "max_concurrent": 4, "target_query_threshold": 0.0}"#,
-        256,
-    ),
+/// One scenario: the migration config, the model's `max_batch`, and whether the adaptive
+/// controller runs (off, the backfill runs at the configured bounds: the baseline).
+struct Scenario {
+    name: &'static str,
+    config: &'static str,
+    max_batch: usize,
+    controller: bool,
+}
+
+const LARGE: &str = r#"{"batch_size": 256, "max_concurrent": 4, "target_query_threshold": 0.0}"#;
+
+const SCENARIOS: [Scenario; 3] = [
+    Scenario {
+        name: "defaults (100 / 4, max_batch 32)",
+        config: r#"{"target_query_threshold": 0.0}"#,
+        max_batch: 32,
+        controller: true,
+    },
+    Scenario {
+        name: "large batches (256 / 4, max_batch 256)",
+        config: LARGE,
+        max_batch: 256,
+        controller: true,
+    },
+    Scenario {
+        name: "large batches, controller off (budget 0)",
+        config: LARGE,
+        max_batch: 256,
+        controller: false,
+    },
 ];
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
@@ -90,9 +108,16 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let mut throughput = String::from(
         "\n| config | backfill docs/s | capacity live traffic left | ratio | goal |\n|---|---|---|---|---|\n",
     );
-    for (name, config, max_batch) in SCENARIOS {
-        let config: Value = serde_json::from_str(config)?;
-        let measured = scenario(sizes, config, max_batch).await?;
+    for scenario in SCENARIOS {
+        let name = scenario.name;
+        let measured = measure_scenario(sizes, &scenario).await?;
+        let verdict = |goal: Goal, ratio| {
+            if scenario.controller {
+                goal.verdict(ratio)
+            } else {
+                "baseline".to_owned()
+            }
+        };
         for (what, idle, during) in [
             ("PUT", &measured.idle.puts, &measured.during.puts),
             ("query", &measured.idle.queries, &measured.during.queries),
@@ -105,7 +130,7 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
                 ms(idle_p99),
                 ms(percentile(during, 50.0)),
                 ms(during_p99),
-                Goal::AtMost(1.0).verdict(extra),
+                verdict(Goal::AtMost(1.0), extra),
             ));
         }
         let share = measured.rate / measured.left;
@@ -113,7 +138,7 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
             "| {name} | {:.0} | {:.0} | {share:.2}× | {} |\n",
             measured.rate,
             measured.left,
-            Goal::AtLeast(0.8).verdict(share)
+            verdict(Goal::AtLeast(0.8), share)
         ));
     }
     out.push_str(&throughput);
@@ -136,7 +161,8 @@ struct Measured {
     left: f64,
 }
 
-async fn scenario(sizes: &Sizes, config: Value, max_batch: usize) -> anyhow::Result<Measured> {
+async fn measure_scenario(sizes: &Sizes, scenario: &Scenario) -> anyhow::Result<Measured> {
+    let config: Value = serde_json::from_str(scenario.config)?;
     let provider = SerialProvider::start(Settings {
         dimensions: DIMENSIONS,
         speed: speed(),
@@ -153,7 +179,12 @@ async fn scenario(sizes: &Sizes, config: Value, max_batch: usize) -> anyhow::Res
         &hash_v1,
     )
     .await?;
-    let models = registry(&provider, max_batch)?;
+    let budget_ms = if scenario.controller {
+        BUDGET.as_millis()
+    } else {
+        0
+    };
+    let models = registry(&provider, scenario.max_batch, budget_ms)?;
     Server::serving(dir.path(), models, async |base: &str| {
         measure(base, sizes, config, &provider).await
     })
@@ -246,8 +277,14 @@ fn processed(progress: &Value) -> u64 {
     progress["processed"].as_u64().unwrap_or(0)
 }
 
-/// hash-v1 (active) and the provider's model.
-fn registry(provider: &SerialProvider, max_batch: usize) -> anyhow::Result<ModelRegistry> {
-    let toml = provider.registry_toml(MODEL, DIMENSIONS, max_batch, "");
+/// hash-v1 (active) and the provider's model, with the controller aiming at `budget_ms` (0:
+/// off).
+fn registry(
+    provider: &SerialProvider,
+    max_batch: usize,
+    budget_ms: u128,
+) -> anyhow::Result<ModelRegistry> {
+    let budget = format!("interactive_latency_budget_ms = {budget_ms}");
+    let toml = provider.registry_toml(MODEL, DIMENSIONS, max_batch, &budget);
     ModelRegistry::from_toml_str(&toml, &|_| None).context("the live benchmark's registry")
 }
