@@ -8,6 +8,8 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
+use crate::domain::cpu_share::{DEFAULT_MIN_PERCENT, DEFAULT_MIN_SHARE};
+
 /// What `reembed::serve` needs beyond its listener and models.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -16,6 +18,9 @@ pub struct Config {
     /// How long an embedding provider may stay unreachable before a migration moves to
     /// `failed`; until then the backfill waits it out.
     pub provider_patience: Duration,
+    /// The least share of its full speed a backfill keeps while requests keep the process
+    /// busy, in (0, 1]; 1 never yields (`domain::cpu_share`).
+    pub backfill_min_cpu_share: f64,
     /// Whether the model registry came from a file whose `active_model` must match the
     /// store's: then a store holding documents of another active model is refused at start-up
     /// (the active model changes only through a migration).
@@ -74,6 +79,7 @@ impl Config {
         Self {
             data_dir: data_dir.into(),
             provider_patience: Duration::from_secs(DEFAULT_PROVIDER_PATIENCE_SECS),
+            backfill_min_cpu_share: DEFAULT_MIN_SHARE,
             registry_names_active_model: false,
             tokens: None,
             limits: Limits::default(),
@@ -128,6 +134,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REEMBED_PROVIDER_PATIENCE_SECS",
           default_value_t = DEFAULT_PROVIDER_PATIENCE_SECS)]
     pub provider_patience_secs: u64,
+    /// While requests keep the server's CPU busy, the backfill slows down to this percentage
+    /// of its full speed at least; 100 never slows it.
+    #[arg(long, env = "REEMBED_BACKFILL_MIN_CPU_PERCENT",
+          default_value_t = DEFAULT_MIN_PERCENT,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub backfill_min_cpu_percent: u8,
     /// File holding the API token (one line). `REEMBED_API_TOKEN` gives it directly instead.
     #[arg(long, env = "REEMBED_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
@@ -168,6 +180,7 @@ impl ServeArgs {
         Ok(Config {
             data_dir: self.data_dir.clone(),
             provider_patience: Duration::from_secs(self.provider_patience_secs),
+            backfill_min_cpu_share: f64::from(self.backfill_min_cpu_percent) / 100.0,
             registry_names_active_model: self.config_file.is_some(),
             tokens,
             limits: Limits {
@@ -208,5 +221,30 @@ impl Cli {
     /// The subcommand to run, `serve` with its defaults when none was given.
     pub fn command(self) -> Command {
         self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("reembed").chain(args.iter().copied()))?;
+        Ok(cli.serve)
+    }
+
+    #[test]
+    fn the_backfill_yields_down_to_a_fifth_unless_told_otherwise() {
+        let default = serve_args(&[]).unwrap().config().unwrap();
+        assert_eq!(default.backfill_min_cpu_share, 0.2);
+        let never = serve_args(&["--backfill-min-cpu-percent", "100"]).unwrap();
+        assert_eq!(never.config().unwrap().backfill_min_cpu_share, 1.0);
+    }
+
+    #[test]
+    fn a_least_cpu_share_outside_1_to_100_percent_is_refused() {
+        for bad in ["0", "101", "-5", "half"] {
+            assert!(serve_args(&["--backfill-min-cpu-percent", bad]).is_err(), "{bad}");
+        }
     }
 }

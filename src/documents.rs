@@ -269,6 +269,13 @@ impl Documents {
             })
     }
 
+    /// Whether `model` computes its vectors on this machine (the built-in models).
+    pub fn embeds_on_this_machine(&self, model: &str) -> bool {
+        self.models
+            .get(model)
+            .is_some_and(|embedder| embedder.embeds_on_this_machine())
+    }
+
     fn embedder(&self, model: &str) -> Result<&Arc<dyn Embedder>, ServiceError> {
         self.models.get(model).ok_or_else(|| ServiceError::Embed {
             model: model.to_owned(),

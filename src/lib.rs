@@ -27,6 +27,7 @@ pub mod documents;
 pub mod domain;
 pub mod embed;
 pub mod index;
+pub mod load;
 mod run_to_end;
 pub mod store;
 pub mod telemetry;
@@ -48,6 +49,7 @@ use coordinator::Coordinator;
 use documents::Documents;
 use embed::ModelRegistry;
 use index::IndexSet;
+use load::RequestCount;
 use store::Store;
 use store::sqlite::SqliteStore;
 
@@ -78,11 +80,13 @@ pub async fn serve(
     ));
     let workers = TaskTracker::new();
     let stop_workers = CancellationToken::new();
+    let requests = Arc::new(RequestCount::default());
     Backfill::new(
         coordinator.clone(),
         store.clone(),
         documents.clone(),
-        config.provider_patience,
+        requests.clone(),
+        &config,
     )
     .spawn(&workers, stop_workers.clone());
     window::spawn(coordinator.clone(), &workers, stop_workers.clone());
@@ -93,6 +97,7 @@ pub async fn serve(
         documents,
         store: store.clone(),
         models,
+        requests,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving");
     axum::serve(listener, api::app(state, config.tokens.clone()))

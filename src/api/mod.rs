@@ -32,6 +32,7 @@ use crate::config::{Limits, Tokens};
 use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::embed::ModelRegistry;
+use crate::load::RequestCount;
 use crate::store::Store;
 use error::ApiError;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub models: ModelRegistry,
     pub limits: Limits,
+    /// Counts every request, so the backfill can yield CPU to them.
+    pub requests: Arc<RequestCount>,
 }
 
 #[derive(OpenApi)]
@@ -101,6 +104,7 @@ pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
     let (router, spec) = routes().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     let limits = state.limits;
+    let requests = state.requests.clone();
     router
         .route_layer(middleware::from_fn(metrics::track_requests))
         .merge(page::routes())
@@ -120,6 +124,17 @@ pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
             tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn_with_state(requests, count_request))
+}
+
+/// Middleware: counts the request.
+async fn count_request(
+    State(requests): State<Arc<RequestCount>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    requests.add_one();
+    next.run(request).await
 }
 
 /// Middleware: a response whose head is not ready within `timeout` becomes a 503. The body of

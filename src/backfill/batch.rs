@@ -5,9 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
@@ -16,6 +17,8 @@ use crate::documents::{Documents, ServiceError};
 use crate::domain::Migration;
 use crate::embed::{EmbedError, Lane};
 use crate::store::{BatchItem, ClaimedDocument};
+
+use super::share::Share;
 
 /// First back-off after a failed batch; doubles per consecutive failure.
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
@@ -31,13 +34,21 @@ pub struct BatchRunner {
     consecutive_failures: Arc<AtomicU32>,
     /// How long a provider may stay unreachable before the migration moves to `failed`.
     patience: Duration,
+    /// How much of this process's CPU the backfill may use; a batch rests after its work.
+    share: Arc<Share>,
 }
 
 /// What a batch did, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchOutcome {
     /// Committed; `written` vectors passed compare-and-set, `skipped` inputs were rejected.
-    Committed { written: usize, skipped: u64 },
+    /// `local_work` is the time the batch spent on this machine's CPU: committing, and
+    /// embedding for a model that computes here.
+    Committed {
+        written: usize,
+        skipped: u64,
+        local_work: Duration,
+    },
     /// The provider or the store failed; the documents stay queued.
     Failed,
 }
@@ -60,10 +71,11 @@ impl Drop for InFlight {
 
 impl BatchRunner {
     /// A runner with no failures recorded, failing a migration once its provider has been
-    /// unreachable for longer than `patience`.
+    /// unreachable for longer than `patience`, and keeping to its `share` of the CPU.
     pub fn new(
         coordinator: Arc<Coordinator>,
         documents: Arc<Documents>,
+        share: Arc<Share>,
         patience: Duration,
     ) -> Self {
         Self {
@@ -71,13 +83,16 @@ impl BatchRunner {
             documents,
             consecutive_failures: Arc::new(AtomicU32::new(0)),
             patience,
+            share,
         }
     }
 
-    /// Marks the batch in flight now and runs it as a task on `tracker`.
+    /// Marks the batch in flight now and runs it as a task on `tracker`. After its commit the
+    /// batch keeps its slot for the rest its CPU share asks for, or until `shutdown`.
     pub fn spawn(
         &self,
         tracker: &TaskTracker,
+        shutdown: &CancellationToken,
         migration: &Migration,
         claimed: Vec<ClaimedDocument>,
     ) {
@@ -85,11 +100,15 @@ impl BatchRunner {
         let runner = self.clone_handles();
         let migration_id = migration.id.clone();
         let target = migration.target_model.clone();
+        let shutdown = shutdown.clone();
         let span = tracing::info_span!("batch", migration = %migration_id, size = claimed.len());
         tracker.spawn(
             async move {
                 let outcome = runner.run(&migration_id, &target, claimed).await;
                 tracing::debug!(?outcome, "batch done");
+                if let BatchOutcome::Committed { local_work, .. } = outcome {
+                    runner.rest(local_work, &shutdown).await;
+                }
                 drop(in_flight);
             }
             .instrument(span),
@@ -102,6 +121,20 @@ impl BatchRunner {
             documents: self.documents.clone(),
             consecutive_failures: self.consecutive_failures.clone(),
             patience: self.patience,
+            share: self.share.clone(),
+        }
+    }
+
+    /// Rests after `local_work` as long as the backfill's CPU share asks (not at all at the
+    /// whole share), or until `shutdown`.
+    async fn rest(&self, local_work: Duration, shutdown: &CancellationToken) {
+        let rest = self.share.now().rest_after(local_work);
+        if rest.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(rest) => {}
         }
     }
 
@@ -112,6 +145,7 @@ impl BatchRunner {
         target: &str,
         claimed: Vec<ClaimedDocument>,
     ) -> BatchOutcome {
+        let started = Instant::now();
         let items = match self.embed_isolating(target, &claimed).await {
             Ok(items) => items,
             Err(error) => {
@@ -121,6 +155,7 @@ impl BatchRunner {
             }
         };
         self.coordinator.provider_reachable(target);
+        let embedded = started.elapsed();
         let skipped = items
             .iter()
             .filter(|i| matches!(i, BatchItem::Skipped { .. }))
@@ -132,9 +167,15 @@ impl BatchRunner {
         {
             Ok(receipt) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
+                let local_work = if self.documents.embeds_on_this_machine(target) {
+                    started.elapsed()
+                } else {
+                    started.elapsed() - embedded
+                };
                 BatchOutcome::Committed {
                     written: receipt.written.len(),
                     skipped,
+                    local_work,
                 }
             }
             Err(error) => {

@@ -13,6 +13,7 @@
 //! flight drain, which also picks up documents re-queued behind it.
 
 mod batch;
+mod share;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +22,13 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::domain::{BackfillLimits, Bounds, Migration, MigrationState, ThrottleReason};
+use crate::load::RequestCount;
 use crate::store::Store;
+use share::Share;
 
 /// Pause after the store refused a claim or a completion, so a broken database is not spun on.
 const STORE_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -56,30 +60,50 @@ pub struct Backfill {
     store: Arc<dyn Store>,
     documents: Arc<Documents>,
     batches: batch::BatchRunner,
+    /// The backfill's share of this process's CPU while requests keep it busy.
+    share: Arc<Share>,
+    requests: Arc<RequestCount>,
 }
 
 impl Backfill {
     /// Wires the pool; nothing runs until `spawn`. A migration fails once its provider has
-    /// been unreachable for longer than `provider_patience`.
+    /// been unreachable for longer than `config.provider_patience`; the backfill yields CPU
+    /// to the `requests` when they keep the process busy, down to
+    /// `config.backfill_min_cpu_share`.
     pub fn new(
         coordinator: Arc<Coordinator>,
         store: Arc<dyn Store>,
         documents: Arc<Documents>,
-        provider_patience: Duration,
+        requests: Arc<RequestCount>,
+        config: &Config,
     ) -> Self {
-        let batches =
-            batch::BatchRunner::new(coordinator.clone(), documents.clone(), provider_patience);
+        let share = Arc::new(Share::new(config.backfill_min_cpu_share));
+        let batches = batch::BatchRunner::new(
+            coordinator.clone(),
+            documents.clone(),
+            share.clone(),
+            config.provider_patience,
+        );
         Self {
             coordinator,
             store,
             documents,
             batches,
+            share,
+            requests,
         }
     }
 
-    /// Starts the supervisor on `tracker`. It stops claiming when `shutdown` fires; batches in
-    /// flight run to their commit, and `tracker.wait()` joins them.
+    /// Starts the supervisor, and the sampler that sets the backfill's CPU share, on
+    /// `tracker`. The supervisor stops claiming when `shutdown` fires; batches in flight run to
+    /// their commit, skipping the rest after it, and `tracker.wait()` joins them.
     pub fn spawn(self, tracker: &TaskTracker, shutdown: CancellationToken) {
+        self.share.spawn_sampler(
+            self.requests.clone(),
+            self.coordinator.clone(),
+            tracker,
+            shutdown.clone(),
+        );
         let spawner = tracker.clone();
         tracker.spawn(async move { self.supervise(spawner, shutdown).await });
     }
@@ -89,7 +113,7 @@ impl Backfill {
         let mut cursor = Cursor::default();
         while !shutdown.is_cancelled() {
             changes.borrow_and_update();
-            let wait_for_change = match self.step(&mut cursor, &tracker).await {
+            let wait_for_change = match self.step(&mut cursor, &tracker, &shutdown).await {
                 Step::Claimed => continue,
                 Step::Saturated | Step::Idle => true,
                 Step::Retry => false,
@@ -104,8 +128,13 @@ impl Backfill {
     }
 
     /// Claims and spawns at most one batch of the migration in progress, or of the repairs
-    /// a completed migration's rollback window waits for.
-    pub async fn step(&self, cursor: &mut Cursor, tracker: &TaskTracker) -> Step {
+    /// a completed migration's rollback window waits for; `shutdown` ends its rest.
+    pub async fn step(
+        &self,
+        cursor: &mut Cursor,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Step {
         let Some(migration) = self
             .coordinator
             .latest()
@@ -140,20 +169,25 @@ impl Backfill {
             return self.drained(&migration, cursor, in_flight).await;
         };
         cursor.after = last.id.clone();
-        self.batches.spawn(tracker, &migration, claimed);
+        self.batches.spawn(tracker, shutdown, &migration, claimed);
         Step::Claimed
     }
 
     /// The concurrency and batch size the target model's controller allows within the
-    /// migration's bounds; one batch at a time probes a provider that is unreachable.
+    /// migration's bounds; one batch at a time probes a provider that is unreachable. A
+    /// backfill that yields CPU to requests says so when the provider's controller has no
+    /// reason of its own.
     fn limits(&self, migration: &Migration) -> BackfillLimits {
         let bounds = Bounds {
             max_concurrent: migration.config.max_concurrent,
             batch_size: migration.config.batch_size,
         };
-        let limits = self
+        let mut limits = self
             .documents
             .backfill_limits(&migration.target_model, bounds);
+        if self.share.now().is_throttled() {
+            limits.reason = limits.reason.or(Some(ThrottleReason::ServerBusy));
+        }
         if !self.coordinator.is_waiting() {
             return limits;
         }

@@ -251,11 +251,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(data_dir: &Path, models: ModelRegistry) -> anyhow::Result<Server> {
+    /// Starts a server with `config`.
+    pub async fn start(config: reembed::Config, models: ModelRegistry) -> anyhow::Result<Server> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = reembed::Config::new(data_dir);
         let shutdown = async {
             let _ = stopped.await;
         };
@@ -271,7 +271,16 @@ impl Server {
         models: ModelRegistry,
         measure: impl AsyncFnOnce(&str) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let server = Server::start(data_dir, models).await?;
+        Self::serving_with(reembed::Config::new(data_dir), models, measure).await
+    }
+
+    /// `serving` with `config` instead of the defaults.
+    pub async fn serving_with<T>(
+        config: reembed::Config,
+        models: ModelRegistry,
+        measure: impl AsyncFnOnce(&str) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let server = Server::start(config, models).await?;
         let measured = measure(&server.base).await;
         after_stop(measured, server.stop().await)
     }

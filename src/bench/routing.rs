@@ -107,7 +107,9 @@ impl Series {
         median(&loads.iter().map(|l| l.p99).collect::<Vec<_>>())
     }
 
-    fn rows(&self, label: &str, healthz_baseline: f64) -> String {
+    /// The table rows of both paths; `goal` is the routing path's, as a ratio of the idle
+    /// `/healthz` (the idle series also states the p99 goal).
+    fn rows(&self, label: &str, healthz_baseline: f64, goal: Option<Goal>) -> String {
         if self.routing.is_empty() {
             return format!("| {label} | no complete round | | | |\n");
         }
@@ -120,22 +122,19 @@ impl Series {
         };
         let (h, r) = (Self::rps(&self.healthz), Self::rps(&self.routing));
         let routing_p99 = Self::p99(&self.routing);
-        let goals = if label == "idle" {
-            format!(
-                "goal {}; p99 ≤ {}: {}",
-                Goal::AtLeast(0.9).verdict(r / healthz_baseline),
+        let ratio_goal = goal.map(|goal| goal.verdict(r / healthz_baseline));
+        let goals = match (label, ratio_goal) {
+            ("idle", Some(verdict)) => format!(
+                " (goal {verdict}; p99 ≤ {}: {})",
                 ms(P99_GOAL),
                 met(routing_p99 <= P99_GOAL),
-            )
-        } else {
-            format!(
-                "goal {} of idle `/healthz`",
-                Goal::AtLeast(0.8).verdict(r / healthz_baseline)
-            )
+            ),
+            (_, Some(verdict)) => format!(" (goal {verdict} of idle `/healthz`)"),
+            (_, None) => String::new(),
         };
         format!(
             "| {label} `/healthz` | {h:.0} | {} | {} | {} |\n\
-             | {label} `/v1/routing` | {r:.0} | {} | {} | {} ({goals}) |\n",
+             | {label} `/v1/routing` | {r:.0} | {} | {} | {}{goals} |\n",
             all(&self.healthz),
             ms(Self::p99(&self.healthz)),
             ratio(h, healthz_baseline),
@@ -148,13 +147,22 @@ impl Series {
 
 pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     let dir = source_store("routing", sizes.docs, sizes.words).await?;
-    let (idle, busy, backfill_note) =
-        Server::serving(dir.path(), registry("hash-v1"), async |base| {
-            measure(sizes, base).await
-        })
-        .await?;
+    let (idle, yielding) = Server::serving(dir.path(), registry("hash-v1"), async |base| {
+        let idle = Measured::idle(sizes, base).await?;
+        let yielding = Measured::backfilling(sizes, base, "bench-routing").await?;
+        Ok((idle, yielding))
+    })
+    .await?;
+    drop(dir);
+    let dir = source_store("routing-full-speed", sizes.docs, sizes.words).await?;
+    let mut never_yields = reembed::Config::new(dir.path());
+    never_yields.backfill_min_cpu_share = 1.0;
+    let full_speed = Server::serving_with(never_yields, registry("hash-v1"), async |base| {
+        Measured::backfilling(sizes, base, "bench-routing-full-speed").await
+    })
+    .await?;
 
-    let baseline = Series::rps(&idle.healthz);
+    let baseline = Series::rps(&idle.series.healthz);
     let example = sizes.tool.command(
         sizes.connections,
         sizes.duration,
@@ -162,44 +170,80 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
     );
     Ok(format!(
         "## Routing throughput\n\n`{example}` (and the same on `/healthz`), alternated \
-         {} times per series, medians of the runs. The busy series runs while a migration to \
+         {} times per series, medians of the runs. The busy series run while a migration to \
          `hash-v2` backfills {} documents of {} words (batch_size 1000, max_concurrent 4) in \
-         the same process; {backfill_note}.\n\n\
+         the same process: first with the defaults, where the backfill yields CPU to requests \
+         that keep the server busy (down to 20% of its full speed, `domain::cpu_share`); then \
+         on a fresh copy of the same corpus with `--backfill-min-cpu-percent 100`, where it \
+         never yields (the baseline). A round during which a migration completed is dropped, since part of it \
+         ran idle.\n\n\
+         - {}\n- {}\n\n\
+         Where the server process's CPU went, by thread, in percent of one core (the machine \
+         has {}%; the rest went to wrk and the kernel): idle rounds {}; busy rounds {}; busy \
+         rounds, never yielding, {}. `tokio-rt-worker` threads serve requests and run the \
+         backfill's async steps, `sqlx-sqlite-wor` run SQLite statements (the writer commits \
+         the backfill), `reembed-backgro` embed the backfill at nice 10.\n\n\
          | series / path | median req/s | runs req/s | median p99 | ratio vs idle `/healthz` |\n\
-         |---|---|---|---|---|\n{}{}",
+         |---|---|---|---|---|\n{}{}{}",
         sizes.rounds,
         sizes.docs,
         sizes.words,
-        idle.rows("idle", baseline),
-        busy.rows("backfilling", baseline),
+        yielding.note(sizes, "yielding"),
+        full_speed.note(sizes, "never yielding"),
+        100 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu::describe(&idle.cpu),
+        cpu::describe(&yielding.cpu),
+        cpu::describe(&full_speed.cpu),
+        idle.series.rows("idle", baseline, Some(Goal::AtLeast(0.9))),
+        yielding
+            .series
+            .rows("backfilling", baseline, Some(Goal::AtLeast(0.8))),
+        full_speed
+            .series
+            .rows("backfilling, never yielding", baseline, None),
     ))
 }
 
-async fn measure(sizes: &Sizes, base: &str) -> anyhow::Result<(Series, Series, String)> {
-    let start = CpuSample::now()?;
-    let idle = Series::measure(sizes, base).await?;
-    let idle_cpu = CpuSample::now()?.since(&start);
-    super::start_migration(base, "bench-routing", "hash-v2", (1000, 4)).await?;
-    let url = format!("{base}/v1/migrations/bench-routing/progress");
-    let start = CpuSample::now()?;
-    let (busy, progress) = Series::measure_while_backfilling(sizes, base, &url).await?;
-    let busy_cpu = CpuSample::now()?.since(&start);
-    let note = format!(
-        "{} of {} busy rounds ran entirely during the backfill (a round during which it \
-         completed is dropped); at the end the migration was `{}` with {} of {} documents \
-         processed.\n\nWhere the server process's CPU went, by thread, in percent of one \
-         core (the machine has {}%; the rest went to wrk and the kernel): idle rounds {}; \
-         busy rounds {}. `tokio-rt-worker` threads serve requests and run the backfill's async \
-         steps, `sqlx-sqlite-wor` run SQLite statements (the writer commits the backfill), \
-         `reembed-backgro` embed the backfill at nice 10",
-        busy.routing.len(),
-        sizes.rounds,
-        progress["state"].as_str().unwrap_or("?"),
-        progress["processed"],
-        progress["total"],
-        100 * std::thread::available_parallelism().map_or(1, |n| n.get()),
-        cpu::describe(&idle_cpu),
-        cpu::describe(&busy_cpu),
-    );
-    Ok((idle, busy, note))
+/// One series with where the server's CPU went during it, and the migration's progress after.
+struct Measured {
+    series: Series,
+    cpu: Vec<(String, f64)>,
+    progress: serde_json::Value,
+}
+
+impl Measured {
+    async fn idle(sizes: &Sizes, base: &str) -> anyhow::Result<Measured> {
+        let start = CpuSample::now()?;
+        let series = Series::measure(sizes, base).await?;
+        Ok(Measured {
+            series,
+            cpu: CpuSample::now()?.since(&start),
+            progress: serde_json::Value::Null,
+        })
+    }
+
+    /// Starts migration `id` and measures while it backfills.
+    async fn backfilling(sizes: &Sizes, base: &str, id: &str) -> anyhow::Result<Measured> {
+        super::start_migration(base, id, "hash-v2", (1000, 4)).await?;
+        let url = format!("{base}/v1/migrations/{id}/progress");
+        let start = CpuSample::now()?;
+        let (series, progress) = Series::measure_while_backfilling(sizes, base, &url).await?;
+        Ok(Measured {
+            series,
+            cpu: CpuSample::now()?.since(&start),
+            progress,
+        })
+    }
+
+    fn note(&self, sizes: &Sizes, label: &str) -> String {
+        format!(
+            "{label}: {} of {} busy rounds ran entirely during the backfill; after them the \
+             migration was `{}` with {} of {} documents processed",
+            self.series.routing.len(),
+            sizes.rounds,
+            self.progress["state"].as_str().unwrap_or("?"),
+            self.progress["processed"],
+            self.progress["total"],
+        )
+    }
 }

@@ -6,6 +6,7 @@
 //! The rest of the crate asks this module *what* to do and then does it durably.
 
 pub mod config;
+pub mod cpu_share;
 pub mod migration;
 pub mod progress;
 pub mod retry;
@@ -16,6 +17,7 @@ pub mod throttle;
 mod proptests;
 
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
+pub use cpu_share::{CpuShare, LoadSample};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{
     Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,

@@ -68,6 +68,9 @@ pub enum ThrottleReason {
     BackfillLatency,
     /// The provider is unreachable; one batch at a time probes it.
     ProviderUnavailable,
+    /// Requests keep this process busy: the backfill takes a smaller share of its CPU
+    /// (`domain::cpu_share`, metric `reembed_backfill_cpu_share`).
+    ServerBusy,
 }
 
 /// The configured upper bounds: the migration's `max_concurrent` and `batch_size`.

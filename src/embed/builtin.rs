@@ -146,6 +146,10 @@ impl Embedder for HashEmbedder {
         let (embedder, texts) = (*self, texts.to_vec());
         joined(background::spawn(move || embedder.embed_all(&texts))).await
     }
+
+    fn embeds_on_this_machine(&self) -> bool {
+        true
+    }
 }
 
 /// The vectors hashed on another thread.

@@ -122,6 +122,13 @@ pub trait Embedder: Send + Sync + 'static {
         false
     }
 
+    /// Whether the model computes its vectors on this machine's CPU, so that a backfill's
+    /// embedding is part of its local cost (`domain::cpu_share`). By default false: a provider
+    /// computes them elsewhere.
+    fn embeds_on_this_machine(&self) -> bool {
+        false
+    }
+
     /// The client-side budget the model is paced at, for `dry_run` estimates; unbounded for
     /// models that only spend CPU.
     fn pace(&self) -> Pace {

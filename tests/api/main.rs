@@ -39,3 +39,4 @@ mod routing;
 mod serial_provider_tests;
 mod truncated;
 mod walkthrough;
+mod yielding;

@@ -159,6 +159,7 @@ pub struct Progress {
     pub eta_secs: Option<f64>,
     pub in_flight_batches: u64,
     pub query_route: String,
+    pub throttle_reason: Option<String>,
     pub waiting: Option<Waiting>,
     pub updated_at: DateTime<Utc>,
 }
