@@ -244,7 +244,10 @@ mod tests {
     #[test]
     fn a_least_cpu_share_outside_1_to_100_percent_is_refused() {
         for bad in ["0", "101", "-5", "half"] {
-            assert!(serve_args(&["--backfill-min-cpu-percent", bad]).is_err(), "{bad}");
+            assert!(
+                serve_args(&["--backfill-min-cpu-percent", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 }
