@@ -62,12 +62,20 @@ fn presented_token(request: &Request) -> Option<String> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|token| token.trim().to_owned());
+        .and_then(bearer_token)
+        .map(str::to_owned);
     from_header.or_else(|| {
         let Query(params) = Query::<HashMap<String, String>>::try_from_uri(request.uri()).ok()?;
         params.get("access_token").cloned()
     })
+}
+
+/// The token of an `Authorization` value in the `Bearer` scheme, whose name is
+/// case-insensitive (RFC 9110, 11.1) and separated from the token by one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Compares in constant time, so response timing does not reveal how much of a guess matched.

@@ -175,6 +175,13 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(detail) => Self::InvalidTransition(detail),
+            StoreError::Full(detail) => {
+                tracing::error!(%detail, "cannot write: the database's disk is full or failing");
+                Self::Unavailable(format!(
+                    "cannot write: the disk holding the data directory is full or failing; \
+                     free space there and retry ({detail})"
+                ))
+            }
             other => {
                 tracing::error!(error = %other, "storage failed");
                 Self::Unavailable("storage is unavailable; retry later".to_owned())

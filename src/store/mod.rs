@@ -165,6 +165,10 @@ pub enum StoreError {
     /// Stored data does not decode (an unknown state name, a wrong-sized vector blob).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The disk holding the database is full or failing: nothing was written, and no write
+    /// can be until space is freed. Reads still answer.
+    #[error("the disk holding the database is full or failing: {0}")]
+    Full(String),
 }
 
 /// Durable storage behind the service. Implementations serialise writers so that each method's

@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::path::Path;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,7 +25,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::{
     BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, DocumentWrite, OverInputLimit, Skip,
@@ -54,7 +56,23 @@ pub struct SqliteStore {
     /// committed snapshot without waiting for the writer, so reads never queue behind a
     /// backfill batch; being read-only, they cannot bypass the writer by mistake.
     reader: SqlitePool,
+    /// The directory holding the database, whose file system's free space readiness reads.
+    data_dir: PathBuf,
+    /// Why the latest write failed for want of disk space or a working disk; `None` once a
+    /// write succeeds. Readiness follows it (`ping`).
+    write_failure: Mutex<Option<WriteFailure>>,
 }
+
+/// A write that failed for want of space or a working disk, and the space free just after.
+#[derive(Debug, Clone)]
+struct WriteFailure {
+    reason: String,
+    free_bytes: Option<u64>,
+}
+
+/// Space that must come free after a failed write before readiness expects writes to work
+/// again without one having succeeded.
+const FREED_TO_RECOVER: u64 = 1024 * 1024;
 
 impl SqliteStore {
     /// Opens (creating if needed) `reembed.db` in `data_dir` and brings its schema up to date.
@@ -71,14 +89,57 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full);
-        let writer = pool(1, writer_options).await?;
+        let writer = writer_pool(writer_options).await?;
         sqlx::migrate!("./migrations")
             .run(&writer)
             .await
             .map_err(|e| StoreError::Unavailable(format!("schema migration failed: {e}")))?;
         // Opened after the migrations so that read-only connections find the schema in place.
         let reader = pool(READERS, base.read_only(true)).await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            data_dir: data_dir.to_owned(),
+            write_failure: Mutex::new(None),
+        })
+    }
+
+    /// Runs one write and remembers whether it failed for want of space or a working disk, so
+    /// that readiness can tell; any write that succeeds clears it.
+    async fn write<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = work.await;
+        let failure = match &result {
+            Ok(_) => None,
+            Err(StoreError::Full(reason)) => Some(WriteFailure {
+                reason: reason.clone(),
+                free_bytes: free_bytes(&self.data_dir),
+            }),
+            Err(_) => return result,
+        };
+        *self
+            .write_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = failure;
+        result
+    }
+
+    /// Why writes cannot work now: the latest write failed for want of space or a working
+    /// disk, and no write has succeeded since, nor has `FREED_TO_RECOVER` come free. (A small
+    /// write may still fit where the one that failed did not, so none is tried here.)
+    fn unwritable(&self) -> Option<String> {
+        let failure = self
+            .write_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let freed = match (failure.free_bytes, free_bytes(&self.data_dir)) {
+            (Some(then), Some(now)) => now.saturating_sub(then),
+            _ => 0,
+        };
+        (freed < FREED_TO_RECOVER).then_some(failure.reason)
     }
 
     /// `IMMEDIATE` takes the write lock up front, so a transaction that reads before it writes
@@ -107,6 +168,28 @@ impl SqliteStore {
     }
 }
 
+/// The writer's one connection. A connection released inside a transaction is closed instead
+/// of reused, and the next write opens a fresh one: on a full disk SQLite may roll a failed
+/// `COMMIT` back by itself, sqlx's own `ROLLBACK` then fails, and sqlx would count the
+/// transaction as open forever, refusing every later `BEGIN` on that connection.
+async fn writer_pool(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .after_release(|connection, _| {
+            Box::pin(async move {
+                if !connection.is_in_transaction() {
+                    return Ok(true);
+                }
+                // A rollback queued by a dropped transaction runs before the ping answers.
+                connection.ping().await?;
+                Ok(!connection.is_in_transaction())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(store_error)
+}
+
 async fn pool(size: u32, options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
     SqlitePoolOptions::new()
         .max_connections(size)
@@ -127,12 +210,17 @@ async fn close_pool(pool: &SqlitePool) {
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// Reads answer, and writes can work: not while the latest write failed for want of
+    /// space and none has come free since.
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
             .await
             .map_err(store_error)?;
-        Ok(())
+        match self.unwritable() {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Full(reason)),
+        }
     }
 
     async fn active_model(&self) -> Result<Option<String>, StoreError> {
@@ -143,15 +231,18 @@ impl Store for SqliteStore {
     }
 
     async fn set_active_model(&self, model: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('active_model', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(model)
-        .execute(&self.writer)
+        self.write(async {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('active_model', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(model)
+            .execute(&self.writer)
+            .await
+            .map_err(store_error)?;
+            Ok(())
+        })
         .await
-        .map_err(store_error)?;
-        Ok(())
     }
 
     async fn write_documents_with(
@@ -159,56 +250,62 @@ impl Store for SqliteStore {
         writes: &[DocumentWrite],
         over_input_limit: OverInputLimit<'_>,
     ) -> Result<WriteReceipt, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let latest = latest_migration(&mut tx).await?;
-        if let Some(latest) = &latest {
-            refuse_after_completion(latest, writes)?;
-        }
-        let backfilling = latest.as_ref().filter(|m| m.follows_writes());
-        let mut delta = CountsDelta::default();
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for write in writes {
-            let version = upsert_document(&mut tx, write).await?;
-            if let Some(migration) = backfilling {
-                follow_write(&mut tx, migration, write, over_input_limit, &mut delta).await?;
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            let latest = latest_migration(&mut tx).await?;
+            if let Some(latest) = &latest {
+                refuse_after_completion(latest, writes)?;
             }
-            outcomes.push(WriteOutcome {
-                id: write.id.clone(),
-                version,
-            });
-        }
-        let migration = record_delta(&mut tx, backfilling, delta).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(WriteReceipt {
-            outcomes,
-            migration,
+            let backfilling = latest.as_ref().filter(|m| m.follows_writes());
+            let mut delta = CountsDelta::default();
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for write in writes {
+                let version = upsert_document(&mut tx, write).await?;
+                if let Some(migration) = backfilling {
+                    follow_write(&mut tx, migration, write, over_input_limit, &mut delta).await?;
+                }
+                outcomes.push(WriteOutcome {
+                    id: write.id.clone(),
+                    version,
+                });
+            }
+            let migration = record_delta(&mut tx, backfilling, delta).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(WriteReceipt {
+                outcomes,
+                migration,
+            })
         })
+        .await
     }
 
     async fn delete_document(&self, id: &str) -> Result<Option<WriteReceipt>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let Some(version) = document_version(&mut tx, id).await? else {
-            return Ok(None);
-        };
-        let latest = latest_migration(&mut tx).await?;
-        let backfilling = latest.as_ref().filter(|m| m.follows_writes());
-        let mut delta = CountsDelta::default();
-        if let Some(migration) = backfilling
-            && let Some(left) = dequeue(&mut tx, &migration.id, id).await?
-        {
-            delta = CountsDelta {
-                total: -1,
-                processed: 0,
-                ..left.delta()
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            let Some(version) = document_version(&mut tx, id).await? else {
+                return Ok(None);
             };
-        }
-        remove_document(&mut tx, id, version).await?;
-        let migration = record_delta(&mut tx, backfilling, delta).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(Some(WriteReceipt {
-            outcomes: Vec::new(),
-            migration,
-        }))
+            let latest = latest_migration(&mut tx).await?;
+            let backfilling = latest.as_ref().filter(|m| m.follows_writes());
+            let mut delta = CountsDelta::default();
+            if let Some(migration) = backfilling
+                && let Some(left) = dequeue(&mut tx, &migration.id, id).await?
+            {
+                delta = CountsDelta {
+                    total: -1,
+                    processed: 0,
+                    ..left.delta()
+                };
+            }
+            remove_document(&mut tx, id, version).await?;
+            let migration = record_delta(&mut tx, backfilling, delta).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(Some(WriteReceipt {
+                outcomes: Vec::new(),
+                migration,
+            }))
+        })
+        .await
     }
 
     async fn get_document(&self, id: &str) -> Result<Option<StoredDocument>, StoreError> {
@@ -288,28 +385,32 @@ impl Store for SqliteStore {
     }
 
     async fn insert_migration(&self, migration: &Migration) -> Result<(), StoreError> {
-        insert_migration_row(&self.writer, migration).await
+        self.write(async { insert_migration_row(&self.writer, migration).await })
+            .await
     }
 
     async fn start_migration(&self, migration: &Migration) -> Result<Counts, StoreError> {
-        let mut tx = self.begin_write().await?;
-        persist_lifecycle(&mut tx, migration, MigrationState::Planned).await?;
-        let queued = enqueue_stale(&mut tx, migration).await?;
-        let counts = Counts {
-            total: queued,
-            ..Counts::default()
-        };
-        sqlx::query(
-            "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0, truncated = 0
-             WHERE id = ?1",
-        )
-        .bind(&migration.id)
-        .bind(sql_int(queued)?)
-        .execute(&mut *tx)
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            persist_lifecycle(&mut tx, migration, MigrationState::Planned).await?;
+            let queued = enqueue_stale(&mut tx, migration).await?;
+            let counts = Counts {
+                total: queued,
+                ..Counts::default()
+            };
+            sqlx::query(
+                "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0, truncated = 0
+                 WHERE id = ?1",
+            )
+            .bind(&migration.id)
+            .bind(sql_int(queued)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(counts)
+        })
         .await
-        .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(counts)
     }
 
     async fn update_migration(
@@ -317,42 +418,48 @@ impl Store for SqliteStore {
         migration: &Migration,
         expected: MigrationState,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        persist_lifecycle(&mut tx, migration, expected).await?;
-        if matches!(
-            migration.state,
-            MigrationState::Cancelled | MigrationState::RolledBack
-        ) {
-            sqlx::query("DELETE FROM backfill_queue WHERE migration_id = ?1")
-                .bind(&migration.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            // Nothing waits any more, so nothing is waiting after a failure.
-            sqlx::query("UPDATE migrations SET failed = 0 WHERE id = ?1")
-                .bind(&migration.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            persist_lifecycle(&mut tx, migration, expected).await?;
+            if matches!(
+                migration.state,
+                MigrationState::Cancelled | MigrationState::RolledBack
+            ) {
+                sqlx::query("DELETE FROM backfill_queue WHERE migration_id = ?1")
+                    .bind(&migration.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                // Nothing waits any more, so nothing is waiting after a failure.
+                sqlx::query("UPDATE migrations SET failed = 0 WHERE id = ?1")
+                    .bind(&migration.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            }
+            tx.commit().await.map_err(store_error)
+        })
+        .await
     }
 
     async fn complete_migration(&self, migration: &Migration) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let queued: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM backfill_queue WHERE migration_id = ?1)",
-        )
-        .bind(&migration.id)
-        .fetch_one(&mut *tx)
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            let queued: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM backfill_queue WHERE migration_id = ?1)",
+            )
+            .bind(&migration.id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if queued {
+                return Ok(false);
+            }
+            persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(true)
+        })
         .await
-        .map_err(store_error)?;
-        if queued {
-            return Ok(false);
-        }
-        persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
     }
 
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
@@ -398,26 +505,29 @@ impl Store for SqliteStore {
         items: &[BatchItem],
         stop: &(dyn Fn(usize) -> bool + Send + Sync),
     ) -> Result<(BatchReceipt, usize), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let batch = Batch {
-            migration_id,
-            target_model,
-            now: Utc::now(),
-        };
-        let mut receipt = BatchReceipt::default();
-        let mut committed = 0;
-        for item in items {
-            if committed > 0 && stop(committed) {
-                break;
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            let batch = Batch {
+                migration_id,
+                target_model,
+                now: Utc::now(),
+            };
+            let mut receipt = BatchReceipt::default();
+            let mut committed = 0;
+            for item in items {
+                if committed > 0 && stop(committed) {
+                    break;
+                }
+                commit_item(&mut tx, batch, item, &mut receipt).await?;
+                committed += 1;
             }
-            commit_item(&mut tx, batch, item, &mut receipt).await?;
-            committed += 1;
-        }
-        if !receipt.delta.is_zero() {
-            apply_delta(&mut tx, migration_id, receipt.delta).await?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok((receipt, committed))
+            if !receipt.delta.is_zero() {
+                apply_delta(&mut tx, migration_id, receipt.delta).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok((receipt, committed))
+        })
+        .await
     }
 
     async fn record_failures(
@@ -425,25 +535,28 @@ impl Store for SqliteStore {
         migration_id: &str,
         doc_ids: &[String],
     ) -> Result<CountsDelta, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut delta = CountsDelta::default();
-        for doc_id in doc_ids {
-            let flagged = sqlx::query(
-                "UPDATE backfill_queue SET failed = 1
-                 WHERE migration_id = ?1 AND doc_id = ?2 AND failed = 0",
-            )
-            .bind(migration_id)
-            .bind(doc_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            delta.failed += sql_int(flagged.rows_affected())?;
-        }
-        if !delta.is_zero() {
-            apply_delta(&mut tx, migration_id, delta).await?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok(delta)
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            let mut delta = CountsDelta::default();
+            for doc_id in doc_ids {
+                let flagged = sqlx::query(
+                    "UPDATE backfill_queue SET failed = 1
+                     WHERE migration_id = ?1 AND doc_id = ?2 AND failed = 0",
+                )
+                .bind(migration_id)
+                .bind(doc_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                delta.failed += sql_int(flagged.rows_affected())?;
+            }
+            if !delta.is_zero() {
+                apply_delta(&mut tx, migration_id, delta).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok(delta)
+        })
+        .await
     }
 
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError> {
@@ -458,34 +571,37 @@ impl Store for SqliteStore {
     }
 
     async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let requeued = sqlx::query(
-            "INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id)
-             SELECT DISTINCT s.migration_id, s.doc_id FROM skips s
-             JOIN documents d ON d.id = s.doc_id
-             WHERE s.migration_id = ?1",
-        )
-        .bind(migration_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?
-        .rows_affected();
-        let listed = sqlx::query("DELETE FROM skips WHERE migration_id = ?1")
+        self.write(async {
+            let mut tx = self.begin_write().await?;
+            let requeued = sqlx::query(
+                "INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id)
+                 SELECT DISTINCT s.migration_id, s.doc_id FROM skips s
+                 JOIN documents d ON d.id = s.doc_id
+                 WHERE s.migration_id = ?1",
+            )
             .bind(migration_id)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?
             .rows_affected();
-        let delta = CountsDelta {
-            total: sql_int(requeued)? - sql_int(listed)?,
-            skipped: -sql_int(listed)?,
-            ..CountsDelta::default()
-        };
-        if !delta.is_zero() {
-            apply_delta(&mut tx, migration_id, delta).await?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok(delta)
+            let listed = sqlx::query("DELETE FROM skips WHERE migration_id = ?1")
+                .bind(migration_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+            let delta = CountsDelta {
+                total: sql_int(requeued)? - sql_int(listed)?,
+                skipped: -sql_int(listed)?,
+                ..CountsDelta::default()
+            };
+            if !delta.is_zero() {
+                apply_delta(&mut tx, migration_id, delta).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok(delta)
+        })
+        .await
     }
 
     async fn close(&self) {
@@ -1013,7 +1129,14 @@ async fn page_embeddings(
 
 /// Decoding failures mean the stored data is not what this code wrote; anything else means the
 /// database could not do its job.
+/// SQLite's primary result codes for a full disk and for a failing one.
+const SQLITE_FULL: i32 = 13;
+const SQLITE_IOERR: i32 = 10;
+
 fn store_error(error: sqlx::Error) -> StoreError {
+    if is_disk_failure(&error) {
+        return StoreError::Full(error.to_string());
+    }
     match error {
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
@@ -1022,6 +1145,35 @@ fn store_error(error: sqlx::Error) -> StoreError {
         | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
         other => StoreError::Unavailable(other.to_string()),
     }
+}
+
+/// The bytes an unprivileged writer may still use on the file system holding `dir`; `None`
+/// where the system cannot tell.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and outlives the call; statvfs only writes `stat`.
+    let failed = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0;
+    if failed {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Whether SQLite failed for want of disk space or a working disk (an extended result code
+/// keeps its primary code in the low byte).
+fn is_disk_failure(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    let primary = database
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(|code| code & 0xff);
+    matches!(primary, Some(SQLITE_FULL | SQLITE_IOERR))
 }
 
 fn column<'r, T>(row: &'r SqliteRow, name: &str) -> Result<T, StoreError>

@@ -141,6 +141,31 @@ async fn every_auth_rule() {
     app.stop().await;
 }
 
+/// RFC 9110 makes the scheme name case-insensitive; the token itself is compared exactly.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = with_tokens().await;
+    let routing = format!("{}/v1/routing", app.base);
+    let client = reqwest::Client::new();
+    for (authorization, status) in [
+        (format!("bearer {READ_TOKEN}"), 200),
+        (format!("BEARER {READ_TOKEN}"), 200),
+        (format!("Bearer   {READ_TOKEN}"), 200),
+        (format!("Bearer {}", READ_TOKEN.to_uppercase()), 401),
+        (format!("Basic {READ_TOKEN}"), 401),
+        ("Bearer".to_owned(), 401),
+    ] {
+        let reply = client
+            .get(&routing)
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(reply.status().as_u16(), status, "{authorization:?}");
+    }
+    app.stop().await;
+}
+
 /// Runs the binary with `args` (and `token` as the only token) for at most `patience`; returns
 /// its exit code and stderr, or `None` and its stdout when it was still running.
 fn run_binary(args: &[&str], token: Option<&str>, patience: Duration) -> (Option<i32>, String) {
