@@ -8,10 +8,11 @@
 //! early when it sees a write waiting, `writes_waiting`), and the backfill still commits at
 //! least once per `MAX_YIELD` however busy the writers are.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 /// The longest a backfill commit stands aside for waiting document writes.
 const MAX_YIELD: Duration = Duration::from_millis(100);
@@ -19,7 +20,7 @@ const MAX_YIELD: Duration = Duration::from_millis(100);
 /// One commit at a time; waiting document writes go before waiting backfill commits.
 #[derive(Debug, Default)]
 pub(crate) struct CommitOrder {
-    turn: Mutex<()>,
+    turn: Arc<Mutex<()>>,
     /// Document writes waiting for their turn.
     waiting_writes: AtomicUsize,
     /// Signalled when the last waiting document write got its turn (or gave up waiting).
@@ -27,20 +28,20 @@ pub(crate) struct CommitOrder {
 }
 
 /// The right to commit, held until the commit is applied to the in-memory indexes.
-pub(crate) type Turn<'a> = MutexGuard<'a, ()>;
+pub(crate) type Turn = OwnedMutexGuard<()>;
 
 impl CommitOrder {
     /// The turn of a document write or delete: ahead of any backfill commit that is waiting.
-    pub(crate) async fn for_write(&self) -> Turn<'_> {
+    pub(crate) async fn for_write(&self) -> Turn {
         let _waiting = WaitingWrite::new(self);
-        self.turn.lock().await
+        self.turn.clone().lock_owned().await
     }
 
     /// The turn of a backfill commit: after the document writes waiting now, unless they take
     /// longer than `MAX_YIELD`.
-    pub(crate) async fn for_backfill(&self) -> Turn<'_> {
+    pub(crate) async fn for_backfill(&self) -> Turn {
         let _ = tokio::time::timeout(MAX_YIELD, self.writes_drained()).await;
-        self.turn.lock().await
+        self.turn.clone().lock_owned().await
     }
 
     /// Whether a document write is waiting for its turn: a backfill commit holding the turn

@@ -17,7 +17,7 @@ use std::time::Instant;
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::commit_order::CommitOrder;
+use crate::commit_order::{CommitOrder, Turn};
 use crate::coordinator::Coordinator;
 use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing};
 use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
@@ -283,21 +283,23 @@ impl Documents {
         })
     }
 
-    /// Commits `writes` and applies them to the indexes and counts, to the end even if the
-    /// caller is dropped meanwhile (`run_to_end`).
+    /// Waits for the turn to commit, then commits `writes` and applies them to the indexes
+    /// and counts, to the end even if the caller is dropped meanwhile (`run_to_end`). A caller
+    /// dropped while it waits for the turn changes nothing.
     async fn commit_writes(
         self: &Arc<Self>,
         writes: Vec<DocumentWrite>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let turn = self.commit_order.for_write().await;
         let this = Arc::clone(self);
-        run_to_end(async move { this.commit_writes_now(writes).await }).await
+        run_to_end(async move { this.commit_writes_now(turn, writes).await }).await
     }
 
     async fn commit_writes_now(
         &self,
+        _turn: Turn,
         writes: Vec<DocumentWrite>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let _turn = self.commit_order.for_write().await;
         let over_input_limit = |model: &str, text: &str| self.is_over_input_limit(model, text);
         let receipt = self
             .store
@@ -313,15 +315,16 @@ impl Documents {
         Ok(receipt.outcomes)
     }
 
-    /// Deletes a document everywhere; `false` when it did not exist. Once begun, the delete
-    /// is carried to the end even if the caller is dropped (`run_to_end`).
+    /// Deletes a document everywhere; `false` when it did not exist. Once its turn to commit
+    /// has come, the delete is carried to the end even if the caller is dropped
+    /// (`run_to_end`).
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool, ServiceError> {
+        let turn = self.commit_order.for_write().await;
         let (this, id) = (Arc::clone(self), id.to_owned());
-        Ok(run_to_end(async move { this.delete_now(&id).await }).await?)
+        Ok(run_to_end(async move { this.delete_now(turn, &id).await }).await?)
     }
 
-    async fn delete_now(&self, id: &str) -> Result<bool, StoreError> {
-        let _turn = self.commit_order.for_write().await;
+    async fn delete_now(&self, _turn: Turn, id: &str) -> Result<bool, StoreError> {
         let Some(receipt) = self.store.delete_document(id).await? else {
             return Ok(false);
         };

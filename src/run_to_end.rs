@@ -6,12 +6,38 @@
 //! old state until a restart, although the database holds the new one. Such a section runs
 //! through `run_to_end`: in a task of its own, which the runtime drives to its end; the caller
 //! only waits for the outcome, and may stop waiting without harm.
+//!
+//! A request's time limit (`within`) therefore covers only the work before its first such
+//! section (embedding, waiting its turn to commit): a section that has begun is the answer,
+//! since answering "retry later" for a write that then commits would mislead the client, and
+//! its retry would write everything twice.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tracing::Instrument;
 
 use crate::store::StoreError;
+
+tokio::task_local! {
+    /// Set once the request polled in `within` begins a section.
+    static SECTION_BEGUN: Arc<AtomicBool>;
+}
+
+/// Runs `request` for at most `limit`, unless it begins a `run_to_end` section by then: then
+/// for as long as that takes. `None` when the limit passed first and nothing had begun.
+pub async fn within<T>(limit: Duration, request: impl Future<Output = T>) -> Option<T> {
+    let begun = Arc::new(AtomicBool::new(false));
+    let request = SECTION_BEGUN.scope(begun.clone(), request);
+    tokio::pin!(request);
+    match tokio::time::timeout(limit, &mut request).await {
+        Ok(answer) => Some(answer),
+        Err(_) if begun.load(Ordering::SeqCst) => Some(request.await),
+        Err(_) => None,
+    }
+}
 
 /// Runs `section` in a task of its own and returns its outcome. The task keeps the caller's
 /// span, so its log lines still carry the request id.
@@ -22,6 +48,7 @@ where
     T: Send + 'static,
     E: From<StoreError> + Send + 'static,
 {
+    let _ = SECTION_BEGUN.try_with(|begun| begun.store(true, Ordering::SeqCst));
     match tokio::spawn(section.in_current_span()).await {
         Ok(outcome) => outcome,
         // The section's own bug: let it surface where it would have without the task.
@@ -54,6 +81,40 @@ mod tests {
         assert!(gave_up.is_err(), "the caller stopped waiting first");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_began_a_section_gets_its_outcome_past_the_limit() {
+        let request = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            run_to_end(async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, StoreError>("committed")
+            })
+            .await
+        };
+        let answer = within(Duration::from_secs(1), request).await;
+        assert_eq!(answer.map(Result::ok), Some(Some("committed")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_still_waiting_at_the_limit_is_stopped_before_any_section() {
+        let began = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&began);
+        let request = async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            run_to_end(async move {
+                flag.store(true, Ordering::SeqCst);
+                Ok::<_, StoreError>(())
+            })
+            .await
+        };
+        assert!(within(Duration::from_secs(1), request).await.is_none());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            !began.load(Ordering::SeqCst),
+            "nothing began after the limit"
+        );
     }
 
     #[tokio::test]

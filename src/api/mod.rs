@@ -33,6 +33,7 @@ use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::embed::ModelRegistry;
 use crate::load::RequestCount;
+use crate::run_to_end;
 use crate::store::Store;
 use error::ApiError;
 
@@ -137,18 +138,20 @@ async fn count_request(
     next.run(request).await
 }
 
-/// Middleware: a response whose head is not ready within `timeout` becomes a 503. The body of
-/// a streaming response (the SSE feed) is not limited.
+/// Middleware: a response whose head is not ready within `timeout` becomes a 503, unless the
+/// request began committing by then: a commit's result is the answer however long it takes
+/// (`run_to_end::within`), so a 503 always means nothing changed. The body of a streaming
+/// response (the SSE feed) is not limited.
 async fn answer_within(
     State(timeout): State<Duration>,
     request: axum::extract::Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    tokio::time::timeout(timeout, next.run(request))
+    run_to_end::within(timeout, next.run(request))
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             ApiError::Unavailable(format!(
-                "no answer within {}s; retry later",
+                "no answer within {}s; nothing was changed; retry later",
                 timeout.as_secs_f64()
             ))
         })
