@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::{ApiError, AppJson, AppQuery, Problem, objects};
+use super::error::{ApiError, AppJson, AppPath, AppQuery, Problem, objects};
 use crate::config::Limits;
 use crate::documents::{NewDocument, Upserted};
 use crate::domain::Route;
@@ -183,7 +183,7 @@ fn write_results(upserted: Upserted) -> Vec<WriteResult> {
               (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn put_document(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     AppJson(body): AppJson<PutDocument>,
 ) -> Result<AppJson<WriteResult>, ApiError> {
     validate_document(&id, &body.text, &state.limits)?;
@@ -244,7 +244,7 @@ pub async fn bulk_upsert(
     responses((status = 200, body = DocumentView), (status = 404, body = Problem)))]
 pub async fn get_document(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<DocumentView>, ApiError> {
     let doc = state.store.get_document(&id).await?;
     doc.map(|d| AppJson(DocumentView::new(d, &state.models)))
@@ -257,7 +257,7 @@ pub async fn get_document(
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_document(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.documents.delete(&id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -4,7 +4,7 @@
 //! turn axum's plain-text rejections into the same shape, so a client never sees two error
 //! formats. 5xx bodies stay generic; the cause goes to the log.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 400: a query-string parameter does not parse.
     #[error("{0}")]
     MalformedQuery(String),
+    /// 400: a path segment does not decode (percent-encoded bytes that are not UTF-8).
+    #[error("{0}")]
+    MalformedPath(String),
     /// 401: an API token is configured and the request lacks the right one.
     #[error("{0}")]
     Unauthorized(String),
@@ -48,6 +51,10 @@ pub enum ApiError {
     /// 404: unknown document, migration, model or route.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists, but not with this method; the response lists the allowed ones
+    /// in `Allow`.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: the lifecycle does not allow this call in the current state.
     #[error("{0}")]
     InvalidTransition(String),
@@ -88,9 +95,15 @@ impl ApiError {
                 "malformed-query",
                 "Malformed query string",
             ),
+            MalformedPath(_) => (StatusCode::BAD_REQUEST, "malformed-path", "Malformed path"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             InvalidTransition(_) => (
                 StatusCode::CONFLICT,
                 "invalid-transition",
@@ -237,6 +250,12 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::MalformedPath(rejection.body_text())
+    }
+}
+
 /// `axum::Json` whose rejection is our problem document, and which takes only a JSON object:
 /// serde's derive would otherwise read `["text"]` as a struct, field by position.
 #[derive(Debug, Clone, Copy, Default)]
@@ -302,6 +321,11 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
         axum::Json(self.0).into_response()
     }
 }
+
+/// `axum::extract::Path` whose rejection is our problem document.
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct AppPath<T>(pub T);
 
 /// `axum::extract::Query` whose rejection is our problem document.
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]

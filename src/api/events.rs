@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::Utc;
 use futures_util::Stream;
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::AppState;
-use super::error::{ApiError, Problem};
+use super::error::{ApiError, AppPath, Problem};
 use super::migrations::{MigrationView, ProgressView};
 use crate::coordinator::{Coordinator, Progress};
 use crate::domain::MigrationState;
@@ -50,7 +50,7 @@ struct Feed {
               (status = 404, body = Problem)))]
 pub async fn migration_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     state.coordinator.progress(&id, Utc::now()).await?;
     let feed = Feed {

@@ -1,7 +1,7 @@
 //! `/v1/migrations`: create, inspect and steer migrations (API.md "Migrations").
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, AppJson, Problem, optional_object};
+use super::error::{ApiError, AppJson, AppPath, Problem, optional_object};
 use crate::coordinator::Progress;
 use crate::documents::ServiceError;
 use crate::domain::{
@@ -348,7 +348,7 @@ pub async fn list_migrations(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem)))]
 pub async fn get_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     Ok(AppJson(state.coordinator.migration(&id).await?.into()))
 }
@@ -359,7 +359,7 @@ pub async fn get_migration(
     responses((status = 200, body = ProgressView), (status = 404, body = Problem)))]
 pub async fn get_progress(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<ProgressView>, ApiError> {
     let progress = state.coordinator.progress(&id, Utc::now()).await?;
     Ok(AppJson(ProgressView::new(progress, &state.models)))
@@ -380,7 +380,7 @@ async fn apply(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn start_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     apply(&state, &id, Event::Start).await
 }
@@ -393,7 +393,7 @@ pub async fn start_migration(
               (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn pause_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     body: Bytes,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     let body: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -417,7 +417,7 @@ pub async fn pause_migration(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn resume_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     apply(&state, &id, Event::Resume).await
 }
@@ -428,7 +428,7 @@ pub async fn resume_migration(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn cancel_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     apply(&state, &id, Event::Cancel).await
 }
@@ -439,7 +439,7 @@ pub async fn cancel_migration(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn rollback_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     apply(&state, &id, Event::Rollback).await
 }
@@ -450,7 +450,7 @@ pub async fn rollback_migration(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn finalize_migration(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     apply(&state, &id, Event::Finalize).await
 }
@@ -463,7 +463,7 @@ pub async fn finalize_migration(
               (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn patch_config(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
     AppJson(patch): AppJson<ConfigPatch>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     Ok(AppJson(
@@ -477,7 +477,7 @@ pub async fn patch_config(
     responses((status = 200, body = SkipList), (status = 404, body = Problem)))]
 pub async fn list_skips(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<SkipList>, ApiError> {
     state.coordinator.migration(&id).await?;
     let skips = state
@@ -500,7 +500,7 @@ pub async fn list_skips(
     responses((status = 200, body = MigrationView), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn retry_skips(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     Ok(AppJson(
         state.coordinator.retry_skips(&id, Utc::now()).await?.into(),

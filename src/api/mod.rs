@@ -110,6 +110,7 @@ pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
         .route_layer(middleware::from_fn(metrics::track_requests))
         .merge(page::routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(unknown_route)
         .with_state(state)
         .layer(middleware::from_fn_with_state(limits.request_timeout, answer_within))
@@ -159,4 +160,11 @@ async fn answer_within(
 
 async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such route".to_owned())
+}
+
+/// A known route called with another method; the router adds `Allow`.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed here; the Allow header lists what is"
+    ))
 }

@@ -276,3 +276,63 @@ async fn query_parameters_of_the_wrong_type_are_400_problem_documents() {
         reply.any_problem();
     }
 }
+
+/// A known route with the wrong method: 405 problem+json naming the allowed methods in
+/// `Allow`; nothing changes.
+#[tokio::test]
+async fn a_wrong_method_is_405_with_allow() {
+    let app = app_with_state().await;
+    let before = snapshot(&app).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (Method::DELETE, "/v1/routing", "GET"),
+        (Method::POST, "/v1/documents/kept", "PUT"),
+        (Method::PUT, "/v1/migrations", "POST"),
+        (Method::TRACE, "/v1/routing", "GET"),
+        (Method::PATCH, "/v1/migrations/mig-1", "GET"),
+    ];
+    for (method, path, allowed) in cases {
+        let response = client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let allow = header("allow").unwrap_or_default();
+        assert!(
+            allow.split(',').any(|m| m.trim() == allowed),
+            "{method} {path}: Allow {allow:?}"
+        );
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let problem: Value = response.json().await.expect("a problem document");
+        assert_eq!(problem["type"], "urn:reembed:problem:method-not-allowed");
+        assert_eq!(problem["status"], 405);
+    }
+    assert_eq!(snapshot(&app).await, before);
+}
+
+/// Percent-encoded bytes that are not UTF-8 cannot name anything: 400 problem+json.
+#[tokio::test]
+async fn a_path_that_does_not_decode_is_400() {
+    let app = app_with_state().await;
+    let before = snapshot(&app).await;
+    for (method, path) in [
+        (Method::GET, "/v1/documents/%FF%FE"),
+        (Method::DELETE, "/v1/documents/%FF%FE"),
+        (Method::GET, "/v1/migrations/%C3%28/progress"),
+    ] {
+        app.send_raw(method, path, None)
+            .await
+            .problem(400, "malformed-path");
+    }
+    assert_eq!(snapshot(&app).await, before);
+}
