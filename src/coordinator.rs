@@ -635,19 +635,19 @@ impl Coordinator {
         Ok(true)
     }
 
-    /// Records in the store that the target of a cut-over migration is now the active model.
+    /// Records in the store that the target of a cut-over migration is now the active model,
+    /// then in memory: a store that fails leaves the change unrecorded in both, so the next
+    /// call tries again.
     pub async fn settle_active_model(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
         let active = self.active_model(now);
-        let changed = {
-            let mut live = self.live();
-            let changed = std::mem::replace(&mut live.recorded_active, active.clone()) != active;
-            self.publish_routing(&live);
-            changed
-        };
-        if changed {
+        let recorded = self.live().recorded_active.clone();
+        if recorded != active {
             self.store.set_active_model(&active).await?;
             tracing::info!(model = %active, "rollback window closed; active model changed");
         }
+        let mut live = self.live();
+        live.recorded_active = active;
+        self.publish_routing(&live);
         Ok(())
     }
 }

@@ -138,6 +138,14 @@ impl Documents {
                     tracing::debug!(%reason, attempt, "write raced a migration change; re-routing");
                     attempt += 1;
                 }
+                // Not the client's transition: the migration kept changing under the write.
+                Err(StoreError::Conflict(reason)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the write raced {MAX_WRITE_ATTEMPTS} migration changes and was not \
+                         written: {reason}"
+                    ))
+                    .into());
+                }
                 Err(error) => return Err(error.into()),
             }
         }

@@ -194,9 +194,10 @@ pub async fn put_document(
     };
     let upserted = state.documents.upsert(std::slice::from_ref(&doc)).await?;
     let result = write_results(upserted).pop();
-    result
-        .map(AppJson)
-        .ok_or_else(|| ApiError::Unavailable("the store returned no outcome".to_owned()))
+    result.map(AppJson).ok_or_else(|| {
+        tracing::error!(id = %doc.id, "the store acknowledged a write with no outcome");
+        ApiError::Internal("the store acknowledged the write with no outcome".to_owned())
+    })
 }
 
 /// Creates or replaces many documents in one transaction; one invalid document rejects all.

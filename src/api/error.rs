@@ -76,6 +76,10 @@ pub enum ApiError {
     /// 422: another well-formed but invalid value (a document id, a page size, `top_k`).
     #[error("{0}")]
     InvalidValue(String),
+    /// 500: a fault of the server, not of the request or the moment (a handler panicked,
+    /// stored data does not decode); retrying will not help. The cause goes to the log.
+    #[error("{0}")]
+    Internal(String),
     /// 503: storage or the embedding provider is unavailable; the detail stays generic.
     #[error("{0}")]
     Unavailable(String),
@@ -135,6 +139,11 @@ impl ApiError {
                 "invalid-value",
                 "Invalid value",
             ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
             Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -147,9 +156,6 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
         let problem = Problem {
             kind: format!("urn:reembed:problem:{slug}"),
             title: title.to_owned(),
@@ -188,6 +194,12 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(detail) => Self::InvalidTransition(detail),
+            StoreError::Corrupt(detail) => {
+                tracing::error!(%detail, "stored data does not decode");
+                Self::Internal(
+                    "stored data does not decode; the server log has the cause".to_owned(),
+                )
+            }
             StoreError::Full(detail) => {
                 tracing::error!(%detail, "cannot write: the database's disk is full or failing");
                 Self::Unavailable(format!(

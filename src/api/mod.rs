@@ -20,7 +20,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderName, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -127,6 +128,19 @@ pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(middleware::from_fn_with_state(requests, count_request))
+        .layer(CatchPanicLayer::custom(answer_panic))
+}
+
+/// A handler that panicked answers a 500 problem document; the panic goes to the log once.
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = message, "a request handler panicked");
+    ApiError::Internal("the server failed to answer this request; the log has the cause".to_owned())
+        .into_response()
 }
 
 /// Middleware: counts the request.
@@ -151,6 +165,7 @@ async fn answer_within(
     run_to_end::within(timeout, next.run(request))
         .await
         .ok_or_else(|| {
+            tracing::warn!(timeout_secs = timeout.as_secs_f64(), "request timed out");
             ApiError::Unavailable(format!(
                 "no answer within {}s; nothing was changed; retry later",
                 timeout.as_secs_f64()

@@ -336,3 +336,51 @@ async fn a_path_that_does_not_decode_is_400() {
     }
     assert_eq!(snapshot(&app).await, before);
 }
+
+/// A bug that panics in a handler answers a 500 problem document, changes nothing, and the
+/// server keeps serving.
+#[tokio::test]
+async fn a_panicking_handler_answers_500_problem_json() {
+    let arrived = crate::states::arrive(crate::states::Reached::InProgress, json!({})).await;
+    let app = &arrived.app;
+    let before = app.all_documents(1000).await.len();
+    let text = format!("a dual write hitting a {}", crate::probe::PANIC);
+    let reply = app
+        .put_document_reply("bug", &json!({ "text": text }))
+        .await;
+    reply.problem(500, "internal");
+    assert_eq!(
+        app.all_documents(1000).await.len(),
+        before,
+        "nothing was written"
+    );
+    assert_eq!(
+        app.put_document_reply("fine", &json!({"text": "a write after it"}))
+            .await
+            .status,
+        200
+    );
+    arrived.probe.release();
+}
+
+/// Stored data that does not decode is the server's fault, and retrying cannot help: 500, not
+/// a "retry later" 503.
+#[tokio::test]
+async fn stored_data_that_does_not_decode_is_500() {
+    let app = TestApp::spawn().await;
+    app.put_document("broken", "its metadata will not decode")
+        .await;
+    let dir = app.stop().await;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("reembed.db"));
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("the database");
+    sqlx::query("UPDATE documents SET metadata = '{not json' WHERE id = 'broken'")
+        .execute(&pool)
+        .await
+        .expect("corrupted");
+    pool.close().await;
+    let app = TestApp::spawn_in(dir, reembed::embed::ModelRegistry::builtin()).await;
+    app.document_reply("broken").await.problem(500, "internal");
+    assert_eq!(app.get("/readyz").await.status, 200, "the rest still works");
+}

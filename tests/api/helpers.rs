@@ -109,7 +109,8 @@ impl TestApp {
         Self::serve_in(dir, models, config).await
     }
 
-    async fn spawn_in(dir: TempDir, models: ModelRegistry) -> Self {
+    /// Serves the data directory `dir` (for example one `stop` returned) with `models`.
+    pub async fn spawn_in(dir: TempDir, models: ModelRegistry) -> Self {
         let config = reembed::Config::new(dir.path());
         Self::serve_in(dir, models, config).await
     }

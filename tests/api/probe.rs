@@ -20,6 +20,9 @@ pub const HELD: &str = "held-back";
 /// Texts containing this marker are rejected as a provider rejects a bad input, for good.
 pub const POISON: &str = "poisoned-input";
 
+/// Texts containing this marker make the probe panic, as a bug in an embedder would.
+pub const PANIC: &str = "panicking-input";
+
 /// A shared handle on the instrumented hash-v2.
 #[derive(Clone)]
 pub struct Probe(Arc<Instruments>);
@@ -153,6 +156,10 @@ impl Embedder for Probe {
             let _turn = self.0.worker.lock().await;
             tokio::time::sleep(per_text * texts.len() as u32).await;
         }
+        assert!(
+            !texts.iter().any(|t| t.contains(PANIC)),
+            "probe: a bug in the embedder"
+        );
         if texts.iter().any(|t| t.contains(POISON)) {
             return Err(EmbedError::Rejected("probe: poisoned input".into()));
         }
