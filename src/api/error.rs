@@ -55,6 +55,9 @@ pub enum ApiError {
     /// in `Allow`.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request's declared body did not arrive within the time limit.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: the lifecycle does not allow this call in the current state.
     #[error("{0}")]
     InvalidTransition(String),
@@ -107,6 +110,11 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
+            ),
+            RequestTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
             ),
             InvalidTransition(_) => (
                 StatusCode::CONFLICT,

@@ -6,14 +6,13 @@ pub mod documents;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod migrations;
 pub mod page;
 pub mod query;
 
 use std::sync::Arc;
-
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -34,7 +33,6 @@ use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::embed::ModelRegistry;
 use crate::load::RequestCount;
-use crate::run_to_end;
 use crate::store::Store;
 use error::ApiError;
 
@@ -114,8 +112,12 @@ pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(unknown_route)
         .with_state(state)
-        .layer(middleware::from_fn_with_state(limits.request_timeout, answer_within))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            limits::answer_within,
+        ))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(limits, limits::refuse_oversized))
         .layer(middleware::from_fn_with_state(tokens.map(Arc::new), auth::require_token))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -151,26 +153,6 @@ async fn count_request(
 ) -> Response {
     requests.add_one();
     next.run(request).await
-}
-
-/// Middleware: a response whose head is not ready within `timeout` becomes a 503, unless the
-/// request began committing by then: a commit's result is the answer however long it takes
-/// (`run_to_end::within`), so a 503 always means nothing changed. The body of a streaming
-/// response (the SSE feed) is not limited.
-async fn answer_within(
-    State(timeout): State<Duration>,
-    request: axum::extract::Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    run_to_end::within(timeout, next.run(request))
-        .await
-        .ok_or_else(|| {
-            tracing::warn!(timeout_secs = timeout.as_secs_f64(), "request timed out");
-            ApiError::Unavailable(format!(
-                "no answer within {}s; nothing was changed; retry later",
-                timeout.as_secs_f64()
-            ))
-        })
 }
 
 async fn unknown_route() -> ApiError {

@@ -300,6 +300,65 @@ async fn a_request_that_cannot_answer_in_time_is_503_and_writes_nothing() {
     app.stop().await;
 }
 
+/// Sends `head` (and `body`) on a raw connection that stays open; returns the status line
+/// and the rest of the answer, or `None` when none came within `patience`.
+async fn raw_exchange(
+    app: &TestApp,
+    head: &str,
+    body: &[u8],
+    patience: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connected");
+    stream.write_all(head.as_bytes()).await.expect("head sent");
+    stream.write_all(body).await.expect("body sent");
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(patience, stream.read(&mut answer))
+        .await
+        .ok()?;
+    let read = read.expect("an answer");
+    Some(String::from_utf8_lossy(&answer[..read]).into_owned())
+}
+
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_413_at_once() {
+    let app = TestApp::spawn().await;
+    let head = "PUT /v1/documents/huge HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 1000000000000\r\n\r\n";
+    let started = Instant::now();
+    let answer = raw_exchange(&app, head, b"", Duration::from_secs(5))
+        .await
+        .expect("an answer before any of the body");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    app.document_reply("huge").await.problem(404, "not-found");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_stops_short_is_408_and_writes_nothing() {
+    let app = TestApp::with_config(ModelRegistry::builtin(), |c| {
+        c.limits.request_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let head = "PUT /v1/documents/short HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\n\r\n";
+    let answer = raw_exchange(&app, head, br#"{"text": "#, Duration::from_secs(10))
+        .await
+        .expect("an answer once the time is up");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("urn:reembed:problem:request-timeout"),
+        "{answer}"
+    );
+    app.document_reply("short").await.problem(404, "not-found");
+    app.stop().await;
+}
+
 /// The value of the first sample of `name` whose labels contain every `label`.
 pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
