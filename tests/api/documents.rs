@@ -174,3 +174,33 @@ async fn bulk_upserts_every_document_and_reports_each_version() {
     assert!(old.is_current_in("hash-v1"), "{old:?}");
     assert_eq!(app.all_documents(100).await.len(), 3);
 }
+
+/// Metadata is the user's data: numbers beyond f64 and u64 come back digit for digit, from
+/// a single write, a bulk write and a listing alike.
+#[tokio::test]
+async fn metadata_numbers_round_trip_exactly() {
+    let app = TestApp::spawn().await;
+    let body = r#"{"text": "precise", "metadata": {"big": 123456789012345678901234567890,
+        "tiny": 1e-400, "long": 0.1000000000000000055511151231257827, "neg": -18446744073709551617}}"#;
+    let put = app
+        .send_raw(
+            reqwest::Method::PUT,
+            "/v1/documents/precise",
+            Some(("application/json", body.to_owned())),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{put}");
+    for text in [
+        app.document_reply("precise").await.body,
+        app.get("/v1/documents?limit=10").await.body,
+    ] {
+        for number in [
+            "123456789012345678901234567890",
+            "1e-400",
+            "0.1000000000000000055511151231257827",
+            "-18446744073709551617",
+        ] {
+            assert!(text.contains(number), "{number} changed: {text}");
+        }
+    }
+}
