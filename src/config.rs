@@ -56,6 +56,13 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Longest time to produce a response's head; longer is 503 (streams are not cut).
     pub request_timeout: Duration,
+    /// Longest time a request head may take to arrive, counted from the connection's accept
+    /// (first request) or from the head's first byte (later requests); then the connection is
+    /// closed (`serving`).
+    pub header_read_timeout: Duration,
+    /// Longest time a kept-alive connection may stay open between requests with no traffic;
+    /// then it is closed (`serving`). An open SSE feed is a request in flight, never idle.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -65,9 +72,23 @@ impl Default for Limits {
             max_bulk_documents: 1000,
             max_text_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
         }
     }
 }
+
+/// Default of `--header-read-timeout-secs`: a real client sends its request head (a few hundred
+/// bytes) in one packet, so ten seconds leaves room for a slow link and a few TCP
+/// retransmissions, while a client trickling a head byte by byte holds a file descriptor for
+/// ten seconds at most instead of forever.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+
+/// Default of `--idle-timeout-secs`: a minute lets a client that polls progress or writes in
+/// bursts reuse its connection, yet frees the descriptors of clients that went away. Behind a
+/// proxy that keeps connections to reembed open, set it above the proxy's own idle timeout,
+/// so the proxy closes first and never sends on a connection reembed is closing.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
 /// Default of `--provider-patience-secs`: five minutes rides out a provider's restart, a
 /// deployment or a short network outage without anyone having to resume the migration.
@@ -162,6 +183,18 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered 503.
     #[arg(long, env = "REEMBED_REQUEST_TIMEOUT_SECS", default_value_t = Limits::default().request_timeout.as_secs())]
     pub request_timeout_secs: u64,
+    /// Seconds a request head may take to arrive (from the connection's start or the head's
+    /// first byte) before the connection is closed.
+    #[arg(long, env = "REEMBED_HEADER_READ_TIMEOUT_SECS",
+          default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a kept-alive connection may stay open between requests, with no traffic, before
+    /// it is closed (an open event feed is a request in flight, never idle).
+    #[arg(long, env = "REEMBED_IDLE_TIMEOUT_SECS",
+          default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
 }
 
 impl ServeArgs {
@@ -188,6 +221,8 @@ impl ServeArgs {
                 max_bulk_documents: self.max_bulk_documents,
                 max_text_bytes: self.max_text_bytes,
                 request_timeout: Duration::from_secs(self.request_timeout_secs),
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             },
         })
     }
@@ -239,6 +274,28 @@ mod tests {
         assert_eq!(default.backfill_min_cpu_share, 0.2);
         let never = serve_args(&["--backfill-min-cpu-percent", "100"]).unwrap();
         assert_eq!(never.config().unwrap().backfill_min_cpu_share, 1.0);
+    }
+
+    #[test]
+    fn slow_and_idle_connections_close_after_10_and_60_seconds_unless_told_otherwise() {
+        let default = serve_args(&[]).unwrap().config().unwrap().limits;
+        assert_eq!(default.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(default.idle_timeout, Duration::from_secs(60));
+        let args = [
+            "--header-read-timeout-secs",
+            "3",
+            "--idle-timeout-secs",
+            "5",
+        ];
+        let set = serve_args(&args).unwrap().config().unwrap().limits;
+        assert_eq!(set.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(set.idle_timeout, Duration::from_secs(5));
+        for flag in ["--header-read-timeout-secs", "--idle-timeout-secs"] {
+            assert!(
+                serve_args(&[flag, "0"]).is_err(),
+                "{flag} 0 would close every connection"
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod embed;
 pub mod index;
 pub mod load;
 mod run_to_end;
+mod serving;
 pub mod store;
 pub mod telemetry;
 mod window;
@@ -54,8 +55,11 @@ use store::Store;
 use store::sqlite::SqliteStore;
 
 /// Runs the service on `listener` until `shutdown` resolves: opens the store, rebuilds the
-/// indexes, resumes a migration that was in progress, serves HTTP, then stops the workers
-/// after their in-flight batches and closes the database.
+/// indexes, resumes a migration that was in progress, serves HTTP (closing connections that
+/// are slow to send a request head or idle, see `serving`), then stops accepting, lets the
+/// requests in flight finish (dropping those still open after `serving::SHUTDOWN_GRACE`,
+/// such as an SSE feed of a running migration), stops the workers after their in-flight
+/// batches and closes the database.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -91,8 +95,9 @@ pub async fn serve(
     .spawn(&workers, stop_workers.clone());
     window::spawn(coordinator.clone(), &workers, stop_workers.clone());
 
+    let limits = config.limits;
     let state = AppState {
-        limits: config.limits,
+        limits,
         coordinator,
         documents,
         store: store.clone(),
@@ -100,10 +105,13 @@ pub async fn serve(
         requests,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    axum::serve(listener, api::app(state, config.tokens.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")?;
+    serving::serve_http(
+        listener,
+        api::app(state, config.tokens.clone()),
+        limits,
+        shutdown,
+    )
+    .await;
 
     stop_workers.cancel();
     workers.close();
