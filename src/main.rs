@@ -6,18 +6,30 @@ use reembed::cli::CommandLine;
 use reembed::config::{Command, ServeArgs};
 use reembed::embed::ModelRegistry;
 use std::io::Write;
+use std::process::ExitCode;
 
+/// A failure to start or to serve prints one line naming its causes, not a backtrace, and
+/// exits non-zero.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let CommandLine { command, remote } = CommandLine::parse();
-    match command {
+    let outcome = match command {
         Command::Serve(args) => serve(args).await,
-        Command::Openapi => {
-            println!("{}", reembed::api::openapi().to_pretty_json()?);
-            Ok(())
-        }
+        Command::Openapi => print_openapi(),
         Command::Client(command) => std::process::exit(reembed::cli::run(&remote, command).await),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("reembed: {error:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn print_openapi() -> anyhow::Result<()> {
+    println!("{}", reembed::api::openapi().to_pretty_json()?);
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

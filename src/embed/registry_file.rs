@@ -52,15 +52,15 @@ pub const ACTIVE_MODEL_ENV: &str = "REEMBED_ACTIVE_MODEL";
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The file is missing or unreadable.
-    #[error("cannot read the model registry {path}: {source}")]
+    #[error("cannot read the model registry {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not TOML, a missing or unknown field, a value of the wrong type or zero where a count
     /// is expected; the message points at the line.
     #[error("invalid model registry: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(String),
     /// Also when two ids differ only in case or punctuation: their environment variables
     /// would be the same.
     #[error("model id {0:?} is configured twice (or twice up to case and punctuation)")]
@@ -131,16 +131,17 @@ impl ModelRegistry {
     /// The registry described by the TOML file at `path`, with the process environment's
     /// overrides and keys.
     pub fn from_file(path: &Path) -> Result<Self, RegistryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| RegistryError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_toml_str(&text, &|name| std::env::var(name).ok())
     }
 
     /// The registry described by `text`, reading overrides and keys through `env`.
     pub fn from_toml_str(text: &str, env: Env<'_>) -> Result<Self, RegistryError> {
-        let mut file: RegistryFile = toml::from_str(text)?;
+        let mut file: RegistryFile =
+            toml::from_str(text).map_err(|error| RegistryError::Parse(one_line(&error, text)))?;
         if let Some(active) = non_empty(env, ACTIVE_MODEL_ENV) {
             file.active_model = active;
         }
@@ -166,6 +167,22 @@ fn env_key(id: &str) -> String {
             _ => '_',
         })
         .collect()
+}
+
+/// A TOML error in one line: where it points, the line it points at, and its message (toml's
+/// own rendering quotes the file over several lines).
+fn one_line(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim();
+    let Some(span) = error.span() else {
+        return message.to_owned();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = start - line_start + 1;
+    let quoted = text[line_start..line_end].trim();
+    format!("line {line}, column {column} (`{quoted}`): {message}")
 }
 
 /// Ids must be present and unique — also as environment keys, or one override would hit two models —

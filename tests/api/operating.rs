@@ -228,6 +228,51 @@ async fn listening_publicly_needs_a_token_or_insecure() {
     assert!(stdout.contains("reembed listening on"), "{stdout}");
 }
 
+/// A server that cannot start says why in one line naming what to fix, with no backtrace,
+/// and exits non-zero.
+#[tokio::test]
+async fn a_start_up_error_is_one_clear_line_and_a_non_zero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let taken = taken.local_addr().unwrap().to_string();
+    let files = tempfile::tempdir().expect("a directory");
+    let write = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).expect("written");
+        path.to_string_lossy().into_owned()
+    };
+    let not_toml = write("not.toml", "this is = = not toml");
+    let unknown = write(
+        "unknown.toml",
+        "active_model = \"hash-v9\"\n[[models]]\nid = \"hash-v1\"\nprovider = \"builtin\"\ndimensions = 256\n",
+    );
+    let cases = [
+        (vec!["--listen", taken.as_str()], taken.clone()),
+        (
+            vec!["--config", "/nonexistent/reembed.toml"],
+            "/nonexistent/reembed.toml".to_owned(),
+        ),
+        (vec!["--config", not_toml.as_str()], "line 1".to_owned()),
+        (vec!["--config", unknown.as_str()], "hash-v9".to_owned()),
+    ];
+    for (args, named) in cases {
+        let (code, stderr) = run_binary(&args, None, Duration::from_secs(20));
+        assert!(
+            code.is_some_and(|code| code != 0),
+            "{args:?} exited with {code:?}"
+        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr}");
+        assert!(lines[0].starts_with("reembed: "), "{args:?}: {stderr}");
+        assert!(
+            lines[0].contains(&named),
+            "{args:?} names {named}: {stderr}"
+        );
+        for noise in ["panicked", "backtrace", "Caused by"] {
+            assert!(!stderr.contains(noise), "{args:?}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn limits_answer_413_and_422_and_change_nothing() {
     let limits = Limits {
