@@ -91,6 +91,7 @@ pub struct DocumentView {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Return documents whose id sorts after this one.
     pub after: Option<String>,

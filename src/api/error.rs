@@ -315,13 +315,19 @@ where
     serde_json::from_value(Value::Object(map)).map_err(serde::de::Error::custom)
 }
 
-/// `deserialize_with` for an optional struct field (use with `#[serde(default)]`).
+/// `deserialize_with` for an optional struct field (use with `#[serde(default)]`); `null` is
+/// the same as leaving it out.
 pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    object(deserializer).map(Some)
+    match Option::<Map<String, Value>>::deserialize(deserializer)? {
+        Some(map) => serde_json::from_value(Value::Object(map))
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        None => Ok(None),
+    }
 }
 
 /// `deserialize_with` for a list of structs: every element must be a JSON object.

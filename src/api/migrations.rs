@@ -399,7 +399,9 @@ pub async fn pause_migration(
     let body: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
         PauseBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::MalformedBody(e.to_string()))?
+        serde_json::from_slice::<Option<PauseBody>>(&body)
+            .map_err(|e| ApiError::MalformedBody(e.to_string()))?
+            .unwrap_or_default()
     };
     apply(
         &state,

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod page;
 pub mod query;
+pub mod spec;
 
 use std::sync::Arc;
 
@@ -95,13 +96,14 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at `openapi/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    spec::complete(routes().split_for_parts().1)
 }
 
 /// The application: routes, `/openapi.json`, `/docs`, problem+json for unknown routes, a body
 /// limit, and a request id on every request's log lines and response.
 pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
     let (router, spec) = routes().split_for_parts();
+    let spec = spec::complete(spec);
     let request_id = HeaderName::from_static("x-request-id");
     let limits = state.limits;
     let requests = state.requests.clone();

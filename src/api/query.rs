@@ -21,6 +21,8 @@ const MAX_TOP_K: i64 = 1000;
 pub struct QueryBody {
     pub text: String,
     /// 1 to 1000, default 10.
+    #[serde(default, deserialize_with = "crate::domain::config::optional_integer")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub top_k: Option<i64>,
 }
 

@@ -1,7 +1,7 @@
 //! The migration config of `POST /v1/migrations` and `PATCH /v1/migrations/{id}/config`:
 //! defaults and limits from API.md (mirroring lattice-embed's `BackfillConfig`).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 /// Largest accepted `batch_size`: bounds memory per batch and the length of one transaction.
@@ -48,14 +48,42 @@ impl Default for BackfillConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConfigPatch {
     /// 1 to 10000.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub batch_size: Option<i64>,
     /// 1 to 64.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(minimum = 1, maximum = 64)]
     pub max_concurrent: Option<i64>,
     pub dual_write: Option<bool>,
     /// 0.0 to 1.0 inclusive.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub target_query_threshold: Option<f64>,
     /// 0 to 315360000 (ten years).
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(minimum = 0, maximum = 315360000)]
     pub rollback_window_secs: Option<i64>,
+}
+
+/// `deserialize_with` for an optional integer field. JSON Schema counts `5.0` as the integer
+/// 5, so it is read as one; `5.5` is not an integer and fails like any wrong type. An integer
+/// beyond `i64` saturates, for range validation to refuse it by name.
+pub fn optional_integer<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(integer) = number.as_i64() {
+        return Ok(Some(integer));
+    }
+    match number.as_f64() {
+        // `as` saturates at the ends of `i64`, and the value has no fraction to lose.
+        Some(value) if value.is_finite() && value.fract() == 0.0 => Ok(Some(value as i64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid type: {number}, expected an integer"
+        ))),
+    }
 }
 
 /// A config value outside its limits; `field` names the offending JSON field.

@@ -1,0 +1,199 @@
+//! The error responses that come from the layers around every handler, added to the generated
+//! OpenAPI document, and every error served as what it is: `application/problem+json`.
+//!
+//! utoipa describes what each handler's annotation names. The statuses the layers send (auth,
+//! the body limits, the time limit, a caught panic) are the same for every operation of a
+//! kind, so they are added here in one place instead of on every handler:
+//!
+//! | status | slug | added to |
+//! |---|---|---|
+//! | 400 | `malformed-path` | operations with a path parameter |
+//! | 400, 408, 413, 415 | `malformed-body`, `request-timeout`, `payload-too-large`, `unsupported-media-type` | operations with a request body |
+//! | 401 | `unauthorized` | everything behind the API token (`/v1`, `/metrics`, the status page) |
+//! | 403 | `forbidden` | operations behind the token that change something |
+//! | 500, 503 | `internal`, `unavailable` | every operation |
+
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
+
+/// The media type of every error body.
+const PROBLEM: &str = "application/problem+json";
+
+/// `spec` with the layers' error responses added and every error body typed as a problem.
+pub fn complete(mut spec: OpenApi) -> OpenApi {
+    for (path, item) in spec.paths.paths.iter_mut() {
+        for (method, operation) in operations(item) {
+            add_layer_errors(path, method, operation);
+            type_errors_as_problems(operation);
+        }
+    }
+    spec
+}
+
+/// The operations of a path, with their methods.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut Operation)> {
+    [
+        ("get", &mut item.get),
+        ("put", &mut item.put),
+        ("post", &mut item.post),
+        ("delete", &mut item.delete),
+        ("patch", &mut item.patch),
+        ("head", &mut item.head),
+        ("options", &mut item.options),
+        ("trace", &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(method, operation)| operation.as_mut().map(|operation| (method, operation)))
+}
+
+fn add_layer_errors(path: &str, method: &str, operation: &mut Operation) {
+    let mut errors = vec![
+        ("500", "A fault of the server (`internal`)"),
+        (
+            "503",
+            "Storage or the embedding provider is unavailable, or no answer within the request \
+             time limit; nothing was changed (`unavailable`)",
+        ),
+    ];
+    if path.contains('{') {
+        errors.push((
+            "400",
+            "A path segment that does not decode (`malformed-path`)",
+        ));
+    }
+    if operation.request_body.is_some() {
+        errors.extend([
+            (
+                "400",
+                "The body is not valid JSON or has the wrong shape (`malformed-body`)",
+            ),
+            (
+                "408",
+                "The body did not arrive within the request time limit (`request-timeout`)",
+            ),
+            (
+                "413",
+                "The body is over the size limit (`payload-too-large`)",
+            ),
+            (
+                "415",
+                "The body is not declared as `application/json` (`unsupported-media-type`)",
+            ),
+        ]);
+    }
+    if is_behind_token(path) {
+        errors.push((
+            "401",
+            "An API token is configured and the request lacks it (`unauthorized`)",
+        ));
+        if !matches!(method, "get" | "head") {
+            errors.push((
+                "403",
+                "The read-only token cannot change anything (`forbidden`)",
+            ));
+        }
+    }
+    for (status, description) in errors {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| RefOr::T(problem_response(description)));
+    }
+}
+
+/// Whether the API token guards `path` (API.md, Authentication).
+fn is_behind_token(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/metrics"
+}
+
+fn problem_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            PROBLEM,
+            Content::new(Some(Ref::from_schema_name("Problem"))),
+        )
+        .build()
+}
+
+/// A handler's own error responses are annotated with `body = Problem`, which utoipa types as
+/// `application/json`; the server sends them as `application/problem+json`.
+fn type_errors_as_problems(operation: &mut Operation) {
+    for (status, response) in operation.responses.responses.iter_mut() {
+        let is_error = status.parse::<u16>().is_ok_and(|status| status >= 400);
+        if let (true, RefOr::T(response)) = (is_error, response)
+            && let Some(content) = response.content.shift_remove("application/json")
+        {
+            response.content.insert(PROBLEM.to_owned(), content);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_statuses(spec: &OpenApi, path: &str, method: &str) -> Vec<String> {
+        let item = spec.paths.paths.get(path).expect("the path");
+        let operation = match method {
+            "get" => item.get.as_ref(),
+            "put" => item.put.as_ref(),
+            "post" => item.post.as_ref(),
+            "delete" => item.delete.as_ref(),
+            _ => item.patch.as_ref(),
+        }
+        .expect("the operation");
+        operation
+            .responses
+            .responses
+            .iter()
+            .filter(|(status, _)| status.as_str() >= "400")
+            .map(|(status, response)| {
+                let RefOr::T(response) = response else {
+                    panic!("{status} is a reference");
+                };
+                assert_eq!(
+                    response.content.keys().collect::<Vec<_>>(),
+                    [PROBLEM],
+                    "{method} {path} {status}"
+                );
+                status.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_error_of_every_operation_is_a_problem_document() {
+        let spec = super::super::openapi();
+        for (path, item) in spec.paths.paths.clone().iter_mut() {
+            for (method, _) in operations(item) {
+                let statuses = error_statuses(&spec, path, method);
+                for always in ["500", "503"] {
+                    assert!(statuses.iter().any(|s| s == always), "{method} {path}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_with_a_body_lists_what_its_layers_answer() {
+        let spec = super::super::openapi();
+        let statuses = error_statuses(&spec, "/v1/documents/{id}", "put");
+        for status in [
+            "400", "401", "403", "408", "413", "415", "422", "500", "503",
+        ] {
+            assert!(
+                statuses.iter().any(|s| s == status),
+                "{status}: {statuses:?}"
+            );
+        }
+        let health = error_statuses(&spec, "/healthz", "get");
+        assert_eq!(
+            health,
+            ["500", "503"],
+            "no token, no body, no path parameter"
+        );
+    }
+}
