@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: format, lints, every test (unit, property and the integration tests
 # that drive the real server over TCP, and the benchmarks' smoke run), then the status page in
-# headless Chromium. Needs the
-# Rust toolchain and Node/npm; browser-test.sh installs Debian's chromium with apt if missing.
+# headless Chromium, then schemathesis against the live server's /openapi.json. Needs the
+# Rust toolchain, Node/npm and python3 with venv; browser-test.sh installs Debian's chromium
+# with apt if missing, schemathesis.sh installs schemathesis from PyPI into a venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,5 @@ cargo test --locked
 # Each Criterion micro-benchmark once, untimed, so they cannot rot (bench/run.sh times them).
 cargo test --locked --benches
 ./scripts/browser-test.sh
+# Schema-driven fuzzing of the live server against its own OpenAPI document (a bounded time).
+./scripts/schemathesis.sh

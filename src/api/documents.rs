@@ -16,8 +16,8 @@ use crate::domain::Route;
 use crate::embed::ModelRegistry;
 use crate::store::StoredDocument;
 
-/// Longest accepted document id, in bytes.
-pub const MAX_ID_BYTES: usize = 512;
+/// Longest accepted document id, in characters (as JSON Schema's `maxLength` counts).
+pub const MAX_ID_CHARS: usize = 512;
 /// Page size of `GET /v1/documents` when `limit` is absent, and its largest accepted value.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -35,6 +35,7 @@ pub struct PutDocument {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkDocument {
+    #[schema(min_length = 1, max_length = 512)]
     pub id: String,
     pub text: String,
     #[serde(default)]
@@ -45,7 +46,9 @@ pub struct BulkDocument {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
+    /// At most `--max-bulk-documents` (default 1000).
     #[serde(deserialize_with = "objects")]
+    #[schema(max_items = 1000)]
     pub documents: Vec<BulkDocument>,
 }
 
@@ -150,10 +153,10 @@ fn validate_document(id: &str, text: &str, limits: &Limits) -> Result<(), ApiErr
 }
 
 fn validate_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_BYTES {
+    let length = id.chars().count();
+    if length == 0 || length > MAX_ID_CHARS {
         return Err(ApiError::InvalidValue(format!(
-            "id: must be 1 to {MAX_ID_BYTES} bytes, got {}",
-            id.len()
+            "id: must be 1 to {MAX_ID_CHARS} characters, got {length}"
         )));
     }
     Ok(())
@@ -178,7 +181,7 @@ fn write_results(upserted: Upserted) -> Vec<WriteResult> {
 
 /// Creates or replaces one document.
 #[utoipa::path(put, path = "/v1/documents/{id}", tag = "documents",
-    params(("id" = String, Path, description = "Document id")),
+    params(("id" = String, Path, description = "Document id, 1 to 512 characters", min_length = 1, max_length = 512)),
     request_body = PutDocument,
     responses((status = 200, body = WriteResult), (status = 400, body = Problem),
               (status = 422, body = Problem), (status = 503, body = Problem)))]
@@ -242,7 +245,7 @@ pub async fn bulk_upsert(
 
 /// Reads one document and which models hold a vector for which of its versions.
 #[utoipa::path(get, path = "/v1/documents/{id}", tag = "documents",
-    params(("id" = String, Path, description = "Document id")),
+    params(("id" = String, Path, description = "Document id, 1 to 512 characters", min_length = 1, max_length = 512)),
     responses((status = 200, body = DocumentView), (status = 404, body = Problem)))]
 pub async fn get_document(
     State(state): State<AppState>,
@@ -255,7 +258,7 @@ pub async fn get_document(
 
 /// Deletes a document and all its vectors.
 #[utoipa::path(delete, path = "/v1/documents/{id}", tag = "documents",
-    params(("id" = String, Path, description = "Document id")),
+    params(("id" = String, Path, description = "Document id, 1 to 512 characters", min_length = 1, max_length = 512)),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_document(
     State(state): State<AppState>,

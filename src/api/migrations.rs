@@ -29,6 +29,7 @@ const MAX_MIGRATION_ID: usize = 128;
 #[serde(deny_unknown_fields)]
 pub struct CreateMigration {
     /// Letters, digits, `.`, `_` and `-`; generated when absent.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$")]
     pub id: Option<String>,
     pub target_model: String,
     /// Must equal the active model (the default).

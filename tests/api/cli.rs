@@ -140,7 +140,7 @@ async fn a_refused_request_fails_all_its_lines_and_writes_none() {
             why.contains("refused with the 10 documents of its request: 422"),
             "{why}"
         );
-        assert!(why.contains("id: must be 1 to 512 bytes"), "{why}");
+        assert!(why.contains("id: must be 1 to 512 characters"), "{why}");
     }
     let held: HashSet<String> = app
         .all_documents(100)

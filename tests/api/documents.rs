@@ -204,3 +204,21 @@ async fn metadata_numbers_round_trip_exactly() {
         }
     }
 }
+
+/// An id may hold 1 to 512 characters, counted as JSON Schema counts them: 512 two-byte
+/// characters are accepted, 513 are not.
+#[tokio::test]
+async fn an_id_holds_up_to_512_characters() {
+    let app = TestApp::spawn().await;
+    let longest = "é".repeat(512);
+    let written = app
+        .bulk_reply(&json!({"documents": [{"id": longest, "text": "a long id"}]}))
+        .await;
+    assert_eq!(written.status, 200, "{written}");
+    app.bulk_reply(&json!({"documents": [{"id": "é".repeat(513), "text": "too long"}]}))
+        .await
+        .problem(422, "invalid-value");
+    app.bulk_reply(&json!({"documents": [{"id": "", "text": "no id"}]}))
+        .await
+        .problem(422, "invalid-value");
+}
