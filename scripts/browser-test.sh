@@ -20,43 +20,15 @@ fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --locked --quiet --bin reembed
 
-work=$(mktemp -d)
-server=""
-cleanup() {
-    if [ -n "$server" ]; then
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
+# shellcheck source=scripts/test-server.sh
+. scripts/test-server.sh
 # A token exercises the page's `?access_token=` path (EventSource cannot send headers).
 export REEMBED_API_TOKEN="browser-test-$RANDOM$RANDOM"
-target/debug/reembed serve --listen 127.0.0.1:0 --data-dir "$work/data" \
-    >"$work/stdout" 2>"$work/stderr" &
-server=$!
-
-url=""
-for _ in $(seq 100); do
-    url=$(sed -n 's/^reembed listening on \(http:\/\/[^ ]*\)$/\1/p' "$work/stdout")
-    [ -n "$url" ] && break
-    if ! kill -0 "$server" 2>/dev/null; then
-        echo "browser test: the server exited before listening:" >&2
-        tail -n 20 "$work/stderr" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$url" ]; then
-    echo "browser test: the server printed no 'reembed listening on' line within 10 s" >&2
-    exit 1
-fi
+start_server "browser test"
 
 echo "browser test: $url, loading $documents documents"
 node tests/browser/seed.mjs "$url" "$documents" >/dev/null
 if ! node tests/browser/status.test.mjs "$url"; then
-    echo "browser test: server log (last 20 lines):" >&2
-    tail -n 20 "$work/stderr" >&2
+    server_log "browser test"
     exit 1
 fi
