@@ -31,6 +31,7 @@ pub mod load;
 mod run_to_end;
 mod serving;
 pub mod store;
+mod supervise;
 pub mod telemetry;
 mod window;
 

@@ -87,10 +87,13 @@ fn declares_body(request: &Request) -> bool {
         || request.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
-/// The request with a body that flags its own end, and the flag; set from the start for a
-/// request that declares no body.
+/// The request with a body that flags its own end, and the flag; a request that declares no
+/// body is left as it is, its flag set from the start.
 fn watch_body(request: Request) -> (Request, Arc<AtomicBool>) {
-    let arrived = Arc::new(AtomicBool::new(!declares_body(&request)));
+    if !declares_body(&request) {
+        return (request, Arc::new(AtomicBool::new(true)));
+    }
+    let arrived = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
     let flag = arrived.clone();
     let end = futures_util::stream::once(async move {

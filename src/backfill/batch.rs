@@ -26,7 +26,8 @@ const BASE_BACKOFF: Duration = Duration::from_millis(200);
 /// this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Runs batches and remembers how many failed in a row.
+/// Runs batches and remembers how many failed in a row; its clones share that count.
+#[derive(Clone)]
 pub struct BatchRunner {
     coordinator: Arc<Coordinator>,
     documents: Arc<Documents>,
@@ -97,7 +98,7 @@ impl BatchRunner {
         claimed: Vec<ClaimedDocument>,
     ) {
         let in_flight = InFlight::enter(&self.coordinator);
-        let runner = self.clone_handles();
+        let runner = self.clone();
         let migration_id = migration.id.clone();
         let target = migration.target_model.clone();
         let shutdown = shutdown.clone();
@@ -113,16 +114,6 @@ impl BatchRunner {
             }
             .instrument(span),
         );
-    }
-
-    fn clone_handles(&self) -> Self {
-        Self {
-            coordinator: self.coordinator.clone(),
-            documents: self.documents.clone(),
-            consecutive_failures: self.consecutive_failures.clone(),
-            patience: self.patience,
-            share: self.share.clone(),
-        }
     }
 
     /// Rests after `local_work` as long as the backfill's CPU share asks (not at all at the

@@ -28,6 +28,7 @@ use crate::documents::Documents;
 use crate::domain::{BackfillLimits, Bounds, Migration, MigrationState, ThrottleReason};
 use crate::load::RequestCount;
 use crate::store::Store;
+use crate::supervise::spawn_supervised;
 use share::Share;
 
 /// Pause after the store refused a claim or a completion, so a broken database is not spun on.
@@ -54,7 +55,8 @@ pub struct Cursor {
     after: String,
 }
 
-/// The worker pool of one process.
+/// The worker pool of one process; its clones share every handle.
+#[derive(Clone)]
 pub struct Backfill {
     coordinator: Arc<Coordinator>,
     store: Arc<dyn Store>,
@@ -96,7 +98,9 @@ impl Backfill {
 
     /// Starts the supervisor, and the sampler that sets the backfill's CPU share, on
     /// `tracker`. The supervisor stops claiming when `shutdown` fires; batches in flight run to
-    /// their commit, skipping the rest after it, and `tracker.wait()` joins them.
+    /// their commit, skipping the rest after it, and `tracker.wait()` joins them. A supervisor
+    /// that panics is logged and started again (`supervise`): the queue is durable, so it
+    /// resumes where it stood.
     pub fn spawn(self, tracker: &TaskTracker, shutdown: CancellationToken) {
         self.share.spawn_sampler(
             self.requests.clone(),
@@ -105,7 +109,11 @@ impl Backfill {
             shutdown.clone(),
         );
         let spawner = tracker.clone();
-        tracker.spawn(async move { self.supervise(spawner, shutdown).await });
+        let stop = shutdown.clone();
+        spawn_supervised("backfill", tracker, shutdown, move || {
+            let (backfill, spawner, stop) = (self.clone(), spawner.clone(), stop.clone());
+            async move { backfill.supervise(spawner, stop).await }
+        });
     }
 
     async fn supervise(self, tracker: TaskTracker, shutdown: CancellationToken) {
