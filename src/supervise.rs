@@ -6,6 +6,7 @@
 //! starts it again after `RESTART_DELAY`; both tasks keep their state in the store, so a fresh
 //! start resumes where the last one stood.
 
+use std::any::Any;
 use std::future::Future;
 use std::time::Duration;
 
@@ -33,11 +34,7 @@ pub fn spawn_supervised<F, Fut>(
             match run.await {
                 Err(error) if error.is_panic() => {
                     let panic = error.into_panic();
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("a panic without a message");
+                    let message = panic_message(panic.as_ref());
                     tracing::error!(
                         task = name,
                         panic = message,
@@ -53,6 +50,15 @@ pub fn spawn_supervised<F, Fut>(
             }
         }
     });
+}
+
+/// The message a panic carries, for its log line.
+pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message")
 }
 
 #[cfg(test)]

@@ -137,11 +137,7 @@ pub fn app(state: AppState, tokens: Option<Tokens>) -> Router {
 
 /// A handler that panicked answers a 500 problem document; the panic goes to the log once.
 fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("a panic without a message");
+    let message = crate::supervise::panic_message(panic.as_ref());
     tracing::error!(panic = message, "a request handler panicked");
     ApiError::Internal("the server failed to answer this request; the log has the cause".to_owned())
         .into_response()

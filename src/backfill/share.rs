@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::coordinator::Coordinator;
 use crate::domain::{CpuShare, LoadSample};
 use crate::load::RequestCount;
+use crate::supervise::spawn_supervised;
 
 /// How often the controller may change the share.
 const WINDOW: Duration = Duration::from_millis(250);
@@ -44,7 +45,8 @@ impl Share {
     }
 
     /// Starts the sampler on `tracker`, measuring the runtime it is called on; it stops when
-    /// `shutdown` fires.
+    /// `shutdown` fires, and starts again if it panics (a dead sampler would leave the share
+    /// where it stood).
     pub fn spawn_sampler(
         self: &Arc<Self>,
         requests: Arc<RequestCount>,
@@ -58,15 +60,20 @@ impl Share {
             coordinator,
             runtime: Handle::current().metrics(),
         };
-        tracker.spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = sampler.run() => {}
+        let stop = shutdown.clone();
+        spawn_supervised("backfill-share", tracker, shutdown, move || {
+            let (sampler, stop) = (sampler.clone(), stop.clone());
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = sampler.run() => {}
+                }
             }
         });
     }
 }
 
+#[derive(Clone)]
 struct Sampler {
     share: Arc<Share>,
     requests: Arc<RequestCount>,
