@@ -122,8 +122,7 @@ fn problem_response(description: &str) -> Response {
 /// `application/json`; the server sends them as `application/problem+json`.
 fn type_errors_as_problems(operation: &mut Operation) {
     for (status, response) in operation.responses.responses.iter_mut() {
-        let is_error = status.parse::<u16>().is_ok_and(|status| status >= 400);
-        if let (true, RefOr::T(response)) = (is_error, response)
+        if let (true, RefOr::T(response)) = (is_error(status), response)
             && let Some(content) = response.content.shift_remove("application/json")
         {
             response.content.insert(PROBLEM.to_owned(), content);
@@ -131,25 +130,26 @@ fn type_errors_as_problems(operation: &mut Operation) {
     }
 }
 
+/// Whether a response key names an error status (4xx or 5xx).
+fn is_error(status: &str) -> bool {
+    status.parse::<u16>().is_ok_and(|status| status >= 400)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The error statuses of `method` on `path`, each asserted to be a problem document.
     fn error_statuses(spec: &OpenApi, path: &str, method: &str) -> Vec<String> {
-        let item = spec.paths.paths.get(path).expect("the path");
-        let operation = match method {
-            "get" => item.get.as_ref(),
-            "put" => item.put.as_ref(),
-            "post" => item.post.as_ref(),
-            "delete" => item.delete.as_ref(),
-            _ => item.patch.as_ref(),
-        }
-        .expect("the operation");
+        let mut item = spec.paths.paths.get(path).expect("the path").clone();
+        let (_, operation) = operations(&mut item)
+            .find(|(m, _)| *m == method)
+            .expect("the operation");
         operation
             .responses
             .responses
             .iter()
-            .filter(|(status, _)| status.as_str() >= "400")
+            .filter(|(status, _)| is_error(status))
             .map(|(status, response)| {
                 let RefOr::T(response) = response else {
                     panic!("{status} is a reference");
