@@ -57,10 +57,11 @@ use store::sqlite::SqliteStore;
 
 /// Runs the service on `listener` until `shutdown` resolves: opens the store, rebuilds the
 /// indexes, resumes a migration that was in progress, serves HTTP (closing connections that
-/// are slow to send a request head or idle, see `serving`), then stops accepting, lets the
-/// requests in flight finish (dropping those still open after `serving::SHUTDOWN_GRACE`,
-/// such as an SSE feed of a running migration), stops the workers after their in-flight
-/// batches and closes the database.
+/// are slow to send a request head or idle, see `serving`). At `shutdown` it stops accepting,
+/// ends the event feeds, abandons the backfill batches that wait for their provider (their
+/// documents stay queued; a batch already committing finishes), lets the requests in flight
+/// finish (dropping those still open after `serving::SHUTDOWN_GRACE`), and closes the
+/// database: it returns within that grace plus one batch commit.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -84,7 +85,7 @@ pub async fn serve(
         indexes,
     ));
     let workers = TaskTracker::new();
-    let stop_workers = CancellationToken::new();
+    let stopping = CancellationToken::new();
     let requests = Arc::new(RequestCount::default());
     Backfill::new(
         coordinator.clone(),
@@ -93,8 +94,8 @@ pub async fn serve(
         requests.clone(),
         &config,
     )
-    .spawn(&workers, stop_workers.clone());
-    window::spawn(coordinator.clone(), &workers, stop_workers.clone());
+    .spawn(&workers, stopping.clone());
+    window::spawn(coordinator.clone(), &workers, stopping.clone());
 
     let limits = config.limits;
     let state = AppState {
@@ -104,8 +105,14 @@ pub async fn serve(
         store: store.clone(),
         models,
         requests,
+        stopping: stopping.clone(),
     };
     tracing::info!(addr = %listener.local_addr()?, "serving");
+    // Everything stops together: the accept loop, the event feeds and the workers.
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     serving::serve_http(
         listener,
         api::app(state, config.tokens.clone()),
@@ -114,7 +121,6 @@ pub async fn serve(
     )
     .await;
 
-    stop_workers.cancel();
     workers.close();
     workers.wait().await;
     store.close().await;

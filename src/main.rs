@@ -72,5 +72,7 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
-    tracing::info!("shutdown requested; finishing requests and in-flight batches");
+    tracing::info!(
+        "shutdown requested; finishing requests and commits, abandoning batches still embedding"
+    );
 }

@@ -29,13 +29,26 @@ tokio::task_local! {
 /// Runs `request` for at most `limit`, unless it begins a `run_to_end` section by then: then
 /// for as long as that takes. `None` when the limit passed first and nothing had begun.
 pub async fn within<T>(limit: Duration, request: impl Future<Output = T>) -> Option<T> {
+    until(tokio::time::sleep(limit), request).await
+}
+
+/// Runs `work` until `stop` resolves, unless it begins a `run_to_end` section by then: then
+/// for as long as that takes. `None` when `stop` came first and nothing had begun. Shutdown
+/// abandons a backfill batch this way: waiting for its provider is stopped, its commit is not.
+pub async fn until<T>(stop: impl Future<Output = ()>, work: impl Future<Output = T>) -> Option<T> {
     let begun = Arc::new(AtomicBool::new(false));
-    let request = SECTION_BEGUN.scope(begun.clone(), request);
-    tokio::pin!(request);
-    match tokio::time::timeout(limit, &mut request).await {
-        Ok(answer) => Some(answer),
-        Err(_) if begun.load(Ordering::SeqCst) => Some(request.await),
-        Err(_) => None,
+    let work = SECTION_BEGUN.scope(begun.clone(), work);
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        answer = &mut work => Some(answer),
+        () = stop => {
+            if begun.load(Ordering::SeqCst) {
+                Some(work.await)
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -115,6 +128,24 @@ mod tests {
             !began.load(Ordering::SeqCst),
             "nothing began after the limit"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_stopped_before_any_section_is_abandoned_and_one_begun_is_finished() {
+        let waiting = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            run_to_end(async { Ok::<_, StoreError>("late") }).await
+        };
+        let stop = tokio::time::sleep(Duration::from_secs(1));
+        assert!(until(stop, waiting).await.is_none());
+
+        let committing = run_to_end(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, StoreError>("committed")
+        });
+        let stop = tokio::time::sleep(Duration::from_secs(1));
+        let answer = until(stop, committing).await;
+        assert_eq!(answer.map(Result::ok), Some(Some("committed")));
     }
 
     #[tokio::test]

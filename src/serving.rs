@@ -21,8 +21,8 @@
 //!
 //! Shutdown stops accepting and asks every connection to close once its response is done
 //! (hyper's graceful shutdown, which closes idle connections at once), then waits up to
-//! [`SHUTDOWN_GRACE`] and drops the connections still open: an SSE feed ends only with its
-//! migration, so without a bound one open feed would hold shutdown for ever.
+//! [`SHUTDOWN_GRACE`] and drops the connections still open, so no request, however slow,
+//! holds shutdown for ever. (Event feeds end by themselves when shutdown begins.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,8 +53,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Limits;
 
 /// How long shutdown waits for responses still under way before dropping their connections:
-/// long enough for ordinary requests to finish; an SSE feed of a running migration, or a
-/// request slower than this, is cut. A write cut this way still completes (`run_to_end`).
+/// long enough for ordinary requests to finish; a request slower than this is cut. A write
+/// cut this way still completes (`run_to_end`).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then closes the connections as the

@@ -3,7 +3,7 @@
 //! It sends a `progress` snapshot on connect, then every lifecycle change as a `state` event
 //! the moment it is published, and further `progress` snapshots at most once a second while
 //! counts move. The feed ends after the migration reaches a terminal state (completed,
-//! cancelled or rolled back). Waking is driven by the coordinator's change channel, so an idle
+//! cancelled or rolled back), or at once when the server begins to shut down. Waking is driven by the coordinator's change channel, so an idle
 //! migration costs nothing but the keep-alive.
 
 use std::collections::VecDeque;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::Utc;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -65,7 +65,8 @@ pub async fn migration_events(
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let event = feed.next_event().await?;
         Some((Ok(event), feed))
-    });
+    })
+    .take_until(state.stopping.cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Counts every request, so the backfill can yield CPU to them.
     pub requests: Arc<RequestCount>,
+    /// Fires when shutdown begins: open event feeds end, so they do not hold the drain.
+    pub stopping: CancellationToken,
 }
 
 #[derive(OpenApi)]

@@ -19,6 +19,7 @@ use crate::embed::{EmbedError, Lane};
 use crate::store::{BatchItem, ClaimedDocument};
 
 use super::share::Share;
+use crate::run_to_end::until;
 
 /// First back-off after a failed batch; doubles per consecutive failure.
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
@@ -89,7 +90,10 @@ impl BatchRunner {
     }
 
     /// Marks the batch in flight now and runs it as a task on `tracker`. After its commit the
-    /// batch keeps its slot for the rest its CPU share asks for, or until `shutdown`.
+    /// batch keeps its slot for the rest its CPU share asks for, after a failure for the
+    /// back-off. `shutdown` abandons the batch wherever it waits (for the provider, its
+    /// retries, its rest or back-off): its documents stay queued in the store, so the next
+    /// start claims them again. A commit that has begun finishes first (`run_to_end::until`).
     pub fn spawn(
         &self,
         tracker: &TaskTracker,
@@ -105,10 +109,19 @@ impl BatchRunner {
         let span = tracing::info_span!("batch", migration = %migration_id, size = claimed.len());
         tracker.spawn(
             async move {
-                let outcome = runner.run(&migration_id, &target, claimed).await;
+                let batch = runner.run(&migration_id, &target, claimed);
+                let Some(outcome) = until(shutdown.cancelled(), batch).await else {
+                    tracing::debug!("batch abandoned at shutdown; its documents stay queued");
+                    return;
+                };
                 tracing::debug!(?outcome, "batch done");
-                if let BatchOutcome::Committed { local_work, .. } = outcome {
-                    runner.rest(local_work, &shutdown).await;
+                let pause = match outcome {
+                    BatchOutcome::Committed { local_work, .. } => runner.rest_after(local_work),
+                    BatchOutcome::Failed => runner.back_off(),
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
                 drop(in_flight);
             }
@@ -116,17 +129,16 @@ impl BatchRunner {
         );
     }
 
-    /// Rests after `local_work` as long as the backfill's CPU share asks (not at all at the
-    /// whole share), or until `shutdown`.
-    async fn rest(&self, local_work: Duration, shutdown: &CancellationToken) {
-        let rest = self.share.now().rest_after(local_work);
-        if rest.is_zero() {
-            return;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(rest) => {}
-        }
+    /// The rest after `local_work` that the backfill's CPU share asks for (none at the whole
+    /// share).
+    fn rest_after(&self, local_work: Duration) -> Duration {
+        self.share.now().rest_after(local_work)
+    }
+
+    /// The back-off of one more consecutive failure.
+    fn back_off(&self) -> Duration {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        backoff(failures)
     }
 
     /// Embeds and commits one batch.
@@ -173,7 +185,6 @@ impl BatchRunner {
                 // The documents stay queued; a later sweep claims them again. A store that
                 // stays broken shows on /readyz, not as a provider failure.
                 tracing::warn!(%error, "could not commit a backfill batch; its documents stay queued");
-                self.back_off().await;
                 BatchOutcome::Failed
             }
         }
@@ -264,14 +275,7 @@ impl BatchRunner {
             }
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        self.back_off().await;
         BatchOutcome::Failed
-    }
-
-    /// Sleeps the back-off of one more consecutive failure.
-    async fn back_off(&self) {
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        tokio::time::sleep(backoff(failures)).await;
     }
 }
 

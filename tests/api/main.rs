@@ -38,6 +38,7 @@ mod providers;
 mod query;
 mod routing;
 mod serial_provider_tests;
+mod shutdown;
 mod slow_clients;
 mod timeouts;
 mod truncated;
