@@ -330,16 +330,7 @@ impl Coordinator {
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
         let current = self.migration(id).await?;
-        let next = current.apply(event.clone(), now)?;
-        if !self.is_latest(id) {
-            // Older migrations are settled; no event moves them (apply agrees, this guards it).
-            return Err(TransitionError {
-                event: event.name(),
-                state: current.state,
-                unmet: None,
-            }
-            .into());
-        }
+        let next = self.apply_to_latest(&current, event.clone(), now)?;
         let published = if event == Event::Start {
             self.start_locked(&current, now).await?
         } else {
@@ -350,6 +341,28 @@ impl Coordinator {
             return Ok(self.complete_if_empty_locked(published, now).await);
         }
         Ok(published)
+    }
+
+    /// `current` after `event`, if the state table allows it and `current` is the newest
+    /// migration: older migrations are settled, and no event moves them (apply agrees; this
+    /// guards it).
+    fn apply_to_latest(
+        &self,
+        current: &Migration,
+        event: Event,
+        now: DateTime<Utc>,
+    ) -> Result<Migration, CoordinatorError> {
+        let name = event.name();
+        let next = current.apply(event, now)?;
+        if !self.is_latest(&current.id) {
+            return Err(TransitionError {
+                event: name,
+                state: current.state,
+                unmet: None,
+            }
+            .into());
+        }
+        Ok(next)
     }
 
     /// Applies a config patch to the newest migration (PATCH), persisting it first. Under the
@@ -372,19 +385,7 @@ impl Coordinator {
         let _serial = self.transitions.lock().await;
         let current = self.migration(id).await?;
         let config = patch.apply_to(current.config)?;
-        let adjustable = current.state.is_backfilling() || current.state == MigrationState::Planned;
-        if !adjustable || !self.is_latest(id) {
-            return Err(TransitionError {
-                event: "reconfigure",
-                state: current.state,
-                unmet: None,
-            }
-            .into());
-        }
-        let next = Migration {
-            config,
-            ..current.clone()
-        };
+        let next = self.apply_to_latest(&current, Event::Reconfigure { config }, Utc::now())?;
         self.store.update_migration(&next, current.state).await?;
         Ok(self.publish_state(next))
     }
@@ -407,14 +408,7 @@ impl Coordinator {
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
         let current = self.migration(id).await?;
-        if !current.state.is_backfilling() || !self.is_latest(id) {
-            return Err(TransitionError {
-                event: "retry the skips of",
-                state: current.state,
-                unmet: None,
-            }
-            .into());
-        }
+        self.apply_to_latest(&current, Event::RetrySkips, now)?;
         let delta = self.store.requeue_skips(id).await?;
         self.apply_delta(id, delta, now);
         Ok(self.latest().unwrap_or(current))

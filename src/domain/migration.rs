@@ -1,7 +1,8 @@
 //! The migration lifecycle: states, events and the one function that moves between them.
 //!
 //! Mirrors the state table of API.md row for row; `Migration::apply` is the only way a
-//! migration changes state, and it never mutates in place, so a caller can persist the new
+//! migration changes state or config (and decides when its skips may be retried), and it
+//! never mutates in place, so a caller can persist the new
 //! value first and publish it only once the store has committed it.
 
 use chrono::{DateTime, Duration, Utc};
@@ -85,6 +86,12 @@ pub enum Event {
     Fail {
         error: String,
     },
+    /// A new config (PATCH), already validated; the state stays.
+    Reconfigure {
+        config: BackfillConfig,
+    },
+    /// The skipped documents go back on the queue (the store requeues them); the state stays.
+    RetrySkips,
 }
 
 impl Event {
@@ -99,6 +106,8 @@ impl Event {
             Self::Finalize => "finalize",
             Self::Complete => "complete",
             Self::Fail { .. } => "fail",
+            Self::Reconfigure { .. } => "reconfigure",
+            Self::RetrySkips => "retry the skips of",
         }
     }
 }
@@ -243,6 +252,10 @@ impl Migration {
                 next.state = Failed;
                 next.error = Some(error.clone());
             }
+            (Event::Reconfigure { config }, Planned | InProgress | Paused | Failed) => {
+                next.config = *config;
+            }
+            (Event::RetrySkips, InProgress | Paused | Failed) => {}
             _ => return Err(illegal()),
         }
         Ok(next)
@@ -379,8 +392,15 @@ mod tests {
         }
     }
 
-    fn every_event() -> [Event; 8] {
+    fn every_event() -> [Event; 10] {
         [
+            Event::Reconfigure {
+                config: BackfillConfig {
+                    batch_size: 7,
+                    ..BackfillConfig::default()
+                },
+            },
+            Event::RetrySkips,
             Event::Start,
             Event::Pause {
                 reason: Some("slow down".into()),
@@ -398,7 +418,7 @@ mod tests {
 
     /// API.md's state table, one entry per accepted (call, state) pair; a completed migration
     /// is taken inside its window.
-    const LEGAL: [(&str, MigrationState, MigrationState); 15] = [
+    const LEGAL: [(&str, MigrationState, MigrationState); 22] = [
         ("start", Planned, InProgress),
         ("pause", InProgress, Paused),
         ("resume", Paused, InProgress),
@@ -414,6 +434,13 @@ mod tests {
         ("rollback", Failed, RolledBack),
         ("rollback", Completed, RolledBack),
         ("finalize", Completed, Completed),
+        ("reconfigure", Planned, Planned),
+        ("reconfigure", InProgress, InProgress),
+        ("reconfigure", Paused, Paused),
+        ("reconfigure", Failed, Failed),
+        ("retry the skips of", InProgress, InProgress),
+        ("retry the skips of", Paused, Paused),
+        ("retry the skips of", Failed, Failed),
     ];
 
     #[test]
@@ -454,6 +481,18 @@ mod tests {
             }
         }
         assert_eq!(accepted, LEGAL.len());
+    }
+
+    #[test]
+    fn reconfigure_replaces_the_config_and_nothing_else() {
+        let paused = in_state(Paused);
+        let config = BackfillConfig {
+            batch_size: 7,
+            max_concurrent: 1,
+            ..paused.config
+        };
+        let next = paused.apply(Event::Reconfigure { config }, at(50)).unwrap();
+        assert_eq!(next, Migration { config, ..paused });
     }
 
     #[test]

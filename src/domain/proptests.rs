@@ -22,6 +22,8 @@ fn any_event() -> impl Strategy<Value = Event> {
         Just(Event::Finalize),
         Just(Event::Complete),
         ".{0,8}".prop_map(|error| Event::Fail { error }),
+        valid_config().prop_map(|config| Event::Reconfigure { config }),
+        Just(Event::RetrySkips),
     ]
 }
 

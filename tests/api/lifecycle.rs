@@ -1,17 +1,29 @@
-//! API.md's state table through HTTP: from every state, every call is either accepted and
-//! leads where the table says, or refused with 409 `invalid-transition` naming the current
-//! state, and then nothing changed. Open migrations refuse a second one (409 `migration-open`).
+//! API.md's state table through HTTP: from every state, every call (the lifecycle actions,
+//! PATCH config and retrying the skips) is either accepted and leads where the table says, or
+//! refused with 409 `invalid-transition` naming the current state, and then nothing changed. Open migrations refuse a second one (409 `migration-open`).
 
 use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
 
-use crate::helpers::PATIENCE;
+use crate::helpers::{PATIENCE, Reply, TestApp};
 use crate::states::{Arrived, MIGRATION, Reached, arrive};
 use crate::wire::Migration;
 
-const CALLS: [&str; 6] = ["start", "pause", "resume", "cancel", "rollback", "finalize"];
+const CALLS: [&str; 8] = [
+    "start",
+    "pause",
+    "resume",
+    "cancel",
+    "rollback",
+    "finalize",
+    "config",
+    "skips/retry",
+];
+
+/// The batch size the `config` call patches in.
+const PATCHED_BATCH_SIZE: u64 = 7;
 
 /// The state table, one arm per row: where `call` leads from `from`, `None` if refused.
 fn outcome(call: &str, from: Reached) -> Option<&'static str> {
@@ -23,6 +35,8 @@ fn outcome(call: &str, from: Reached) -> Option<&'static str> {
         ("cancel", Planned | InProgress | Paused | Failed) => Some("cancelled"),
         ("rollback", InProgress | Paused | Failed | Completed) => Some("rolled_back"),
         ("finalize", Completed) => Some("completed"),
+        ("config", Planned | InProgress | Paused | Failed) => Some(from.state()),
+        ("skips/retry", InProgress | Paused | Failed) => Some(from.state()),
         _ => None,
     }
 }
@@ -55,7 +69,7 @@ async fn check_every_call_from(from: Reached) {
 async fn assert_refused(arrived: &Arrived, call: &str, from: Reached) {
     let app = &arrived.app;
     let before = app.migration(MIGRATION).await;
-    let reply = app.action(MIGRATION, call).await;
+    let reply = send(app, call).await;
     let problem = reply.problem(409, "invalid-transition");
     assert!(
         problem.detail().contains(from.state()),
@@ -72,7 +86,7 @@ async fn assert_refused(arrived: &Arrived, call: &str, from: Reached) {
 async fn assert_accepted(arrived: &Arrived, call: &str, from: Reached) {
     let app = &arrived.app;
     let expected = outcome(call, from).unwrap();
-    let reply = app.action(MIGRATION, call).await;
+    let reply = send(app, call).await;
     let answered: Migration = reply.ok();
     assert_eq!(answered.state, expected, "{call} from {from}: {reply}");
     let stored = app.migration(MIGRATION).await;
@@ -98,7 +112,19 @@ async fn assert_accepted(arrived: &Arrived, call: &str, from: Reached) {
                 ("hash-v1", "stable")
             );
         }
+        "config" => assert_eq!(stored.config.batch_size, PATCHED_BATCH_SIZE),
         _ => {}
+    }
+}
+
+/// Makes `call` on the migration: `config` patches the batch size, the others are POSTs.
+async fn send(app: &TestApp, call: &str) -> Reply {
+    match call {
+        "config" => {
+            let patch = json!({ "batch_size": PATCHED_BATCH_SIZE });
+            app.patch_config(MIGRATION, &patch).await
+        }
+        _ => app.action(MIGRATION, call).await,
     }
 }
 
