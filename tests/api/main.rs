@@ -18,6 +18,7 @@ mod serial_provider;
 mod states;
 mod wire;
 
+mod active_model;
 mod backfill;
 mod bad_input;
 mod bench_smoke;
