@@ -55,77 +55,126 @@ use load::RequestCount;
 use store::Store;
 use store::sqlite::SqliteStore;
 
-/// Runs the service on `listener` until `shutdown` resolves: opens the store, rebuilds the
-/// indexes, resumes a migration that was in progress, serves HTTP (closing connections that
-/// are slow to send a request head or idle, see `serving`). At `shutdown` it stops accepting,
-/// ends the event feeds, abandons the backfill batches that wait for their provider (their
-/// documents stay queued; a batch already committing finishes), lets the requests in flight
-/// finish (dropping those still open after `serving::SHUTDOWN_GRACE`), and closes the
-/// database: it returns within that grace plus one batch commit.
+/// The service's object graph, assembled once by `App::build` for the binary, the tests and
+/// the benchmarks alike, so none of them wires the parts its own way.
+pub struct App {
+    pub config: Config,
+    pub models: ModelRegistry,
+    pub store: Arc<dyn Store>,
+    pub coordinator: Arc<Coordinator>,
+    pub indexes: Arc<IndexSet>,
+    pub documents: Arc<Documents>,
+    /// Counts every request, so the backfill can yield CPU to them.
+    pub requests: Arc<RequestCount>,
+}
+
+impl App {
+    /// Opens the store under `config.data_dir`, loads the migrations (checking the active
+    /// model against `models`) and rebuilds the indexes. Nothing runs yet: `serve` starts the
+    /// workers and the HTTP server.
+    pub async fn build(config: Config, models: ModelRegistry) -> anyhow::Result<Self> {
+        // Install the recorder before anything counts, so no early sample is lost.
+        telemetry::metrics();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.data_dir).await.with_context(|| {
+                format!("cannot open the store in {}", config.data_dir.display())
+            })?);
+        let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
+        check_active_model(&coordinator, store.as_ref(), &models, &config).await?;
+        let indexes = Arc::new(IndexSet::load(&models, store.as_ref()).await?);
+        let documents = Arc::new(Documents::new(
+            coordinator.clone(),
+            store.clone(),
+            models.clone(),
+            indexes.clone(),
+        ));
+        Ok(Self {
+            config,
+            models,
+            store,
+            coordinator,
+            indexes,
+            documents,
+            requests: Arc::new(RequestCount::default()),
+        })
+    }
+
+    /// Runs the service on `listener` until `shutdown` resolves: resumes a migration that was
+    /// in progress, serves HTTP (closing connections that are slow to send a request head or
+    /// idle, see `serving`). At `shutdown` it stops accepting, ends the event feeds, abandons
+    /// the backfill batches that wait for their provider (their documents stay queued; a batch
+    /// already committing finishes), lets the requests in flight finish (dropping those still
+    /// open after `serving::SHUTDOWN_GRACE`), and closes the database: it returns within that
+    /// grace plus one batch commit.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            models,
+            store,
+            coordinator,
+            indexes: _,
+            documents,
+            requests,
+        } = self;
+        let workers = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        Backfill::new(
+            coordinator.clone(),
+            store.clone(),
+            documents.clone(),
+            requests.clone(),
+            &config,
+        )
+        .spawn(&workers, stopping.clone());
+        window::spawn(coordinator.clone(), &workers, stopping.clone());
+
+        let limits = config.limits;
+        let state = AppState {
+            limits,
+            coordinator,
+            documents,
+            store: store.clone(),
+            models,
+            requests,
+            stopping: stopping.clone(),
+        };
+        tracing::info!(addr = %listener.local_addr()?, "serving");
+        // Everything stops together: the accept loop, the event feeds and the workers.
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
+        serving::serve_http(
+            listener,
+            api::app(state, config.tokens.clone()),
+            limits,
+            shutdown,
+        )
+        .await;
+
+        workers.close();
+        workers.wait().await;
+        store.close().await;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Builds the `App` and serves it on `listener` until `shutdown` (see `App::serve`).
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     models: ModelRegistry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Install the recorder before anything counts, so no early sample is lost.
-    telemetry::metrics();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data_dir)
-            .await
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
-    );
-    let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
-    check_active_model(&coordinator, store.as_ref(), &models, &config).await?;
-    let indexes = Arc::new(IndexSet::load(&models, store.as_ref()).await?);
-    let documents = Arc::new(Documents::new(
-        coordinator.clone(),
-        store.clone(),
-        models.clone(),
-        indexes,
-    ));
-    let workers = TaskTracker::new();
-    let stopping = CancellationToken::new();
-    let requests = Arc::new(RequestCount::default());
-    Backfill::new(
-        coordinator.clone(),
-        store.clone(),
-        documents.clone(),
-        requests.clone(),
-        &config,
-    )
-    .spawn(&workers, stopping.clone());
-    window::spawn(coordinator.clone(), &workers, stopping.clone());
-
-    let limits = config.limits;
-    let state = AppState {
-        limits,
-        coordinator,
-        documents,
-        store: store.clone(),
-        models,
-        requests,
-        stopping: stopping.clone(),
-    };
-    tracing::info!(addr = %listener.local_addr()?, "serving");
-    // Everything stops together: the accept loop, the event feeds and the workers.
-    let shutdown = async move {
-        shutdown.await;
-        stopping.cancel();
-    };
-    serving::serve_http(
-        listener,
-        api::app(state, config.tokens.clone()),
-        limits,
-        shutdown,
-    )
-    .await;
-
-    workers.close();
-    workers.wait().await;
-    store.close().await;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    App::build(config, models)
+        .await?
+        .serve(listener, shutdown)
+        .await
 }
 
 /// Refuses to start when the store's active model is not in the registry, or when a registry

@@ -2,13 +2,10 @@
 //! store, then in memory (commit, then publish): a store that refuses the write leaves both
 //! unchanged, so the window timer's next attempt records it.
 
-use std::sync::Arc;
-
 use chrono::Utc;
-use reembed::coordinator::Coordinator;
+use reembed::App;
 use reembed::domain::{BackfillConfig, Migration};
-use reembed::store::Store;
-use reembed::store::sqlite::SqliteStore;
+use reembed::embed::ModelRegistry;
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
 
@@ -34,12 +31,11 @@ async fn allow_active_model_writes(db: &SqlitePool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_model_the_store_refused_is_recorded_on_the_next_attempt() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("store"));
-    let coordinator = Arc::new(
-        Coordinator::load(Arc::clone(&store), "hash-v1")
-            .await
-            .expect("coordinator"),
-    );
+    let config = reembed::Config::new(dir.path());
+    let app = App::build(config, ModelRegistry::builtin())
+        .await
+        .expect("the app");
+    let (store, coordinator) = (app.store, app.coordinator);
     // No documents and no rollback window: the migration completes on start and its target
     // is the active model at once.
     let config = BackfillConfig {

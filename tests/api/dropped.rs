@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::FutureExt;
+use reembed::App;
 use reembed::coordinator::Coordinator;
 use reembed::documents::{Documents, NewDocument};
 use reembed::domain::{BackfillConfig, Event, Migration, MigrationState};
@@ -15,7 +16,6 @@ use reembed::embed::ModelRegistry;
 use reembed::embed::builtin::HashEmbedder;
 use reembed::index::IndexSet;
 use reembed::store::Store;
-use reembed::store::sqlite::SqliteStore;
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -34,26 +34,16 @@ struct Service {
 impl Service {
     async fn open() -> Self {
         let dir = TempDir::new().expect("temp dir");
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("store"));
-        let models = ModelRegistry::builtin();
-        let coordinator = Arc::new(
-            Coordinator::load(Arc::clone(&store), models.active_model())
-                .await
-                .expect("coordinator"),
-        );
-        let indexes = Arc::new(IndexSet::new(&models));
-        let documents = Arc::new(Documents::new(
-            Arc::clone(&coordinator),
-            Arc::clone(&store),
-            models,
-            Arc::clone(&indexes),
-        ));
+        let config = reembed::Config::new(dir.path());
+        let app = App::build(config, ModelRegistry::builtin())
+            .await
+            .expect("the app");
         Self {
             _dir: dir,
-            store,
-            coordinator,
-            indexes,
-            documents,
+            store: app.store,
+            coordinator: app.coordinator,
+            indexes: app.indexes,
+            documents: app.documents,
         }
     }
 
