@@ -8,10 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+cargo clippy --locked --workspace --all-targets -- -D warnings
+# The service's tests, then the benchmark suite's (its smoke run).
+cargo test --locked --workspace
 # Each Criterion micro-benchmark once, untimed, so they cannot rot (bench/run.sh times them).
-cargo test --locked --benches
+cargo test --locked --package reembed-bench --benches
 ./scripts/browser-test.sh
 # Schema-driven fuzzing of the live server against its own OpenAPI document (a bounded time).
 ./scripts/schemathesis.sh

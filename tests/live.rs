@@ -9,7 +9,7 @@
 mod client;
 #[path = "api/helpers.rs"]
 mod helpers;
-#[path = "../src/bench/serial_provider.rs"]
+#[path = "../bench/src/serial_provider.rs"]
 mod serial_provider;
 #[path = "api/wire.rs"]
 mod wire;

@@ -13,7 +13,7 @@ mod probe;
 mod process;
 // Shared with the benchmarks and `tests/live`, which use more of it than the tests here.
 #[allow(dead_code)]
-#[path = "../../src/bench/serial_provider.rs"]
+#[path = "../../bench/src/serial_provider.rs"]
 mod serial_provider;
 mod states;
 mod wire;
@@ -21,7 +21,6 @@ mod wire;
 mod active_model;
 mod backfill;
 mod bad_input;
-mod bench_smoke;
 mod cli;
 mod crash;
 mod documents;

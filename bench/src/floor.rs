@@ -1,5 +1,5 @@
 //! The bandwidth floor of a scan: reading the same floats once, doing almost nothing with
-//! them. Shared by `reembed-bench` and the Criterion micro-benchmarks (`benches/micro.rs`).
+//! them. Shared by `reembed-bench` and the Criterion micro-benchmarks (`bench/benches/micro.rs`).
 
 /// Reads every float once; eight independent sums so the loop is bound by memory, not by
 /// the latency of one chain of additions.

@@ -1,4 +1,4 @@
-//! The Criterion micro-benchmarks (`benches/micro.rs`), reported as ratios: each measure is
+//! The Criterion micro-benchmarks (`bench/benches/micro.rs`), reported as ratios: each measure is
 //! read from Criterion's `estimates.json` and set against its baseline from the same run.
 //! `bench/run.sh` runs `cargo bench --bench micro` before this binary; without those files
 //! (a smoke run, or `cargo bench` not run) the section says so.
@@ -36,12 +36,12 @@ const PAIRS: [(&str, &str, &str, Option<Goal>); 3] = [
 pub fn report(smoke: bool) -> anyhow::Result<String> {
     let dir = criterion_dir()?;
     let mut out = String::from(
-        "## Micro-benchmarks\n\nCriterion, `cargo bench --locked --bench micro` \
-         (`benches/micro.rs`); mean time per iteration from \
+        "## Micro-benchmarks\n\nCriterion, `cargo bench --locked --package reembed-bench --bench micro` \
+         (`bench/benches/micro.rs`); mean time per iteration from \
          `target/criterion/<id>/new/estimates.json`.\n\n",
     );
     if smoke || !dir.exists() {
-        out += "Not timed in this run: `bench/run.sh` runs `cargo bench --bench micro` first.\n";
+        out += "Not timed in this run: `bench/run.sh` runs `cargo bench --package reembed-bench --bench micro` first.\n";
         return Ok(out);
     }
     out += "| measure / baseline | what it shows | mean | baseline mean | ratio | goal |\n\

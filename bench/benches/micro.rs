@@ -10,7 +10,7 @@
 //!
 //! `cargo test --benches` runs each once, so CI keeps them compiling and working.
 
-#[path = "../src/bench/floor.rs"]
+#[path = "../src/floor.rs"]
 mod floor;
 
 use std::hint::black_box;

@@ -1,5 +1,12 @@
-//! The benchmarks and what they share: sizes, statistics, a corpus, a store filled directly
-//! (fast set-up, not part of any figure) and a server run in-process on a port-0 listener.
+//! `reembed-bench`: the benchmark suite (issue 5), a workspace member of its own so a release
+//! build of the service does not build it. Each benchmark measures a figure of the service
+//! against a baseline measured in the same run, and prints one Markdown section;
+//! `bench/run.sh` wraps the output with the machine and the date into `bench/RESULTS.md`.
+//!
+//! `--smoke` runs every benchmark at tiny sizes in seconds, so CI keeps the code compiling and
+//! running; it asserts no timing. The suite uses only the library's public API. This file
+//! holds what the benchmarks share: sizes, statistics, a corpus, a store filled directly (fast
+//! set-up, not part of any figure) and a server run in-process on a port-0 listener.
 
 mod backfill;
 mod cpu;
@@ -18,6 +25,7 @@ mod writes;
 mod wrk;
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,7 +37,37 @@ use reembed::store::{DocumentWrite, Store};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const USAGE: &str =
+/// Parses the options and runs the chosen benchmarks; a bad argument exits 2, a failed
+/// benchmark 1.
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match Options::parse(&args) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // The in-process servers log their warnings and errors, so a failed request says why.
+    reembed::telemetry::init_with("warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("benchmark failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line, printed after a bad argument.
+const USAGE: &str =
     "usage: reembed-bench [--smoke] [--only query,routing,backfill,writes,live,scaling,micro]";
 
 /// Every benchmark, in the order they run; `scaling` also reports memory.
