@@ -273,3 +273,7 @@ mod tests {
         assert!(!progress.is_settled());
     }
 }
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod contract_tests;
