@@ -256,6 +256,17 @@ impl FakeOpenAi {
         self.shared.waiting.load(Ordering::SeqCst)
     }
 
+    /// Waits until at least one request waits at the hold; panics after `timeout`.
+    pub async fn until_held(&self, timeout: Duration) {
+        crate::helpers::eventually(timeout, "a request held at the fake", || async {
+            match self.held_requests() {
+                0 => Err("none held yet".to_owned()),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    }
+
     /// Every request answered so far, in the order the answers were decided.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.log.lock().unwrap().clone()

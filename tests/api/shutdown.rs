@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::backfill::follow_to_completion;
 use crate::fake_openai::{FakeOpenAi, HELD, MODEL};
-use crate::helpers::{PATIENCE, TestApp, eventually};
+use crate::helpers::{PATIENCE, TestApp};
 use crate::providers::{assert_all_current_in_fake, counts, marked};
 
 /// Well under the 10 s that shutdown gives slow requests: a shutdown that waited for the
@@ -25,13 +25,7 @@ async fn shutdown_ends_event_feeds_and_abandons_batches_waiting_for_the_provider
     let config = json!({ "batch_size": 20, "max_concurrent": 2 });
     let body = json!({ "id": "stopped", "target_model": MODEL, "config": config });
     app.start_migration(&body).await;
-    eventually(PATIENCE, "a batch waiting at the held provider", || async {
-        match fake.held_requests() {
-            0 => Err("none yet".to_owned()),
-            _ => Ok(()),
-        }
-    })
-    .await;
+    fake.until_held(PATIENCE).await;
 
     let mut feed = reqwest::get(format!("{}/v1/migrations/stopped/events", app.base))
         .await

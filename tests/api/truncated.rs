@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::backfill::follow_to_completion;
 use crate::fake_openai::{FakeOpenAi, HELD, MODEL};
-use crate::helpers::{PATIENCE, TestApp, eventually};
+use crate::helpers::{PATIENCE, TestApp};
 use crate::operating::sample;
 use crate::providers::{assert_all_current_in_fake, assert_embedded_once};
 
@@ -95,13 +95,7 @@ async fn a_dual_write_of_a_queued_long_document_counts_it_once() {
     let config = json!({ "batch_size": 10, "max_concurrent": 1 });
     let body = json!({ "id": "dual-long", "target_model": MODEL, "config": config });
     app.start_migration(&body).await;
-    eventually(Duration::from_secs(30), "a held batch", || async {
-        match fake.held_requests() {
-            0 => Err("none held yet".to_owned()),
-            _ => Ok(()),
-        }
-    })
-    .await;
+    fake.until_held(Duration::from_secs(30)).await;
 
     let written = app.put_document("z-last", &long(99)).await;
     assert!(
