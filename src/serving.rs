@@ -29,13 +29,14 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::http::StatusCode;
 use axum::serve::Listener;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::future::BoxFuture;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
@@ -50,12 +51,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::error::{ApiError, Problem};
 use crate::config::Limits;
 
 /// How long shutdown waits for responses still under way before dropping their connections:
 /// long enough for ordinary requests to finish; a request slower than this is cut. A write
 /// cut this way still completes (`run_to_end`).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest request target hyper parses (its own limit, which it does not export).
+const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
+
+/// The most a connection buffers of a request head: room for the longest target and the
+/// headers of any ordinary client, and a bound on what a client can make the server hold.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
+
+/// The most header fields a request head may have (hyper's default, stated for the answer).
+const MAX_HEADERS: usize = 100;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then closes the connections as the
 /// module doc says and returns once none is left.
@@ -99,12 +111,18 @@ async fn serve_connection(
     let io = TokioIo::new(WatchedStream {
         stream,
         phase: phase.clone(),
+        answer: None,
     });
     let service = TrackedService {
         app: TowerToHyperService::new(app),
         phase,
     };
-    let mut connection = pin!(http1::Builder::new().serve_connection(io, service));
+    let mut connection = pin!(
+        http1::Builder::new()
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
+            .serve_connection(io, service)
+    );
     let mut drain_by = None;
     loop {
         let limit = seen.borrow_and_update().deadline(&limits);
@@ -199,10 +217,13 @@ impl Phase {
     }
 }
 
-/// The client's socket, telling the phase when bytes pass.
+/// The client's socket, telling the phase when bytes pass, and putting a problem document in
+/// place of hyper's empty answer to a head it cannot parse.
 struct WatchedStream {
     stream: TcpStream,
     phase: Arc<watch::Sender<Phase>>,
+    /// The problem answer still to be sent, once hyper has answered an unparsable head.
+    answer: Option<Bytes>,
 }
 
 impl AsyncRead for WatchedStream {
@@ -229,6 +250,9 @@ impl AsyncWrite for WatchedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.replaces_automatic_answer(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let written = Pin::new(&mut this.stream).poll_write(cx, buf);
         this.note_written(&written);
         written
@@ -240,6 +264,12 @@ impl AsyncWrite for WatchedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        // hyper writes a head it made up as one slice of its own.
+        if let [head] = bufs
+            && this.replaces_automatic_answer(head)
+        {
+            return Poll::Ready(Ok(head.len()));
+        }
         let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         this.note_written(&written);
         written
@@ -250,15 +280,59 @@ impl AsyncWrite for WatchedStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_send_answer(cx))?;
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
+    /// After a problem answer, shutting down also reads what the client is still sending
+    /// until it closes (or the head's time limit ends the connection): closing a socket with
+    /// unread bytes resets it, and a reset can destroy the answer before the client reads it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        let answered = this.answer.is_some();
+        ready!(this.poll_send_answer(cx))?;
+        ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+        if answered {
+            ready!(poll_discard_until_closed(&mut this.stream, cx));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
 impl WatchedStream {
+    /// Whether `head` is hyper's own answer to a head it could not parse, which is then
+    /// replaced by a problem document. Such an answer is the only thing hyper writes while
+    /// it is reading a head: a response of the app follows the service's call, which moves
+    /// the phase to `Serving`, and the app's 4xx answers always carry a content type.
+    fn replaces_automatic_answer(&mut self, head: &[u8]) -> bool {
+        if self.answer.is_some() {
+            return true;
+        }
+        if !matches!(*self.phase.borrow(), Phase::ReadingHead(_)) {
+            return false;
+        }
+        let Some(error) = automatic_answer(head) else {
+            return false;
+        };
+        let (status, problem) = error.problem();
+        tracing::debug!(%status, detail = %problem.detail, "answering an unparsable request head");
+        self.answer = Some(problem_answer(status, &problem));
+        true
+    }
+
+    /// Sends what is left of the problem answer, if there is one.
+    fn poll_send_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(answer) = self.answer.as_mut().filter(|answer| !answer.is_empty()) {
+            let written = ready!(Pin::new(&mut self.stream).poll_write(cx, answer))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            answer.advance(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn note_written(&self, written: &Poll<io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
             self.phase
@@ -333,6 +407,61 @@ impl HttpBody for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The error hyper's automatic answer `head` stands for: a status line of 400, 414 or 431
+/// with no body (hyper sends `content-length: 0` and a date, nothing more).
+fn automatic_answer(head: &[u8]) -> Option<ApiError> {
+    let head = std::str::from_utf8(head).ok()?;
+    let (status_line, headers) = head.strip_suffix("\r\n\r\n")?.split_once("\r\n")?;
+    let has_no_body = headers
+        .split("\r\n")
+        .any(|header| header.eq_ignore_ascii_case("content-length: 0"));
+    let has_content_type = headers
+        .split("\r\n")
+        .any(|header| header.to_ascii_lowercase().starts_with("content-type:"));
+    if !has_no_body || has_content_type {
+        return None;
+    }
+    let status = status_line.strip_prefix("HTTP/1.")?.get(2..5)?;
+    match status {
+        "400" => Some(ApiError::MalformedRequest(
+            "the request head does not parse as HTTP/1.1: check its method, target, version \
+             and header names and values"
+                .to_owned(),
+        )),
+        "414" => Some(ApiError::UriTooLong(format!(
+            "the request target is longer than {MAX_TARGET_BYTES} bytes"
+        ))),
+        "431" => Some(ApiError::HeadersTooLarge(format!(
+            "the request head is larger than {MAX_HEAD_BYTES} bytes or has more than \
+             {MAX_HEADERS} header fields"
+        ))),
+        _ => None,
+    }
+}
+
+/// A whole HTTP/1.1 response carrying `problem`, closing the connection as hyper would.
+fn problem_answer(status: StatusCode, problem: &Problem) -> Bytes {
+    let body = serde_json::to_vec(problem).expect("a problem document serializes");
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    [head.into_bytes(), body].concat().into()
+}
+
+/// Reads and drops what the client sends until it closes its side or the socket fails.
+fn poll_discard_until_closed(stream: &mut TcpStream, cx: &mut Context<'_>) -> Poll<()> {
+    let mut scratch = [0_u8; 8192];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf)) {
+            Ok(()) if !buf.filled().is_empty() => {}
+            Ok(()) | Err(_) => return Poll::Ready(()),
+        }
     }
 }
 

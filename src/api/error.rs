@@ -42,6 +42,10 @@ pub enum ApiError {
     /// 400: a path segment does not decode (percent-encoded bytes that are not UTF-8).
     #[error("{0}")]
     MalformedPath(String),
+    /// 400: the request head is not HTTP (a method, target, version or header that does not
+    /// parse); sent by the accept loop, as the app never sees such a request.
+    #[error("{0}")]
+    MalformedRequest(String),
     /// 401: an API token is configured and the request lacks the right one.
     #[error("{0}")]
     Unauthorized(String),
@@ -70,9 +74,15 @@ pub enum ApiError {
     /// 413: the body is over the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 414: the request target is longer than the server parses; sent by the accept loop.
+    #[error("{0}")]
+    UriTooLong(String),
     /// 415: the body is not declared as JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 431: the request head is larger than the server buffers; sent by the accept loop.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 422: a migration config, model choice or migration id is invalid.
     #[error("{0}")]
     InvalidConfig(String),
@@ -103,6 +113,11 @@ impl ApiError {
                 "Malformed query string",
             ),
             MalformedPath(_) => (StatusCode::BAD_REQUEST, "malformed-path", "Malformed path"),
+            MalformedRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request",
+            ),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
@@ -131,6 +146,12 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "Payload too large",
+            ),
+            UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri-too-long", "URI too long"),
+            HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                "Request header fields too large",
             ),
             UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -161,8 +182,10 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and problem document this error is answered with, for the accept loop,
+    /// which writes answers to unparsable requests itself.
+    pub(crate) fn problem(&self) -> (StatusCode, Problem) {
         let (status, slug, title) = self.parts();
         let problem = Problem {
             kind: format!("urn:reembed:problem:{slug}"),
@@ -170,6 +193,13 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
         };
+        (status, problem)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, problem) = self.problem();
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -7,11 +7,14 @@
 //!
 //! | status | slug | added to |
 //! |---|---|---|
+//! | 400, 414, 431 | `malformed-request`, `uri-too-long`, `headers-too-large` | every operation (a head the accept loop cannot parse) |
 //! | 400 | `malformed-path` | operations with a path parameter |
 //! | 400, 408, 413, 415 | `malformed-body`, `request-timeout`, `payload-too-large`, `unsupported-media-type` | operations with a request body |
 //! | 401 | `unauthorized` | everything behind the API token (`/v1`, `/metrics`, the status page) |
 //! | 403 | `forbidden` | operations behind the token that change something |
 //! | 500, 503 | `internal`, `unavailable` | every operation |
+//!
+//! Where several layers answer the same status, its description names each cause.
 
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
@@ -49,6 +52,18 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut O
 
 fn add_layer_errors(path: &str, method: &str, operation: &mut Operation) {
     let mut errors = vec![
+        (
+            "400",
+            "The request head does not parse as HTTP (`malformed-request`)",
+        ),
+        (
+            "414",
+            "The request target is over 65,534 bytes (`uri-too-long`)",
+        ),
+        (
+            "431",
+            "The request head is over 128 KiB or has over 100 fields (`headers-too-large`)",
+        ),
         ("500", "A fault of the server (`internal`)"),
         (
             "503",
@@ -94,12 +109,19 @@ fn add_layer_errors(path: &str, method: &str, operation: &mut Operation) {
             ));
         }
     }
+    let mut descriptions: Vec<(&str, Vec<&str>)> = Vec::new();
     for (status, description) in errors {
+        match descriptions.iter_mut().find(|(known, _)| *known == status) {
+            Some((_, causes)) => causes.push(description),
+            None => descriptions.push((status, vec![description])),
+        }
+    }
+    for (status, causes) in descriptions {
         operation
             .responses
             .responses
             .entry(status.to_owned())
-            .or_insert_with(|| RefOr::T(problem_response(description)));
+            .or_insert_with(|| RefOr::T(problem_response(&causes.join(". Or: "))));
     }
 }
 
@@ -192,8 +214,8 @@ mod tests {
         let health = error_statuses(&spec, "/healthz", "get");
         assert_eq!(
             health,
-            ["500", "503"],
-            "no token, no body, no path parameter"
+            ["400", "414", "431", "500", "503"],
+            "no token, no body, no path parameter: what the accept loop and the server send"
         );
     }
 }

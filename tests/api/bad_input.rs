@@ -337,6 +337,89 @@ async fn a_path_that_does_not_decode_is_400() {
     assert_eq!(snapshot(&app).await, before);
 }
 
+/// A head hyper refuses before the app sees it (a target over 64 KiB, a head over 128 KiB,
+/// bytes that are not HTTP) is answered with a problem document, not hyper's empty body,
+/// and the answer reaches a client that is still sending; nothing changes.
+#[tokio::test]
+async fn a_head_that_does_not_parse_gets_a_problem_document() {
+    let app = app_with_state().await;
+    let before = snapshot(&app).await;
+    let long_target = format!("/v1/documents/{}", "a".repeat(100_000));
+    let cases = [
+        (
+            format!("GET {long_target} HTTP/1.1\r\nhost: x\r\n\r\n"),
+            414,
+            "uri-too-long",
+        ),
+        (
+            format!(
+                "PUT /v1/documents/kept HTTP/1.1\r\nhost: x\r\nx-padding: {}\r\n\r\n",
+                "p".repeat(300_000)
+            ),
+            431,
+            "headers-too-large",
+        ),
+        (
+            "GET /v1/routing HTTP/1.1\r\nhost: x\r\nbad header: x\r\n\r\n".to_owned(),
+            400,
+            "malformed-request",
+        ),
+        (
+            "G\u{1}T /v1/routing HTTP/1.1\r\nhost: x\r\n\r\n".to_owned(),
+            400,
+            "malformed-request",
+        ),
+    ];
+    for (head, status, slug) in cases {
+        let (status_line, headers, body) = raw_answer(&app, &head).await;
+        let what = format!("{slug}: {status_line}");
+        assert!(
+            status_line.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}"
+        );
+        assert!(
+            headers.contains("content-type: application/problem+json"),
+            "{what}"
+        );
+        let problem: Value = serde_json::from_str(&body).expect("a problem document");
+        assert_eq!(
+            problem["type"],
+            format!("urn:reembed:problem:{slug}"),
+            "{what}"
+        );
+        assert_eq!(problem["status"], status, "{what}");
+    }
+    assert_eq!(snapshot(&app).await, before);
+}
+
+/// Sends `head` on a raw connection without closing the sending side, as a client does, and
+/// reads the answer until the server closes: its status line, its lower-cased headers and
+/// its body.
+async fn raw_answer(app: &TestApp, head: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connected");
+    stream.write_all(head.as_bytes()).await.expect("head sent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes after answering")
+    .expect("an answer, not a reset");
+    let answer = String::from_utf8(answer).expect("a text answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (
+        status_line.to_owned(),
+        headers.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
 /// A bug that panics in a handler answers a 500 problem document, changes nothing, and the
 /// server keeps serving.
 #[tokio::test]
