@@ -20,6 +20,15 @@ cargo build --locked --quiet --bin reembed
 . scripts/test-server.sh
 start_server schemathesis
 
+# Data for the operations on one document or migration: a few documents, and a planned
+# migration whose id the config's `migrations` dictionary names, so those operations meet
+# real state (and its lifecycle) rather than only 404s.
+curl --fail --silent --show-error -o /dev/null -X POST -H 'content-type: application/json' \
+    -d '{"documents": [{"id": "fuzz-1", "text": "first"}, {"id": "fuzz-2", "text": "second"}]}' \
+    "$url/v1/documents"
+curl --fail --silent --show-error -o /dev/null -X POST -H 'content-type: application/json' \
+    -d '{"id": "fuzz-planned", "target_model": "hash-v2", "start": false}' "$url/v1/migrations"
+
 echo "schemathesis $version: $url/openapi.json, every check, ${budget}s"
 if ! "$venv/bin/st" --config-file tests/schemathesis/schemathesis.toml run "$url/openapi.json" \
     --checks all --max-time "$budget" --request-timeout 10 --no-color; then

@@ -31,8 +31,11 @@ pub struct CreateMigration {
     /// Letters, digits, `.`, `_` and `-`; generated when absent.
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$")]
     pub id: Option<String>,
+    /// A configured model other than the source (`GET /v1/models`).
+    #[schema(example = "hash-v2")]
     pub target_model: String,
     /// Must equal the active model (the default).
+    #[schema(example = "hash-v1")]
     pub source_model: Option<String>,
     #[serde(default, deserialize_with = "optional_object")]
     pub config: Option<ConfigPatch>,

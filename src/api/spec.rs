@@ -15,7 +15,14 @@
 //! | 500, 503 | `internal`, `unavailable` | every operation |
 //!
 //! Where several layers answer the same status, its description names each cause.
+//!
+//! The responses that create a document or a migration also carry OpenAPI links to the
+//! operations on what they created, with the id taken from the response body, so a client
+//! generator or a stateful fuzzer can follow them ([`LINKS`]). The event feed is left out:
+//! it stays open until the migration ends.
 
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
@@ -23,15 +30,73 @@ use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
 /// The media type of every error body.
 const PROBLEM: &str = "application/problem+json";
 
-/// `spec` with the layers' error responses added and every error body typed as a problem.
+/// The links from a response to the operations on what it names: the creating operation,
+/// its status, the runtime expression of the id, and the operations that take that id.
+const LINKS: [(&str, &str, &str, &[&str]); 3] = [
+    (
+        "put_document",
+        "200",
+        "$response.body#/id",
+        &["get_document", "delete_document"],
+    ),
+    (
+        "bulk_upsert",
+        "200",
+        "$response.body#/results/0/id",
+        &["get_document", "delete_document"],
+    ),
+    (
+        "create_migration",
+        "201",
+        "$response.body#/id",
+        &[
+            "get_migration",
+            "get_progress",
+            "list_skips",
+            "start_migration",
+            "pause_migration",
+            "resume_migration",
+            "patch_config",
+            "retry_skips",
+            "finalize_migration",
+            "rollback_migration",
+            "cancel_migration",
+        ],
+    ),
+];
+
+/// `spec` with the layers' error responses added, every error body typed as a problem, and
+/// the [`LINKS`].
 pub fn complete(mut spec: OpenApi) -> OpenApi {
     for (path, item) in spec.paths.paths.iter_mut() {
         for (method, operation) in operations(item) {
             add_layer_errors(path, method, operation);
             type_errors_as_problems(operation);
+            add_links(operation);
         }
     }
     spec
+}
+
+/// Adds the [`LINKS`] that start at `operation`'s responses.
+fn add_links(operation: &mut Operation) {
+    for (from, status, id, targets) in LINKS {
+        if operation.operation_id.as_deref() != Some(from) {
+            continue;
+        }
+        let Some(RefOr::T(response)) = operation.responses.responses.get_mut(status) else {
+            panic!("{from} has no {status} response to link from");
+        };
+        for target in targets {
+            // utoipa 5.5 serializes `Link::operation_id` as `operation_id`, a key OpenAPI
+            // does not know; `operationId` goes in through the flattened extensions instead.
+            let link = LinkBuilder::new()
+                .parameter("id", id)
+                .extensions(Some(Extensions::from_iter([("operationId", *target)])))
+                .build();
+            response.links.insert((*target).to_owned(), RefOr::T(link));
+        }
+    }
 }
 
 /// The operations of a path, with their methods.
@@ -196,6 +261,43 @@ mod tests {
                     assert!(statuses.iter().any(|s| s == always), "{method} {path}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_link_leads_to_an_operation_that_takes_the_id() {
+        let spec = serde_json::to_value(super::super::openapi()).expect("the spec serializes");
+        let operations = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|item| item.as_object().expect("a path item").values());
+        let mut taking_id = Vec::new();
+        let mut links = Vec::new();
+        for operation in operations {
+            let parameters = operation["parameters"].as_array().into_iter().flatten();
+            if parameters.into_iter().any(|p| p["name"] == "id") {
+                taking_id.push(operation["operationId"].clone());
+            }
+            for response in operation["responses"]
+                .as_object()
+                .expect("responses")
+                .values()
+            {
+                links.extend(
+                    response["links"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|l| l.values()),
+                );
+            }
+        }
+        let expected: usize = LINKS.iter().map(|(_, _, _, targets)| targets.len()).sum();
+        assert_eq!(links.len(), expected, "each link is in place");
+        for link in links {
+            assert!(taking_id.contains(&link["operationId"]), "{link}");
+            assert!(link["parameters"]["id"].is_string(), "{link}");
+            assert!(link.get("operation_id").is_none(), "{link}");
         }
     }
 
