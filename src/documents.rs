@@ -22,9 +22,11 @@ use crate::coordinator::Coordinator;
 use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing};
 use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
 use crate::index::IndexSet;
+use crate::index::filter::Filter;
 use crate::run_to_end::run_to_end;
 use crate::store::{
-    BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, WriteOutcome, WriteReceipt,
+    BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, StoredDocument, WriteOutcome,
+    WriteReceipt,
 };
 
 /// How many times a write is re-routed when it raced a migration completing.
@@ -69,6 +71,7 @@ pub struct QueryHit {
     pub id: String,
     pub score: f32,
     pub text: String,
+    pub metadata: Value,
 }
 
 /// Why a write or query could not be served.
@@ -314,6 +317,8 @@ impl Documents {
             .write_documents_with(&writes, &over_input_limit)
             .await?;
         for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
+            self.indexes
+                .upsert_metadata(&write.id, outcome.version, &write.metadata);
             for (model, vector) in &write.vectors {
                 self.indexes
                     .upsert(model, &write.id, outcome.version, vector);
@@ -446,7 +451,14 @@ impl Documents {
     /// that model's provider is unreachable (it just failed, or fails now) and the routing
     /// names a fallback, the fallback model embeds and answers instead (`reason: fallback`):
     /// vectors of the two models still never meet.
-    pub async fn query(&self, text: &str, top_k: usize) -> Result<Answer, ServiceError> {
+    /// Answers a query through the routing policy: the `top_k` documents nearest to `text`
+    /// in the query model's index among those `filter` matches.
+    pub async fn query(
+        &self,
+        text: &str,
+        top_k: usize,
+        filter: &Filter,
+    ) -> Result<Answer, ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
         let routed = (routing.query_model.clone(), routing.query_route);
         let (model, route, reason, query) = match &routing.fallback {
@@ -465,7 +477,7 @@ impl Documents {
             }
         };
         count_route("query", route);
-        let hits = self.search(&model, &query, top_k).await?;
+        let hits = self.search(&model, &query, top_k, filter).await?;
         Ok(Answer {
             routing,
             model,
@@ -496,24 +508,35 @@ impl Documents {
             .is_some_and(|embedder| embedder.recently_unreachable())
     }
 
-    /// The `top_k` nearest documents to `query` in `model`'s index, with their texts.
+    /// The `top_k` nearest documents to `query` in `model`'s index among those `filter`
+    /// matches, with their texts and metadata. The metadata is checked against the filter
+    /// once more as read from the store, so a hit never contradicts the filter even while a
+    /// concurrent write's postings are being published.
     async fn search(
         &self,
         model: &str,
         query: &[f32],
         top_k: usize,
+        filter: &Filter,
     ) -> Result<Vec<QueryHit>, ServiceError> {
-        let hits = self.indexes.search(model, query, top_k);
+        let hits = self.indexes.search(model, query, top_k, filter);
         let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
-        let texts: HashMap<String, String> = self.store.texts(&ids).await?.into_iter().collect();
+        let mut documents: HashMap<String, StoredDocument> = self
+            .store
+            .hit_documents(&ids)
+            .await?
+            .into_iter()
+            .map(|document| (document.id.clone(), document))
+            .collect();
         let hits = hits
             .into_iter()
             .filter_map(|hit| {
-                let text = texts.get(&hit.id)?.clone();
-                Some(QueryHit {
+                let document = documents.remove(&hit.id)?;
+                filter.matches(&document.metadata).then_some(QueryHit {
                     id: hit.id,
                     score: hit.score,
-                    text,
+                    text: document.text,
+                    metadata: document.metadata,
                 })
             })
             .collect();

@@ -5,11 +5,15 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, SchemaType, Type};
+use utoipa::openapi::{Object, RefOr, Schema};
 
 use super::AppState;
 use super::error::{ApiError, AppJson, Problem};
 use crate::domain::{Phase, QueryReason, Route, Routing};
+use crate::index::filter::Filter;
 
 /// `top_k` when the query does not say, and the largest accepted.
 const DEFAULT_TOP_K: i64 = 10;
@@ -24,6 +28,39 @@ pub struct QueryBody {
     #[serde(default, deserialize_with = "crate::domain::config::optional_integer")]
     #[schema(minimum = 1, maximum = 1000)]
     pub top_k: Option<i64>,
+    /// Only documents whose metadata has every field listed here equal to the given scalar
+    /// (or to any element of the given array of scalars); a document without the field does
+    /// not match. Any other shape is 422.
+    #[schema(schema_with = filter_schema)]
+    pub filter: Option<Value>,
+    /// Search every vector of the model rather than an approximate index. The embedded index
+    /// is an exact scan at every size today, so every answer is exact; the response's
+    /// `exact` says which path answered.
+    pub exact: Option<bool>,
+}
+
+/// The schema of `filter`: an object whose values are scalars or non-empty arrays of them.
+fn filter_schema() -> Object {
+    let scalar = || {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([
+                Type::String,
+                Type::Number,
+                Type::Boolean,
+            ]))
+            .build()
+    };
+    let any_of = ArrayBuilder::new()
+        .items(scalar())
+        .min_items(Some(1))
+        .build();
+    let value = RefOr::T(Schema::OneOf(
+        OneOfBuilder::new().item(scalar()).item(any_of).build(),
+    ));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(value))
+        .build()
 }
 
 /// One hit of a query.
@@ -32,6 +69,8 @@ pub struct HitView {
     pub id: String,
     pub score: f32,
     pub text: String,
+    /// The document's metadata, as written (null when it has none).
+    pub metadata: Value,
 }
 
 /// Response of `POST /v1/query`: the hits and the routing that chose the index.
@@ -44,6 +83,9 @@ pub struct QueryResponse {
     /// Why this side answered; `fallback` when the routed model's provider failed and the
     /// other model's index answered.
     pub reason: QueryReason,
+    /// Whether every vector of the model was compared (the exact scan) rather than an
+    /// approximate index.
+    pub exact: bool,
     pub hits: Vec<HitView>,
 }
 
@@ -76,7 +118,16 @@ pub async fn query(
             "top_k: must be 1 to {MAX_TOP_K}, got {top_k}"
         )));
     }
-    let answer = state.documents.query(&body.text, top_k as usize).await?;
+    let filter = match &body.filter {
+        Some(filter) => {
+            Filter::parse(filter).map_err(|error| ApiError::InvalidValue(error.to_string()))?
+        }
+        None => Filter::default(),
+    };
+    let answer = state
+        .documents
+        .query(&body.text, top_k as usize, &filter)
+        .await?;
     let hits = answer
         .hits
         .into_iter()
@@ -84,6 +135,7 @@ pub async fn query(
             id: h.id,
             score: h.score,
             text: h.text,
+            metadata: h.metadata,
         })
         .collect();
     Ok(AppJson(QueryResponse {
@@ -92,6 +144,7 @@ pub async fn query(
         phase: answer.routing.phase,
         migration_id: answer.routing.migration_id.clone(),
         reason: answer.reason,
+        exact: true,
         hits,
     }))
 }

@@ -5,6 +5,8 @@
 //! commit. A scan of contiguous memory is exact and fast enough for the corpora this service
 //! targets, and needs no tuning or rebuilds while a migration runs.
 
+pub mod filter;
+mod metadata;
 mod set;
 
 use std::cmp::{Ordering, Reverse};
@@ -128,32 +130,37 @@ impl VectorIndex {
     /// id so that results are deterministic. Fewer when the index holds fewer. A query of
     /// other than `dims` values is refused with `DimensionMismatch`.
     pub fn search(&self, query: &[f32], top_k: usize) -> Result<Vec<Hit>, IndexError> {
+        let unit_query = self.unit_query(query)?;
+        Ok(best_of(
+            self.rows_of_vectors().zip(&self.ids),
+            &unit_query,
+            top_k,
+        ))
+    }
+
+    /// As [`search`](Self::search), over the documents of `ids` only (those not indexed are
+    /// passed over): the exact answer of a filtered query.
+    pub fn search_among(
+        &self,
+        query: &[f32],
+        top_k: usize,
+        ids: &[&str],
+    ) -> Result<Vec<Hit>, IndexError> {
+        let unit_query = self.unit_query(query)?;
+        let dims = self.dims;
+        let rows = ids.iter().filter_map(|id| {
+            let row = *self.rows.get(*id)?;
+            Some((&self.vectors[row * dims..(row + 1) * dims], &self.ids[row]))
+        });
+        Ok(best_of(rows, &unit_query, top_k))
+    }
+
+    /// `query` scaled to length one, once its dimensions are checked.
+    fn unit_query(&self, query: &[f32]) -> Result<Vec<f32>, IndexError> {
         self.check_dims(query.len())?;
-        if top_k == 0 {
-            return Ok(Vec::new());
-        }
         let mut unit_query = vec![0.0; self.dims];
         normalise_into(query, &mut unit_query);
-        // A min-heap of the best `top_k` so far: its top is the one to evict next.
-        let mut best = BinaryHeap::with_capacity(top_k.min(self.len()));
-        for (row, id) in self.rows_of_vectors().zip(&self.ids) {
-            let candidate = Candidate {
-                score: dot(row, &unit_query),
-                id,
-            };
-            if best.len() < top_k {
-                best.push(Reverse(candidate));
-            } else if let Some(mut worst) = best.peek_mut() {
-                if candidate > worst.0 {
-                    *worst = Reverse(candidate);
-                }
-            }
-        }
-        let hits = best
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Reverse(c)| c.into_hit());
-        Ok(hits.collect())
+        Ok(unit_query)
     }
 
     /// The bytes of stored vector data (not ids, the id map or spare capacity): what grows
@@ -190,6 +197,36 @@ impl VectorIndex {
         let rows = self.vectors.chunks_exact(self.dims.max(1));
         rows.chain(std::iter::repeat_n(&[][..], empty_rows))
     }
+}
+
+/// The `top_k` of `rows` most similar to `unit_query`, best first, equal scores by id.
+fn best_of<'a>(
+    rows: impl Iterator<Item = (&'a [f32], &'a String)>,
+    unit_query: &[f32],
+    top_k: usize,
+) -> Vec<Hit> {
+    if top_k == 0 {
+        return Vec::new();
+    }
+    // A min-heap of the best `top_k` so far: its top is the one to evict next.
+    let mut best = BinaryHeap::with_capacity(top_k.min(1024));
+    for (row, id) in rows {
+        let candidate = Candidate {
+            score: dot(row, unit_query),
+            id,
+        };
+        if best.len() < top_k {
+            best.push(Reverse(candidate));
+        } else if let Some(mut worst) = best.peek_mut()
+            && candidate > worst.0
+        {
+            *worst = Reverse(candidate);
+        }
+    }
+    best.into_sorted_vec()
+        .into_iter()
+        .map(|Reverse(c)| c.into_hit())
+        .collect()
 }
 
 /// A scored row during a search, ordered so that the better candidate is the greater one.

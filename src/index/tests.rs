@@ -269,14 +269,75 @@ impl Naive {
 
     /// All scores, best first.
     fn ranking(&self, query: &[f32]) -> Vec<f64> {
+        self.ranking_among(query, |_| true)
+    }
+
+    /// The scores of the ids `keep` lets through, best first.
+    fn ranking_among(&self, query: &[f32], keep: impl Fn(&str) -> bool) -> Vec<f64> {
         let mut scores: Vec<f64> = self
             .0
             .keys()
+            .filter(|id| keep(id))
             .filter_map(|id| self.score(id, query))
             .collect();
         scores.sort_by(|a, b| b.total_cmp(a));
         scores
     }
+}
+
+/// `ops` applied to a fresh index and to the naive model, which must agree on every answer.
+fn replay(ops: &[Op]) -> Result<(VectorIndex, Naive), TestCaseError> {
+    let (mut index, mut naive) = (VectorIndex::new(DIMS), Naive::default());
+    for op in ops {
+        match op {
+            Op::Upsert {
+                id,
+                version,
+                vector,
+            } => {
+                let stored = naive
+                    .0
+                    .get(&id.to_string())
+                    .is_none_or(|(v, _)| v <= version);
+                prop_assert_eq!(index.upsert(&id.to_string(), *version, vector), Ok(stored));
+            }
+            Op::Remove { id } => {
+                let known = naive.0.contains_key(&id.to_string());
+                prop_assert_eq!(index.remove(&id.to_string()), known);
+            }
+        }
+        naive.apply(op);
+    }
+    Ok((index, naive))
+}
+
+/// `hits` are the best `top_k` of `ranking` (scores within 1e-5, each its own id's naive
+/// score), ordered by score and then id.
+fn assert_best(
+    hits: &[Hit],
+    ranking: &[f64],
+    naive: &Naive,
+    query: &[f32],
+    top_k: usize,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(hits.len(), top_k.min(ranking.len()));
+    for (hit, expected) in hits.iter().zip(ranking) {
+        let own = naive.score(&hit.id, query);
+        prop_assert!(
+            own.is_some_and(|s| (s - f64::from(hit.score)).abs() < 1e-5),
+            "{hit:?}"
+        );
+        prop_assert!(
+            (expected - f64::from(hit.score)).abs() < 1e-5,
+            "{hit:?} vs {expected}"
+        );
+    }
+    for pair in hits.windows(2) {
+        let ordered = pair[0].score > pair[1].score
+            || (pair[0].score == pair[1].score && pair[0].id < pair[1].id);
+        prop_assert!(ordered, "{pair:?}");
+    }
+    Ok(())
 }
 
 proptest! {
@@ -290,37 +351,33 @@ proptest! {
         top_k in 0usize..15,
     ) {
         let query: Vec<f32> = query.into_iter().map(f32::from).collect();
-        let (mut index, mut naive) = (VectorIndex::new(DIMS), Naive::default());
-        for op in &ops {
-            match op {
-                Op::Upsert { id, version, vector } => {
-                    let stored = naive.0.get(&id.to_string()).is_none_or(|(v, _)| v <= version);
-                    prop_assert_eq!(index.upsert(&id.to_string(), *version, vector), Ok(stored));
-                }
-                Op::Remove { id } => {
-                    let known = naive.0.contains_key(&id.to_string());
-                    prop_assert_eq!(index.remove(&id.to_string()), known);
-                }
-            }
-            naive.apply(op);
-        }
-
+        let (index, naive) = replay(&ops)?;
         prop_assert_eq!(index.len(), naive.0.len());
         for (id, (version, _)) in &naive.0 {
             prop_assert_eq!(index.version(id), Some(*version));
         }
         let hits = index.search(&query, top_k).unwrap();
-        let ranking = naive.ranking(&query);
-        prop_assert_eq!(hits.len(), top_k.min(ranking.len()));
-        for (hit, expected) in hits.iter().zip(&ranking) {
-            let own = naive.score(&hit.id, &query);
-            prop_assert!(own.is_some_and(|s| (s - f64::from(hit.score)).abs() < 1e-5), "{hit:?}");
-            prop_assert!((expected - f64::from(hit.score)).abs() < 1e-5, "{hit:?} vs {expected}");
+        assert_best(&hits, &naive.ranking(&query), &naive, &query, top_k)?;
+    }
+
+    /// A search among some ids (some of them never indexed or removed) is the naive ranking
+    /// of those ids alone: nothing outside them, nothing missing.
+    #[test]
+    fn a_search_among_ids_is_the_naive_ranking_of_those_ids(
+        ops in proptest::collection::vec(op(), 0..60),
+        among in proptest::collection::btree_set(0u8..16, 0..16),
+        query in proptest::collection::vec(-4i8..=4, DIMS),
+        top_k in 0usize..15,
+    ) {
+        let query: Vec<f32> = query.into_iter().map(f32::from).collect();
+        let (index, naive) = replay(&ops)?;
+        let among: Vec<String> = among.iter().map(u8::to_string).collect();
+        let ids: Vec<&str> = among.iter().map(String::as_str).collect();
+        let hits = index.search_among(&query, top_k, &ids).unwrap();
+        for hit in &hits {
+            prop_assert!(ids.contains(&hit.id.as_str()), "{hit:?} is not among {ids:?}");
         }
-        for pair in hits.windows(2) {
-            let ordered = pair[0].score > pair[1].score
-                || (pair[0].score == pair[1].score && pair[0].id < pair[1].id);
-            prop_assert!(ordered, "{pair:?}");
-        }
+        let ranking = naive.ranking_among(&query, |id| ids.contains(&id));
+        assert_best(&hits, &ranking, &naive, &query, top_k)?;
     }
 }

@@ -55,6 +55,9 @@ pub struct WriteOutcome {
 /// A stored vector: (document id, document version it was computed from, the vector).
 pub type StoredVector = (String, u64, Vec<f32>);
 
+/// A stored document's metadata: (document id, document version, metadata).
+pub type StoredMetadata = (String, u64, serde_json::Value);
+
 /// Asked by `Store::write_documents_with` of a write's target vector: whether model (first
 /// argument) embedded the text (second) truncated, being longer than its `max_input_tokens`
 /// (`ModelRegistry::is_over_input_limit`). Storage asks; the registry decides.
@@ -211,11 +214,15 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredDocument>, StoreError>;
-    /// Texts of the given documents (for query hits); missing ids are left out.
-    async fn texts(&self, ids: &[String]) -> Result<Vec<(String, String)>, StoreError>;
+    /// The given documents without their embeddings (for query hits); missing ids are left
+    /// out.
+    async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError>;
     /// Every stored vector of `model` as (id, version, vector), streamed in id order: the
     /// in-memory index is rebuilt from it without a second copy of the vectors in memory.
     fn vectors<'a>(&'a self, model: &'a str) -> BoxStream<'a, Result<StoredVector, StoreError>>;
+    /// The metadata of every document that has any, streamed: the filters' postings are
+    /// rebuilt from it at start-up.
+    fn metadata(&self) -> BoxStream<'_, Result<StoredMetadata, StoreError>>;
 
     /// What a migration to `target_model` would embed now: the documents lacking a current
     /// vector of it, and their total text length in characters (for `dry_run` estimates).

@@ -29,7 +29,8 @@ use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::{
     BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, DocumentWrite, OverInputLimit, Skip,
-    Store, StoreError, StoredDocument, StoredVector, VectorInfo, WriteOutcome, WriteReceipt,
+    Store, StoreError, StoredDocument, StoredMetadata, StoredVector, VectorInfo, WriteOutcome,
+    WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
@@ -346,16 +347,27 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn texts(&self, ids: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+    async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
         // One JSON array bind instead of one placeholder per id: no limit on the id count.
         let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query_as(
-            "SELECT id, text FROM documents WHERE id IN (SELECT value FROM json_each(?1))",
+        let rows = sqlx::query(
+            "SELECT id, text, metadata, version FROM documents
+             WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(ids)
         .fetch_all(&self.reader)
         .await
-        .map_err(store_error)
+        .map_err(store_error)?;
+        rows.iter().map(decode_document).collect()
+    }
+
+    fn metadata(&self) -> BoxStream<'_, Result<StoredMetadata, StoreError>> {
+        sqlx::query(
+            "SELECT id, version, metadata FROM documents WHERE metadata NOT IN ('{}', 'null')",
+        )
+        .fetch(&self.reader)
+        .map(|row| decode_metadata_row(&row.map_err(store_error)?))
+        .boxed()
     }
 
     fn vectors<'a>(&'a self, model: &'a str) -> BoxStream<'a, Result<StoredVector, StoreError>> {
@@ -1262,6 +1274,16 @@ fn decode_vector_row(row: &SqliteRow) -> Result<StoredVector, StoreError> {
         column(row, "doc_id")?,
         stored_u64(column(row, "version")?, "vector version")?,
         decode_vector(&data, dimensions)?,
+    ))
+}
+
+fn decode_metadata_row(row: &SqliteRow) -> Result<StoredMetadata, StoreError> {
+    let metadata: String = column(row, "metadata")?;
+    Ok((
+        column(row, "id")?,
+        stored_u64(column(row, "version")?, "document version")?,
+        serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
     ))
 }
 

@@ -297,12 +297,28 @@ async fn documents_are_listed_in_pages_of_id_order() {
 }
 
 #[tokio::test]
-async fn texts_leave_out_missing_ids() {
+async fn hit_documents_leave_out_missing_ids() {
     let (_dir, store) = open().await;
     put(&store, vec![write_text("a", "alpha", &[SOURCE])]).await;
     let ids = vec!["a".to_owned(), "zzz".to_owned()];
-    let texts = store.texts(&ids).await.unwrap();
-    assert_eq!(texts, [("a".to_owned(), "alpha".to_owned())]);
+    let hits = store.hit_documents(&ids).await.unwrap();
+    let found: Vec<_> = hits
+        .iter()
+        .map(|d| (d.id.as_str(), d.text.as_str()))
+        .collect();
+    assert_eq!(found, [("a", "alpha")]);
+    assert_eq!(hits[0].metadata, json!({ "source": "test" }));
+}
+
+#[tokio::test]
+async fn metadata_streams_the_documents_that_have_any_at_their_version() {
+    let (_dir, store) = open().await;
+    let mut bare = write("bare", &[SOURCE]);
+    bare.metadata = json!({});
+    put(&store, vec![write("a", &[SOURCE]), bare]).await;
+    put(&store, vec![write("a", &[SOURCE])]).await;
+    let streamed: Vec<_> = store.metadata().try_collect().await.unwrap();
+    assert_eq!(streamed, [("a".to_owned(), 2, json!({ "source": "test" }))]);
 }
 
 #[tokio::test]

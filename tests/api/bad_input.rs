@@ -466,4 +466,7 @@ async fn stored_data_that_does_not_decode_is_500() {
     let app = TestApp::spawn_in(dir, reembed::embed::ModelRegistry::builtin()).await;
     app.document_reply("broken").await.problem(500, "internal");
     assert_eq!(app.get("/readyz").await.status, 200, "the rest still works");
+    app.query_reply(&json!({"text": "its metadata will not decode"}))
+        .await
+        .problem(500, "internal");
 }

@@ -61,7 +61,12 @@ impl Service {
 
     fn indexed(&self, id: &str) -> bool {
         let vector = HashEmbedder::hash_v1().embed_one(&Self::document(id).text);
-        let hits = self.indexes.search("hash-v1", &vector, 1);
+        let hits = self.indexes.search(
+            "hash-v1",
+            &vector,
+            1,
+            &reembed::index::filter::Filter::default(),
+        );
         hits.first().is_some_and(|hit| hit.id == id)
     }
 }

@@ -26,6 +26,7 @@ mod crash;
 mod documents;
 mod dropped;
 mod fallback;
+mod filters;
 mod full_disk;
 mod lifecycle;
 mod migrations;

@@ -42,7 +42,9 @@ async fn the_most_similar_document_ranks_first_and_hits_carry_id_score_text() {
     assert_eq!(shape["migration_id"], json!(null), "{shape}");
     let hit = shape["hits"][0].as_object().unwrap();
     assert!(
-        ["id", "score", "text"].iter().all(|k| hit.contains_key(*k)),
+        ["id", "score", "text", "metadata"]
+            .iter()
+            .all(|k| hit.contains_key(*k)),
         "{shape}"
     );
 }

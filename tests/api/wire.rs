@@ -69,6 +69,7 @@ pub struct QueryResult {
     pub phase: String,
     pub migration_id: Option<String>,
     pub reason: String,
+    pub exact: bool,
     pub hits: Vec<Hit>,
 }
 
@@ -77,6 +78,7 @@ pub struct Hit {
     pub id: String,
     pub score: f64,
     pub text: String,
+    pub metadata: Value,
 }
 
 impl QueryResult {
