@@ -116,7 +116,7 @@ impl App {
             models,
             store,
             coordinator,
-            indexes: _,
+            indexes,
             documents,
             requests,
         } = self;
@@ -138,6 +138,7 @@ impl App {
             coordinator,
             documents,
             store: store.clone(),
+            indexes,
             models,
             requests,
             stopping: stopping.clone(),

@@ -54,12 +54,18 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Sets the per-migration and per-model gauges from live state.
+/// Sets the per-migration, per-model and per-index gauges from live state.
 async fn refresh_gauges(state: &AppState) {
     for model in state.models.models() {
         gauge!("reembed_embed_throttled_seconds", "model" => model.id.clone())
             .set(state.models.throttled(&model.id).as_secs_f64());
     }
+    for size in state.indexes.sizes() {
+        let labels = [("model", size.model), ("kind", size.kind.to_owned())];
+        gauge!("reembed_index_vectors", &labels).set(size.vectors as f64);
+        gauge!("reembed_index_bytes", &labels).set(size.bytes as f64);
+    }
+    gauge!("reembed_index_filterable_documents").set(state.indexes.filterable_documents() as f64);
     let Some(latest) = state.coordinator.latest() else {
         return;
     };

@@ -34,6 +34,7 @@ use crate::config::{Limits, Tokens};
 use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::embed::ModelRegistry;
+use crate::index::IndexSet;
 use crate::load::RequestCount;
 use crate::store::Store;
 use error::ApiError;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub coordinator: Arc<Coordinator>,
     pub documents: Arc<Documents>,
     pub store: Arc<dyn Store>,
+    /// Read for their sizes in `/metrics`; queries reach them through `documents`.
+    pub indexes: Arc<IndexSet>,
     pub models: ModelRegistry,
     pub limits: Limits,
     /// Counts every request, so the backfill can yield CPU to them.

@@ -39,7 +39,8 @@ pub struct QueryBody {
     pub exact: Option<bool>,
 }
 
-/// The schema of `filter`: an object whose values are scalars or non-empty arrays of them.
+/// The schema of `filter`: an object whose values are scalars or non-empty arrays of them, or
+/// null.
 fn filter_schema() -> Object {
     let scalar = || {
         ObjectBuilder::new()
@@ -57,8 +58,9 @@ fn filter_schema() -> Object {
     let value = RefOr::T(Schema::OneOf(
         OneOfBuilder::new().item(scalar()).item(any_of).build(),
     ));
+    // Null is accepted as no filter, like every other optional field.
     ObjectBuilder::new()
-        .schema_type(Type::Object)
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .additional_properties(Some(value))
         .build()
 }

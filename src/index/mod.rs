@@ -12,7 +12,7 @@ mod set;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 
-pub use set::IndexSet;
+pub use set::{IndexSet, IndexSize};
 
 /// Why the index refused a vector or a query.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

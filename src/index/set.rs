@@ -19,6 +19,17 @@ use super::{Hit, VectorIndex};
 use crate::embed::ModelRegistry;
 use crate::store::{Store, StoreError};
 
+/// The size of one model's index, as `/metrics` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSize {
+    pub model: String,
+    /// How the index searches: `exact`, a scan of every vector.
+    pub kind: &'static str,
+    pub vectors: usize,
+    /// The bytes of vector data it holds.
+    pub bytes: usize,
+}
+
 /// The in-memory indexes of every model, rebuilt from the store at start-up.
 pub struct IndexSet {
     by_model: HashMap<String, RwLock<VectorIndex>>,
@@ -73,6 +84,27 @@ impl IndexSet {
             "metadata filters loaded"
         );
         Ok(set)
+    }
+
+    /// The size of every model's index.
+    pub fn sizes(&self) -> Vec<IndexSize> {
+        self.by_model
+            .iter()
+            .map(|(model, index)| {
+                let index = read(index);
+                IndexSize {
+                    model: model.clone(),
+                    kind: "exact",
+                    vectors: index.len(),
+                    bytes: index.bytes(),
+                }
+            })
+            .collect()
+    }
+
+    /// How many documents have metadata a filter can match.
+    pub fn filterable_documents(&self) -> usize {
+        read(&self.metadata).len()
     }
 
     /// Records the metadata of `id` at `version` for filters, unless a newer one is there.

@@ -474,6 +474,15 @@ async fn metrics_cover_requests_migrations_embedders_and_routing() {
             &["model=\"hash-v2\""]
         ) >= 15.0
     );
+    let v2_index = ["model=\"hash-v2\"", "kind=\"exact\""];
+    assert_eq!(expect("reembed_index_vectors", &v2_index), 300.0);
+    assert_eq!(
+        expect("reembed_index_bytes", &v2_index),
+        300.0 * 384.0 * 4.0
+    );
+    let v1_index = ["model=\"hash-v1\"", "kind=\"exact\""];
+    assert_eq!(expect("reembed_index_vectors", &v1_index), 300.0);
+    assert_eq!(expect("reembed_index_filterable_documents", &[]), 0.0);
     let routed = ["operation=\"query\"", "route=\"target\""];
     assert!(expect("reembed_routing_decisions_total", &routed) >= 1.0);
     assert!(
