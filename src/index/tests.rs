@@ -231,7 +231,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Naive(HashMap<String, (u64, Vec<f32>)>);
 
 impl Naive {
-    fn apply(&mut self, op: &Op) {
+    /// Applies `op` as the index must; whether it changed anything: an upsert not older than
+    /// the stored version, a removal of a known id (what the index's own calls return).
+    fn apply(&mut self, op: &Op) -> bool {
         match op {
             Op::Upsert {
                 id,
@@ -242,13 +244,13 @@ impl Naive {
                     .0
                     .entry(id.to_string())
                     .or_insert((*version, vector.clone()));
-                if entry.0 <= *version {
+                let stored = entry.0 <= *version;
+                if stored {
                     *entry = (*version, vector.clone());
                 }
+                stored
             }
-            Op::Remove { id } => {
-                self.0.remove(&id.to_string());
-            }
+            Op::Remove { id } => self.0.remove(&id.to_string()).is_some(),
         }
     }
 
@@ -289,24 +291,15 @@ impl Naive {
 fn replay(ops: &[Op]) -> Result<(VectorIndex, Naive), TestCaseError> {
     let (mut index, mut naive) = (VectorIndex::new(DIMS), Naive::default());
     for op in ops {
-        match op {
+        let applied = match op {
             Op::Upsert {
                 id,
                 version,
                 vector,
-            } => {
-                let stored = naive
-                    .0
-                    .get(&id.to_string())
-                    .is_none_or(|(v, _)| v <= version);
-                prop_assert_eq!(index.upsert(&id.to_string(), *version, vector), Ok(stored));
-            }
-            Op::Remove { id } => {
-                let known = naive.0.contains_key(&id.to_string());
-                prop_assert_eq!(index.remove(&id.to_string()), known);
-            }
-        }
-        naive.apply(op);
+            } => index.upsert(&id.to_string(), *version, vector),
+            Op::Remove { id } => Ok(index.remove(&id.to_string())),
+        };
+        prop_assert_eq!(applied, Ok(naive.apply(op)), "{:?}", op);
     }
     Ok((index, naive))
 }
