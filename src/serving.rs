@@ -60,14 +60,14 @@ use crate::config::Limits;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The longest request target hyper parses (its own limit, which it does not export).
-const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
+pub(crate) const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
 
 /// The most a connection buffers of a request head: room for the longest target and the
 /// headers of any ordinary client, and a bound on what a client can make the server hold.
-const MAX_HEAD_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 128 * 1024;
 
 /// The most header fields a request head may have (hyper's default, stated for the answer).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then closes the connections as the
 /// module doc says and returns once none is left.

@@ -27,6 +27,8 @@ use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
 
+use crate::serving::{MAX_HEAD_BYTES, MAX_HEADERS, MAX_TARGET_BYTES};
+
 /// The media type of every error body.
 const PROBLEM: &str = "application/problem+json";
 
@@ -116,18 +118,23 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = (&'static str, &mut O
 }
 
 fn add_layer_errors(path: &str, method: &str, operation: &mut Operation) {
+    let head_limits = [
+        (
+            "414",
+            format!("The request target is over {MAX_TARGET_BYTES} bytes (`uri-too-long`)"),
+        ),
+        (
+            "431",
+            format!(
+                "The request head is over {MAX_HEAD_BYTES} bytes or has over {MAX_HEADERS} \
+                 fields (`headers-too-large`)"
+            ),
+        ),
+    ];
     let mut errors = vec![
         (
             "400",
             "The request head does not parse as HTTP (`malformed-request`)",
-        ),
-        (
-            "414",
-            "The request target is over 65,534 bytes (`uri-too-long`)",
-        ),
-        (
-            "431",
-            "The request head is over 128 KiB or has over 100 fields (`headers-too-large`)",
         ),
         ("500", "A fault of the server (`internal`)"),
         (
@@ -174,6 +181,11 @@ fn add_layer_errors(path: &str, method: &str, operation: &mut Operation) {
             ));
         }
     }
+    errors.extend(
+        head_limits
+            .iter()
+            .map(|(status, description)| (*status, description.as_str())),
+    );
     let mut descriptions: Vec<(&str, Vec<&str>)> = Vec::new();
     for (status, description) in errors {
         match descriptions.iter_mut().find(|(known, _)| *known == status) {
