@@ -1278,26 +1278,28 @@ fn decode_vector_row(row: &SqliteRow) -> Result<StoredVector, StoreError> {
 }
 
 fn decode_metadata_row(row: &SqliteRow) -> Result<StoredMetadata, StoreError> {
-    let metadata: String = column(row, "metadata")?;
     Ok((
         column(row, "id")?,
         stored_u64(column(row, "version")?, "document version")?,
-        serde_json::from_str(&metadata)
-            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+        decode_metadata(row)?,
     ))
 }
 
 /// A document row without its embeddings, which come from a second query.
 fn decode_document(row: &SqliteRow) -> Result<StoredDocument, StoreError> {
-    let metadata: String = column(row, "metadata")?;
     Ok(StoredDocument {
         id: column(row, "id")?,
         text: column(row, "text")?,
-        metadata: serde_json::from_str(&metadata)
-            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+        metadata: decode_metadata(row)?,
         version: stored_u64(column(row, "version")?, "document version")?,
         embeddings: Vec::new(),
     })
+}
+
+/// The `metadata` column of a document row, as the JSON it was written as.
+fn decode_metadata(row: &SqliteRow) -> Result<serde_json::Value, StoreError> {
+    let metadata: String = column(row, "metadata")?;
+    serde_json::from_str(&metadata).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))
 }
 
 fn decode_claimed(row: &SqliteRow) -> Result<ClaimedDocument, StoreError> {
