@@ -1,6 +1,7 @@
 //! The request time limit (API.md 503, `--request-timeout-secs`) bounds the work before a
 //! commit, never the commit: a write that answered 503 changed nothing, and one that began
-//! committing answers with the commit's result however long it took.
+//! committing answers with the commit's result however long it took. A write the store keeps
+//! refusing for a stale routing is a 503 too, with nothing written.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -73,4 +74,33 @@ async fn a_write_answered_503_changed_nothing_and_one_answered_200_is_stored_in_
     }
     assert!(!stored.is_empty(), "no write committed within the limit");
     app.stop().await;
+}
+
+/// A write whose routing the store keeps refusing gives up after its re-route attempts with
+/// 503 `unavailable` (retry later), not 409 `invalid-transition` (the client asked for no
+/// transition), and writes nothing. Here the store holds a migration whose rollback window has
+/// closed and which the server's memory never saw, so every re-route is as stale as the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_keeps_losing_its_reroute_race_is_503_and_writes_nothing() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = SqliteConnectOptions::new().filename(dir.path().join("reembed.db"));
+    let app = TestApp::spawn_in(dir, reembed::embed::ModelRegistry::builtin()).await;
+    let db = SqlitePool::connect_with(file).await.expect("the database");
+    let closed = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    sqlx::query(
+        "INSERT INTO migrations (id, source_model, target_model, config, state, created_at,
+                                 started_at, completed_at, rollback_window_ends_at)
+         VALUES ('behind-its-back', 'hash-v1', 'hash-v2', '{}', 'completed', ?1, ?1, ?1, ?1)",
+    )
+    .bind(&closed)
+    .execute(&db)
+    .await
+    .expect("a migration the server did not make");
+    db.close().await;
+
+    app.put_document_reply("raced", &json!({"text": "routed to hash-v1 alone"}))
+        .await
+        .problem(503, "unavailable");
+    app.document_reply("raced").await.problem(404, "not-found");
 }
