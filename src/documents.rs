@@ -63,6 +63,8 @@ pub struct Answer {
     pub route: Route,
     pub reason: QueryReason,
     pub hits: Vec<QueryHit>,
+    /// Whether every candidate vector was scored, rather than an approximate index consulted.
+    pub exact: bool,
 }
 
 /// One query hit with its text.
@@ -458,6 +460,7 @@ impl Documents {
         text: &str,
         top_k: usize,
         filter: &Filter,
+        exact: bool,
     ) -> Result<Answer, ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
         let routed = (routing.query_model.clone(), routing.query_route);
@@ -477,13 +480,14 @@ impl Documents {
             }
         };
         count_route("query", route);
-        let hits = self.search(&model, &query, top_k, filter).await?;
+        let (hits, exact) = self.search(&model, &query, top_k, filter, exact).await?;
         Ok(Answer {
             routing,
             model,
             route,
             reason,
             hits,
+            exact,
         })
     }
 
@@ -509,7 +513,8 @@ impl Documents {
     }
 
     /// The `top_k` nearest documents to `query` in `model`'s index among those `filter`
-    /// matches, with their texts and metadata. The metadata is checked against the filter
+    /// matches, with their texts and metadata, and whether they were found exactly (always
+    /// when `exact`). The metadata is checked against the filter
     /// once more as read from the store, so a hit never contradicts the filter even while a
     /// concurrent write's postings are being published.
     async fn search(
@@ -518,9 +523,10 @@ impl Documents {
         query: &[f32],
         top_k: usize,
         filter: &Filter,
-    ) -> Result<Vec<QueryHit>, ServiceError> {
-        let hits = self.indexes.search(model, query, top_k, filter);
-        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+        exact: bool,
+    ) -> Result<(Vec<QueryHit>, bool), ServiceError> {
+        let found = self.indexes.search(model, query, top_k, filter, exact);
+        let ids: Vec<String> = found.hits.iter().map(|h| h.id.clone()).collect();
         let mut documents: HashMap<String, StoredDocument> = self
             .store
             .hit_documents(&ids)
@@ -528,7 +534,8 @@ impl Documents {
             .into_iter()
             .map(|document| (document.id.clone(), document))
             .collect();
-        let hits = hits
+        let hits = found
+            .hits
             .into_iter()
             .filter_map(|hit| {
                 let document = documents.remove(&hit.id)?;
@@ -540,7 +547,7 @@ impl Documents {
                 })
             })
             .collect();
-        Ok(hits)
+        Ok((hits, found.exact))
     }
 }
 

@@ -129,11 +129,11 @@ impl Raw {
     fn build(sizes: &Sizes, embedder: &HashEmbedder, queries: &[String]) -> Raw {
         let mut index = VectorIndex::new(384);
         let mut flat = Vec::with_capacity(sizes.docs * 384);
-        for (id, text) in corpus(sizes.docs, sizes.words) {
+        for (handle, (id, text)) in (0..).zip(corpus(sizes.docs, sizes.words)) {
             let vector = embedder.embed_one(&text);
             flat.extend_from_slice(&vector);
             index
-                .upsert(&id, 1, &vector)
+                .upsert(handle, &id.into(), 1, &vector)
                 .expect("hash-v2 makes 384 dimensions");
         }
         let queries = queries.iter().map(|q| embedder.embed_one(q)).collect();

@@ -33,9 +33,10 @@ pub struct QueryBody {
     /// not match. Any other shape is 422.
     #[schema(schema_with = filter_schema)]
     pub filter: Option<Value>,
-    /// Search every vector of the model rather than an approximate index. The embedded index
-    /// is an exact scan at every size today, so every answer is exact; the response's
-    /// `exact` says which path answered.
+    /// Score every vector of the model (every one the filter matches) rather than consult the
+    /// approximate index: the ground truth for recall. Default false; small models and
+    /// selective filters are scanned exactly anyway, and the response's `exact` says which
+    /// path answered.
     pub exact: Option<bool>,
 }
 
@@ -85,8 +86,8 @@ pub struct QueryResponse {
     /// Why this side answered; `fallback` when the routed model's provider failed and the
     /// other model's index answered.
     pub reason: QueryReason,
-    /// Whether every vector of the model was compared (the exact scan) rather than an
-    /// approximate index.
+    /// Whether every vector of the model (or every one the filter matches) was scored, rather
+    /// than the approximate index consulted.
     pub exact: bool,
     pub hits: Vec<HitView>,
 }
@@ -128,7 +129,12 @@ pub async fn query(
     };
     let answer = state
         .documents
-        .query(&body.text, top_k as usize, &filter)
+        .query(
+            &body.text,
+            top_k as usize,
+            &filter,
+            body.exact.unwrap_or(false),
+        )
         .await?;
     let hits = answer
         .hits
@@ -146,7 +152,7 @@ pub async fn query(
         phase: answer.routing.phase,
         migration_id: answer.routing.migration_id.clone(),
         reason: answer.reason,
-        exact: true,
+        exact: answer.exact,
         hits,
     }))
 }

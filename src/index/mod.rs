@@ -1,18 +1,27 @@
-//! In-memory vector indexes: one exact, brute-force `VectorIndex` per model, and the `IndexSet`
-//! that holds one for every registered model.
+//! In-memory vector indexes. Per model, `VectorIndex` keeps every vector exactly, as f32 rows
+//! that every score is computed from, and a `graph::Graph` (usearch HNSW, i8) proposes
+//! candidates once a model is large enough that scanning every row is slow; `IndexSet` holds
+//! both for every registered model, with the shared document `handles` and the metadata
+//! postings that filters draw on.
 //!
 //! The store is the source of truth; indexes are rebuilt from it at start-up and follow each
-//! commit. A scan of contiguous memory is exact and fast enough for the corpora this service
-//! targets, and needs no tuning or rebuilds while a migration runs.
+//! commit. The rows follow synchronously; each graph follows in the background and, until it
+//! catches up, the rows it lacks are scanned exactly, so a query never misses a write it
+//! could see in the rows.
 
 pub mod filter;
+mod graph;
+mod handles;
 mod metadata;
 mod set;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
-pub use set::{IndexSet, IndexSize};
+use roaring::RoaringBitmap;
+
+pub use set::{EXACT_BELOW, FILTER_EXACT_BELOW_ONE_IN, Found, IndexSet, IndexSize, SearchPath};
 
 /// Why the index refused a vector or a query.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -31,27 +40,53 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// The vectors of one model, searched exactly by cosine similarity.
+/// The vectors of one model, searched exactly by cosine similarity, and the changes its
+/// approximate graph has not caught up with yet.
 ///
 /// Vectors are normalised on the way in, so a score is a cosine whatever the provider returned;
 /// a vector that cannot be normalised (all zeros, or not finite) is stored as zeros and scores 0
 /// against every query, so one bad vector can never rank first or poison a sort.
 ///
 /// Each row remembers the document version it was computed from, so that a late write of an
-/// older version never overwrites a newer vector.
+/// older version never overwrites a newer vector. Documents are named by their handles (see
+/// `handles`); the id is kept beside each row for answers and for ordering ties.
+///
+/// These rows are the truth for every score: a graph only proposes candidates, which are
+/// scored here, so a graph that lags behind, or holds a document's older vector, can make a
+/// query miss a neighbour but never report a wrong score, a deleted document or a stale one.
+/// What the graph has not caught up with is `unsynced`, and every approximate search also
+/// scans those rows exactly.
 ///
 /// No locking of its own: the caller (`IndexSet`) keeps each index behind a `std::sync::RwLock`,
 /// so queries share it and writers take it briefly.
 #[derive(Debug, Clone)]
 pub struct VectorIndex {
     dims: usize,
-    /// Row-major, `dims` floats per row, row `i` belonging to `ids[i]`; contiguous so a search
-    /// is one linear scan that the compiler can vectorise.
+    /// Row-major, `dims` floats per row; contiguous so a search is one linear scan that the
+    /// compiler can vectorise.
     vectors: Vec<f32>,
-    ids: Vec<String>,
+    /// By row: the document's handle, id and version.
+    handles: Vec<u32>,
+    ids: Vec<Arc<str>>,
     versions: Vec<u64>,
-    /// The row of each id; kept in step with `ids` by every method.
-    rows: HashMap<String, usize>,
+    /// By handle: the document's row, or `NO_ROW`; kept in step with the rows by every method.
+    rows: Vec<u32>,
+    /// The documents changed since the graph last took them, each with the stamp of its latest
+    /// change, so the graph's writer can tell whether what it copied is still the latest.
+    unsynced: HashMap<u32, u64>,
+    stamps: u64,
+}
+
+/// In `VectorIndex::rows`: the handle has no row in this index.
+const NO_ROW: u32 = u32::MAX;
+
+/// A change of one document that the graph has not taken yet: its vector as it is now, or
+/// `None` once it is removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub handle: u32,
+    pub stamp: u64,
+    pub vector: Option<Vec<f32>>,
 }
 
 impl VectorIndex {
@@ -60,9 +95,12 @@ impl VectorIndex {
         Self {
             dims,
             vectors: Vec::new(),
+            handles: Vec::new(),
             ids: Vec::new(),
             versions: Vec::new(),
-            rows: HashMap::new(),
+            rows: Vec::new(),
+            unsynced: HashMap::new(),
+            stamps: 0,
         }
     }
 
@@ -81,29 +119,37 @@ impl VectorIndex {
         self.ids.is_empty()
     }
 
-    /// Stores `vector` as the vector of `id` at `version`. `Ok(false)` when the index already
-    /// holds a newer version of `id` (the write is stale and ignored); an equal version
-    /// replaces, so re-applying a commit is harmless. A vector of other than `dims` values is
-    /// refused with `DimensionMismatch` and changes nothing.
-    pub fn upsert(&mut self, id: &str, version: u64, vector: &[f32]) -> Result<bool, IndexError> {
+    /// Stores `vector` as the vector of document `handle` (`id`) at `version`. `Ok(false)` when
+    /// the index already holds a newer version (the write is stale and ignored); an equal
+    /// version replaces, so re-applying a commit is harmless. A vector of other than `dims`
+    /// values is refused with `DimensionMismatch` and changes nothing.
+    pub fn upsert(
+        &mut self,
+        handle: u32,
+        id: &Arc<str>,
+        version: u64,
+        vector: &[f32],
+    ) -> Result<bool, IndexError> {
         self.check_dims(vector.len())?;
-        let row = match self.rows.get(id) {
-            Some(&row) if self.versions[row] > version => return Ok(false),
-            Some(&row) => {
+        let row = match self.row(handle) {
+            Some(row) if self.versions[row] > version => return Ok(false),
+            Some(row) => {
                 self.versions[row] = version;
+                self.ids[row] = Arc::clone(id);
                 row
             }
-            None => self.push_row(id, version),
+            None => self.push_row(handle, id, version),
         };
         let dims = self.dims;
         normalise_into(vector, &mut self.vectors[row * dims..(row + 1) * dims]);
+        self.mark_unsynced(handle);
         Ok(true)
     }
 
-    /// Removes `id`; `false` when it was not indexed. The last row moves into the hole, so
-    /// storage stays contiguous and removal costs one row copy.
-    pub fn remove(&mut self, id: &str) -> bool {
-        let Some(row) = self.rows.remove(id) else {
+    /// Removes document `handle`; `false` when it was not indexed. The last row moves into the
+    /// hole, so storage stays contiguous and removal costs one row copy.
+    pub fn remove(&mut self, handle: u32) -> bool {
+        let Some(row) = self.row(handle) else {
             return false;
         };
         let last = self.ids.len() - 1;
@@ -111,19 +157,20 @@ impl VectorIndex {
         if row != last {
             self.vectors
                 .copy_within(last * dims..(last + 1) * dims, row * dims);
-            if let Some(moved) = self.rows.get_mut(&self.ids[last]) {
-                *moved = row;
-            }
+            self.rows[self.handles[last] as usize] = row as u32;
         }
+        self.rows[handle as usize] = NO_ROW;
         self.vectors.truncate(last * dims);
+        self.handles.swap_remove(row);
         self.ids.swap_remove(row);
         self.versions.swap_remove(row);
+        self.mark_unsynced(handle);
         true
     }
 
-    /// The document version the vector of `id` was computed from.
-    pub fn version(&self, id: &str) -> Option<u64> {
-        self.rows.get(id).map(|&row| self.versions[row])
+    /// The document version the vector of `handle` was computed from.
+    pub fn version(&self, handle: u32) -> Option<u64> {
+        self.row(handle).map(|row| self.versions[row])
     }
 
     /// The `top_k` documents most similar to `query`, best first; equal scores are ordered by
@@ -138,21 +185,73 @@ impl VectorIndex {
         ))
     }
 
-    /// As [`search`](Self::search), over the documents of `ids` only (those not indexed are
-    /// passed over): the exact answer of a filtered query.
+    /// As [`search`](Self::search), over the documents of `handles` only (those not indexed
+    /// are passed over): the exact answer of a filtered query.
     pub fn search_among(
         &self,
         query: &[f32],
         top_k: usize,
-        ids: &[&str],
+        handles: &RoaringBitmap,
     ) -> Result<Vec<Hit>, IndexError> {
         let unit_query = self.unit_query(query)?;
+        let rows = handles.iter().filter_map(|handle| self.row(handle));
+        Ok(best_of(self.rows_at(rows), &unit_query, top_k))
+    }
+
+    /// The `top_k` best of the documents a graph proposed (`candidates`) and of every document
+    /// the graph has not caught up with, all scored exactly here; with `among`, only documents
+    /// in it. A candidate that was removed, or changed since the graph took it, is passed over
+    /// or scored by its current vector.
+    pub fn search_candidates(
+        &self,
+        query: &[f32],
+        top_k: usize,
+        candidates: &[u64],
+        among: Option<&RoaringBitmap>,
+    ) -> Result<Vec<Hit>, IndexError> {
+        let unit_query = self.unit_query(query)?;
+        let admitted = |handle: u32| among.is_none_or(|among| among.contains(handle));
+        let proposed = candidates
+            .iter()
+            .filter_map(|&key| u32::try_from(key).ok())
+            .filter(|handle| !self.unsynced.contains_key(handle));
+        let rows = proposed
+            .chain(self.unsynced.keys().copied())
+            .filter(|&handle| admitted(handle))
+            .filter_map(|handle| self.row(handle));
+        Ok(best_of(self.rows_at(rows), &unit_query, top_k))
+    }
+
+    /// Up to `limit` of the changes the graph has not taken, in no particular order, with
+    /// each document's vector as it is now.
+    pub fn unsynced_changes(&self, limit: usize) -> Vec<Change> {
         let dims = self.dims;
-        let rows = ids.iter().filter_map(|id| {
-            let row = *self.rows.get(*id)?;
-            Some((&self.vectors[row * dims..(row + 1) * dims], &self.ids[row]))
-        });
-        Ok(best_of(rows, &unit_query, top_k))
+        self.unsynced
+            .iter()
+            .take(limit)
+            .map(|(&handle, &stamp)| Change {
+                handle,
+                stamp,
+                vector: self
+                    .row(handle)
+                    .map(|row| self.vectors[row * dims..(row + 1) * dims].to_vec()),
+            })
+            .collect()
+    }
+
+    /// Records that the graph has taken `changes`: each is synced unless the document changed
+    /// again since it was copied.
+    pub fn mark_synced(&mut self, changes: &[Change]) {
+        for change in changes {
+            if self.unsynced.get(&change.handle) == Some(&change.stamp) {
+                self.unsynced.remove(&change.handle);
+            }
+        }
+    }
+
+    /// How many documents changed since the graph last took them.
+    pub fn unsynced_len(&self) -> usize {
+        self.unsynced.len()
     }
 
     /// `query` scaled to length one, once its dimensions are checked.
@@ -180,11 +279,27 @@ impl VectorIndex {
         }
     }
 
-    /// Appends a zeroed row for `id` and returns its number.
-    fn push_row(&mut self, id: &str, version: u64) -> usize {
+    fn row(&self, handle: u32) -> Option<usize> {
+        match self.rows.get(handle as usize) {
+            Some(&row) if row != NO_ROW => Some(row as usize),
+            _ => None,
+        }
+    }
+
+    fn mark_unsynced(&mut self, handle: u32) {
+        self.stamps += 1;
+        self.unsynced.insert(handle, self.stamps);
+    }
+
+    /// Appends a zeroed row for `handle` and returns its number.
+    fn push_row(&mut self, handle: u32, id: &Arc<str>, version: u64) -> usize {
         let row = self.ids.len();
-        self.rows.insert(id.to_owned(), row);
-        self.ids.push(id.to_owned());
+        if self.rows.len() <= handle as usize {
+            self.rows.resize(handle as usize + 1, NO_ROW);
+        }
+        self.rows[handle as usize] = u32::try_from(row).expect("fewer than 2^32 rows");
+        self.handles.push(handle);
+        self.ids.push(Arc::clone(id));
         self.versions.push(version);
         self.vectors.resize(self.vectors.len() + self.dims, 0.0);
         row
@@ -197,11 +312,20 @@ impl VectorIndex {
         let rows = self.vectors.chunks_exact(self.dims.max(1));
         rows.chain(std::iter::repeat_n(&[][..], empty_rows))
     }
+
+    /// The vector and id of each of `rows`.
+    fn rows_at(
+        &self,
+        rows: impl Iterator<Item = usize>,
+    ) -> impl Iterator<Item = (&[f32], &Arc<str>)> {
+        let dims = self.dims;
+        rows.map(move |row| (&self.vectors[row * dims..(row + 1) * dims], &self.ids[row]))
+    }
 }
 
 /// The `top_k` of `rows` most similar to `unit_query`, best first, equal scores by id.
 fn best_of<'a>(
-    rows: impl Iterator<Item = (&'a [f32], &'a String)>,
+    rows: impl Iterator<Item = (&'a [f32], &'a Arc<str>)>,
     unit_query: &[f32],
     top_k: usize,
 ) -> Vec<Hit> {

@@ -1,78 +1,190 @@
-//! One `VectorIndex` per registered model, each behind its own `RwLock`, and the documents'
-//! metadata postings (`MetadataIndex`) that filtered queries draw their candidates from.
+//! Every model's vectors — exact rows (`VectorIndex`) and an approximate graph (`Graph`) —
+//! with the document handles and metadata postings (`MetadataIndex`) they share.
 //!
-//! The set of models is fixed at start-up, so the map itself needs no lock; each index is
-//! locked on its own so a query on one model never waits behind writes to another. Writers
-//! hold a write guard only for the in-memory insert (no `.await` under it), and one lock at a
-//! time; a filtered query holds the metadata's read guard while it reads one model's.
+//! The set of models is fixed at start-up, so the map itself needs no lock; each model's rows
+//! are locked on their own so a query on one model never waits behind writes to another.
+//! Writers hold a write guard only for the in-memory insert (no `.await` under it). Locks are
+//! taken in one order — handles, then a model's rows, then the metadata, then a graph — and a
+//! write to the rows never waits for the graph: each model's graph is fed by its own thread
+//! (see `feed_graph`), which copies what changed out of the rows and adds it with no rows lock
+//! held.
+//!
+//! A query takes the exact path (every row, or every row a filter matches, scored) when the
+//! answer must be exact or that is cheap, and the graph otherwise; see [`SearchPath`].
 
 use std::collections::HashMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 
 use serde_json::Value;
 
 use super::filter::Filter;
+use super::graph::{Graph, GraphSettings, GraphWriter};
+use super::handles::Handles;
 use super::metadata::MetadataIndex;
-use super::{Hit, VectorIndex};
+use super::{Change, Hit, VectorIndex};
 use crate::embed::ModelRegistry;
 use crate::store::{Store, StoreError};
+
+/// Below this many vectors (or documents a filter matches), a query scans them exactly: at
+/// 384 dimensions that is under ~2.5 ms, and exact.
+pub const EXACT_BELOW: usize = 20_000;
+
+/// A filter matching less than this share of a model's documents (one in `N`) is answered by
+/// scanning its matches exactly: a graph search restricted to few documents visits about
+/// `N` times more nodes than an unrestricted one, and finds fewer true neighbours.
+pub const FILTER_EXACT_BELOW_ONE_IN: usize = 20;
 
 /// The size of one model's index, as `/metrics` reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSize {
     pub model: String,
-    /// How the index searches: `exact`, a scan of every vector.
+    /// What is measured: `exact`, the f32 rows every score comes from, or `hnsw`, the
+    /// approximate graph that proposes candidates.
     pub kind: &'static str,
     pub vectors: usize,
-    /// The bytes of vector data it holds.
+    /// The bytes it holds in memory.
     pub bytes: usize,
+}
+
+/// What a search found and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub hits: Vec<Hit>,
+    /// Whether every candidate vector was scored (no graph was consulted).
+    pub exact: bool,
+}
+
+/// How a query is answered: by scoring every candidate row, or by scoring the graph's
+/// proposals plus the rows the graph has not caught up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPath {
+    Exact,
+    Graph,
+}
+
+impl SearchPath {
+    /// The path for a query of `top_k` hits over `rows` vectors, of which `unsynced` changed
+    /// since the graph took them, restricted to `matching` documents by a filter (`None`:
+    /// no filter). `exact` is the caller's demand for the exact answer.
+    pub fn choose(
+        rows: usize,
+        unsynced: usize,
+        matching: Option<usize>,
+        top_k: usize,
+        exact: bool,
+        settings: GraphSettings,
+    ) -> Self {
+        let candidates = top_k.saturating_mul(settings.candidates_per_hit);
+        let cheap_to_scan = match matching {
+            None => rows < EXACT_BELOW,
+            Some(m) => m < EXACT_BELOW || m.saturating_mul(FILTER_EXACT_BELOW_ONE_IN) < rows,
+        };
+        // While the graph is far behind (rebuilding, or a backfill outpacing it), the tail it
+        // lacks would be scanned anyway.
+        let graph_behind = unsynced.saturating_mul(2) > rows;
+        if exact || cheap_to_scan || graph_behind || candidates.saturating_mul(2) > rows {
+            Self::Exact
+        } else {
+            Self::Graph
+        }
+    }
+}
+
+/// One model's rows and graph.
+struct ModelIndex {
+    rows: RwLock<VectorIndex>,
+    /// `None` when usearch could not make one; then every query is exact.
+    graph: Option<Arc<Graph>>,
+    feed: Feed,
+}
+
+/// Wakes a graph's feeding thread when the rows change, and stops it.
+#[derive(Default)]
+struct Feed {
+    state: Mutex<FeedState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct FeedState {
+    changed: bool,
+    stopped: bool,
 }
 
 /// The in-memory indexes of every model, rebuilt from the store at start-up.
 pub struct IndexSet {
-    by_model: HashMap<String, RwLock<VectorIndex>>,
+    handles: RwLock<Handles>,
+    by_model: HashMap<String, Arc<ModelIndex>>,
     metadata: RwLock<MetadataIndex>,
+    feeders: Vec<JoinHandle<()>>,
 }
 
 impl IndexSet {
-    /// Empty indexes for every model of the registry.
+    /// Empty indexes for every model of the registry, each graph with a thread feeding it.
     pub fn new(models: &ModelRegistry) -> Self {
-        let by_model = models
-            .models()
-            .into_iter()
-            .map(|m| (m.id.clone(), RwLock::new(VectorIndex::new(m.dimensions))))
-            .collect();
+        Self::for_models(models.models().into_iter().map(|m| (m.id, m.dimensions)))
+    }
+
+    /// Empty indexes for models given by id and dimensions.
+    fn for_models(models: impl IntoIterator<Item = (String, usize)>) -> Self {
+        let mut by_model = HashMap::new();
+        let mut feeders = Vec::new();
+        for (model, dims) in models {
+            let (graph, writer) = match Graph::new(dims, GraphSettings::default()) {
+                Ok((graph, writer)) => (Some(graph), Some(writer)),
+                Err(error) => {
+                    tracing::error!(%model, %error, "no approximate index; queries scan");
+                    (None, None)
+                }
+            };
+            let index = Arc::new(ModelIndex {
+                rows: RwLock::new(VectorIndex::new(dims)),
+                graph,
+                feed: Feed::default(),
+            });
+            if let Some(writer) = writer {
+                feeders.push(spawn_feeder(&model, Arc::clone(&index), writer));
+            }
+            by_model.insert(model, index);
+        }
         Self {
+            handles: RwLock::default(),
             by_model,
             metadata: RwLock::default(),
+            feeders,
         }
     }
 
     /// Indexes for every model, filled with every vector the store holds for it, as the
-    /// store streams them: loading costs no more memory than the index itself.
+    /// store streams them: loading costs no more memory than the index itself. The graphs
+    /// fill in the background; until they catch up, queries are answered exactly.
     pub async fn load(models: &ModelRegistry, store: &dyn Store) -> Result<Self, StoreError> {
         let set = Self::new(models);
         for (model, index) in &set.by_model {
             let mut vectors = store.vectors(model);
             while let Some((id, version, vector)) = vectors.try_next().await? {
-                if let Err(error) = write(index).upsert(&id, version, &vector) {
+                let mut handles = write(&set.handles);
+                let (handle, id) = handles.get_or_insert(&id);
+                if let Err(error) = write(&index.rows).upsert(handle, &id, version, &vector) {
                     return Err(StoreError::Corrupt(format!(
                         "{model} vector of {id}: {error}"
                     )));
                 }
             }
-            tracing::info!(%model, vectors = read(index).len(), "index loaded");
+            index.feed.wake();
+            tracing::info!(%model, vectors = read(&index.rows).len(), "index loaded");
         }
         // A document whose stored metadata does not decode is left out of the filters, not
         // the whole service: reading it answers 500, and so does a query it would be a hit of.
         let mut metadata = store.metadata();
         while let Some(row) = metadata.next().await {
             match row {
-                Ok((id, version, fields)) => {
-                    write(&set.metadata).upsert(&id, version, &fields);
-                }
+                Ok((id, version, fields)) => set.upsert_metadata(&id, version, &fields),
                 Err(StoreError::Corrupt(error)) => {
                     tracing::error!(%error, "a document's metadata left out of the filters");
                 }
@@ -86,20 +198,36 @@ impl IndexSet {
         Ok(set)
     }
 
-    /// The size of every model's index.
+    /// The size of every model's rows and graph.
     pub fn sizes(&self) -> Vec<IndexSize> {
-        self.by_model
-            .iter()
-            .map(|(model, index)| {
-                let index = read(index);
-                IndexSize {
+        let mut sizes = Vec::new();
+        for (model, index) in &self.by_model {
+            let rows = read(&index.rows);
+            sizes.push(IndexSize {
+                model: model.clone(),
+                kind: "exact",
+                vectors: rows.len(),
+                bytes: rows.bytes(),
+            });
+            drop(rows);
+            if let Some(graph) = &index.graph {
+                sizes.push(IndexSize {
                     model: model.clone(),
-                    kind: "exact",
-                    vectors: index.len(),
-                    bytes: index.bytes(),
-                }
-            })
-            .collect()
+                    kind: "hnsw",
+                    vectors: graph.len(),
+                    bytes: graph.bytes(),
+                });
+            }
+        }
+        sizes
+    }
+
+    /// How many of `model`'s documents changed since its graph took them: zero once the graph
+    /// has caught up.
+    pub fn unsynced(&self, model: &str) -> usize {
+        self.by_model
+            .get(model)
+            .map_or(0, |index| read(&index.rows).unsynced_len())
     }
 
     /// How many documents have metadata a filter can match.
@@ -109,7 +237,9 @@ impl IndexSet {
 
     /// Records the metadata of `id` at `version` for filters, unless a newer one is there.
     pub fn upsert_metadata(&self, id: &str, version: u64, metadata: &Value) {
-        write(&self.metadata).upsert(id, version, metadata);
+        let mut handles = write(&self.handles);
+        let (handle, _) = handles.get_or_insert(id);
+        write(&self.metadata).upsert(handle, version, metadata);
     }
 
     /// Adds or replaces the vector of `id` in `model`'s index, unless a newer version is there.
@@ -118,44 +248,210 @@ impl IndexSet {
             tracing::warn!(%model, "no index for model; vector kept only in the store");
             return;
         };
-        if let Err(error) = write(index).upsert(id, version, vector) {
-            tracing::error!(%model, %id, %error, "vector not indexed");
+        let mut handles = write(&self.handles);
+        let (handle, id) = handles.get_or_insert(id);
+        match write(&index.rows).upsert(handle, &id, version, vector) {
+            Ok(true) => index.feed.wake(),
+            Ok(false) => {}
+            Err(error) => tracing::error!(%model, %id, %error, "vector not indexed"),
         }
     }
 
-    /// Removes `id` from every index and from the filters.
+    /// Removes `id` from every index and from the filters, then frees its handle: with the
+    /// handles locked throughout, no write can give the handle a row in between.
     pub fn remove(&self, id: &str) {
+        let mut handles = write(&self.handles);
+        let Some(handle) = handles.get(id) else {
+            return;
+        };
         for index in self.by_model.values() {
-            write(index).remove(id);
+            if write(&index.rows).remove(handle) {
+                index.feed.wake();
+            }
         }
-        write(&self.metadata).remove(id);
+        write(&self.metadata).remove(handle);
+        handles.release(id);
     }
 
     /// The `top_k` nearest documents to `query` in `model`'s index among those `filter`
-    /// matches; empty for an unknown model or a query of the wrong dimension (the embedder
-    /// checks dimensions before this).
-    pub fn search(&self, model: &str, query: &[f32], top_k: usize, filter: &Filter) -> Vec<Hit> {
+    /// matches, exactly when `exact` (and whenever [`SearchPath::choose`] finds the exact scan
+    /// cheap or the graph behind); empty for an unknown model or a query of the wrong
+    /// dimension (the embedder checks dimensions before this).
+    pub fn search(
+        &self,
+        model: &str,
+        query: &[f32],
+        top_k: usize,
+        filter: &Filter,
+        exact: bool,
+    ) -> Found {
         let Some(index) = self.by_model.get(model) else {
-            return Vec::new();
+            return Found {
+                hits: Vec::new(),
+                exact: true,
+            };
         };
-        let metadata = read(&self.metadata);
-        let hits = match metadata.matching(filter) {
-            None => read(index).search(query, top_k),
-            Some(ids) => read(index).search_among(query, top_k, &ids),
+        let matching = read(&self.metadata).matching(filter);
+        let rows = read(&index.rows);
+        let path = match &index.graph {
+            Some(graph) => SearchPath::choose(
+                rows.len(),
+                rows.unsynced_len(),
+                matching.as_ref().map(|m| m.len() as usize),
+                top_k,
+                exact,
+                graph.settings(),
+            ),
+            None => SearchPath::Exact,
         };
-        hits.unwrap_or_default()
+        let graph = index.graph.as_ref().filter(|_| path == SearchPath::Graph);
+        let approximate = graph.and_then(|graph| {
+            let count = top_k.saturating_mul(graph.settings().candidates_per_hit);
+            let unit_query = rows.unit_query(query).ok()?;
+            let admit = matching
+                .as_ref()
+                .map(|matching| move |handle: u32| matching.contains(handle));
+            let admit = admit.as_ref().map(|admit| admit as &dyn Fn(u32) -> bool);
+            match graph.search(&unit_query, count, admit) {
+                Ok(candidates) => Some(candidates),
+                Err(error) => {
+                    tracing::warn!(%model, %error, "graph search failed; scanning instead");
+                    None
+                }
+            }
+        });
+        let hits = match (&approximate, &matching) {
+            (Some(candidates), _) => {
+                rows.search_candidates(query, top_k, candidates, matching.as_ref())
+            }
+            (None, None) => rows.search(query, top_k),
+            (None, Some(matching)) => rows.search_among(query, top_k, matching),
+        };
+        Found {
+            hits: hits.unwrap_or_default(),
+            exact: approximate.is_none(),
+        }
     }
+}
+
+impl Drop for IndexSet {
+    fn drop(&mut self) {
+        for index in self.by_model.values() {
+            index.feed.stop();
+        }
+        for feeder in self.feeders.drain(..) {
+            if feeder.join().is_err() {
+                tracing::error!("a graph's feeding thread panicked");
+            }
+        }
+    }
+}
+
+impl Feed {
+    fn wake(&self) {
+        lock(&self.state).changed = true;
+        self.changed.notify_one();
+    }
+
+    fn stop(&self) {
+        lock(&self.state).stopped = true;
+        self.changed.notify_one();
+    }
+
+    /// Waits for a change; `false` once stopped.
+    fn wait(&self) -> bool {
+        let mut state = lock(&self.state);
+        while !state.changed && !state.stopped {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.changed = false;
+        !state.stopped
+    }
+
+    fn stopped(&self) -> bool {
+        lock(&self.state).stopped
+    }
+}
+
+/// How many changes the feeding thread copies out of the rows at a time: the rows' read lock
+/// is held for the copy, so writers wait at most that long.
+const FEED_BATCH: usize = 256;
+
+/// How long the feeding thread waits after the graph refused a change before trying again.
+const FEED_RETRY: Duration = Duration::from_secs(1);
+
+/// Starts the thread that keeps `model`'s graph in step with its rows.
+fn spawn_feeder(model: &str, index: Arc<ModelIndex>, writer: GraphWriter) -> JoinHandle<()> {
+    let model = model.to_owned();
+    std::thread::Builder::new()
+        .name(format!("graph-{model}"))
+        .spawn(move || feed_graph(&model, &index, writer))
+        .expect("the OS starts a thread")
+}
+
+/// Until stopped: whenever the rows change, copies the changes the graph lacks into it and
+/// marks them synced. A change the graph refuses, or a panic, leaves the change unsynced —
+/// queries keep scanning it exactly — and is retried after [`FEED_RETRY`].
+fn feed_graph(model: &str, index: &ModelIndex, mut writer: GraphWriter) {
+    while index.feed.wait() {
+        loop {
+            if index.feed.stopped() {
+                return;
+            }
+            let changes = read(&index.rows).unsynced_changes(FEED_BATCH);
+            if changes.is_empty() {
+                break;
+            }
+            let applied =
+                std::panic::catch_unwind(AssertUnwindSafe(|| apply_changes(&mut writer, &changes)));
+            let applied = match applied {
+                Ok(Ok(())) => &changes[..],
+                Ok(Err((done, error))) => {
+                    tracing::error!(%model, %error, "approximate index refused a change; retrying");
+                    &changes[..done]
+                }
+                Err(_) => {
+                    tracing::error!(%model, "approximate index panicked; retrying");
+                    &[]
+                }
+            };
+            write(&index.rows).mark_synced(applied);
+            if applied.len() < changes.len() {
+                std::thread::sleep(FEED_RETRY);
+            }
+        }
+    }
+}
+
+/// Applies `changes` in order; on a failure, how many were applied before it.
+fn apply_changes(
+    writer: &mut GraphWriter,
+    changes: &[Change],
+) -> Result<(), (usize, super::graph::GraphError)> {
+    for (done, change) in changes.iter().enumerate() {
+        writer
+            .apply(change.handle, change.vector.as_deref())
+            .map_err(|error| (done, error))?;
+    }
+    Ok(())
 }
 
 // A panic under an index lock leaves at worst one entry missing or stale; keep serving.
 fn read<T>(index: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    index
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    index.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn write<T>(index: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    index
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    index.write().unwrap_or_else(PoisonError::into_inner)
 }
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+#[path = "set_tests.rs"]
+mod tests;

@@ -1,18 +1,72 @@
 //! `VectorIndex` against its contract, and against a naive model under random operations.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 
 use proptest::prelude::*;
 
+use super::handles::Handles;
 use super::*;
+
+/// A `VectorIndex` addressed by id as `IndexSet` addresses it: a handle is given on the first
+/// write and freed on removal.
+struct Named {
+    index: VectorIndex,
+    handles: Handles,
+}
+
+impl Named {
+    fn new(dims: usize) -> Self {
+        Self {
+            index: VectorIndex::new(dims),
+            handles: Handles::default(),
+        }
+    }
+
+    fn upsert(&mut self, id: &str, version: u64, vector: &[f32]) -> Result<bool, IndexError> {
+        let (handle, id) = self.handles.get_or_insert(id);
+        let upserted = self.index.upsert(handle, &id, version, vector);
+        if self.index.version(handle).is_none() {
+            self.handles.release(&id);
+        }
+        upserted
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        let Some(handle) = self.handles.get(id) else {
+            return false;
+        };
+        self.handles.release(id);
+        self.index.remove(handle)
+    }
+
+    fn version(&self, id: &str) -> Option<u64> {
+        self.index.version(self.handles.get(id)?)
+    }
+
+    /// The handles of those of `ids` that have one.
+    fn handles_of<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> RoaringBitmap {
+        ids.into_iter()
+            .filter_map(|id| self.handles.get(id))
+            .collect()
+    }
+}
+
+impl Deref for Named {
+    type Target = VectorIndex;
+
+    fn deref(&self) -> &VectorIndex {
+        &self.index
+    }
+}
 
 fn ids(hits: &[Hit]) -> Vec<&str> {
     hits.iter().map(|h| h.id.as_str()).collect()
 }
 
 /// A 3-dimensional index holding `a` along x, `b` along y and `c` between x and y.
-fn abc() -> VectorIndex {
-    let mut index = VectorIndex::new(3);
+fn abc() -> Named {
+    let mut index = Named::new(3);
     index.upsert("a", 1, &[1.0, 0.0, 0.0]).unwrap();
     index.upsert("b", 1, &[0.0, 1.0, 0.0]).unwrap();
     index.upsert("c", 1, &[1.0, 1.0, 0.0]).unwrap();
@@ -21,7 +75,7 @@ fn abc() -> VectorIndex {
 
 #[test]
 fn a_new_index_is_empty() {
-    let index = VectorIndex::new(4);
+    let index = Named::new(4);
     assert_eq!(
         (index.dims(), index.len(), index.is_empty(), index.bytes()),
         (4, 0, true, 0)
@@ -97,7 +151,7 @@ fn search_agrees_with_a_full_sort() {
         };
         dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
     };
-    let mut index = VectorIndex::new(19);
+    let mut index = Named::new(19);
     let query = vector(1000);
     let mut sorted = Vec::new();
     for n in 0..60 {
@@ -167,7 +221,7 @@ fn vectors_without_a_direction_score_zero_and_never_poison_the_order() {
 
 #[test]
 fn large_components_are_normalised_without_overflow() {
-    let mut index = VectorIndex::new(2);
+    let mut index = Named::new(2);
     index.upsert("big", 1, &[3e30, 4e30]).unwrap();
     let hits = index.search(&[3e30, 4e30], 1).unwrap();
     assert!((hits[0].score - 1.0).abs() < 1e-6, "{hits:?}");
@@ -175,7 +229,7 @@ fn large_components_are_normalised_without_overflow() {
 
 #[test]
 fn a_zero_dimensional_index_does_not_panic() {
-    let mut index = VectorIndex::new(0);
+    let mut index = Named::new(0);
     index.upsert("a", 1, &[]).unwrap();
     index.upsert("b", 1, &[]).unwrap();
     assert_eq!(ids(&index.search(&[], 5).unwrap()), ["a", "b"]);
@@ -288,8 +342,8 @@ impl Naive {
 }
 
 /// `ops` applied to a fresh index and to the naive model, which must agree on every answer.
-fn replay(ops: &[Op]) -> Result<(VectorIndex, Naive), TestCaseError> {
-    let (mut index, mut naive) = (VectorIndex::new(DIMS), Naive::default());
+fn replay(ops: &[Op]) -> Result<(Named, Naive), TestCaseError> {
+    let (mut index, mut naive) = (Named::new(DIMS), Naive::default());
     for op in ops {
         let applied = match op {
             Op::Upsert {
@@ -366,7 +420,10 @@ proptest! {
         let (index, naive) = replay(&ops)?;
         let among: Vec<String> = among.iter().map(u8::to_string).collect();
         let ids: Vec<&str> = among.iter().map(String::as_str).collect();
-        let hits = index.search_among(&query, top_k, &ids).unwrap();
+        // Handles of no indexed document are passed over.
+        let mut handles = index.handles_of(ids.iter().copied());
+        handles.insert_range(1000..1010);
+        let hits = index.search_among(&query, top_k, &handles).unwrap();
         for hit in &hits {
             prop_assert!(ids.contains(&hit.id.as_str()), "{hit:?} is not among {ids:?}");
         }

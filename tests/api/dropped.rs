@@ -61,13 +61,14 @@ impl Service {
 
     fn indexed(&self, id: &str) -> bool {
         let vector = HashEmbedder::hash_v1().embed_one(&Self::document(id).text);
-        let hits = self.indexes.search(
+        let found = self.indexes.search(
             "hash-v1",
             &vector,
             1,
             &reembed::index::filter::Filter::default(),
+            true,
         );
-        hits.first().is_some_and(|hit| hit.id == id)
+        found.hits.first().is_some_and(|hit| hit.id == id)
     }
 }
 

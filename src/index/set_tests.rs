@@ -1,0 +1,279 @@
+//! `IndexSet` on a corpus with neighbourhood structure: the graph path against the exact
+//! path, under inserts, updates and deletes, filters, and many threads at once.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::*;
+
+const DIMS: usize = 48;
+
+/// Enough documents that unfiltered queries take the graph (see `SearchPath::choose`).
+const DOCUMENTS: usize = EXACT_BELOW + 5_000;
+
+/// Vectors drawn around a few hundred random centres, as documents on a few hundred topics
+/// are: each has true near neighbours, unlike uniformly random vectors, which are nearly
+/// orthogonal and have none worth ranking.
+struct Corpus {
+    rng: StdRng,
+    centres: Vec<Vec<f32>>,
+}
+
+impl Corpus {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let centres = (0..300).map(|_| gaussian(&mut rng, 1.0)).collect();
+        Self { rng, centres }
+    }
+
+    /// A vector near a random centre.
+    fn document(&mut self) -> Vec<f32> {
+        let centre = self.rng.random_range(0..self.centres.len());
+        self.near(&self.centres[centre].clone(), 0.35)
+    }
+
+    /// A vector at about `spread` from `vector`.
+    fn near(&mut self, vector: &[f32], spread: f32) -> Vec<f32> {
+        let noise = gaussian(&mut self.rng, spread);
+        vector.iter().zip(noise).map(|(x, n)| x + n).collect()
+    }
+}
+
+/// A vector of unit length in expectation times `scale`, of independent normal components.
+fn gaussian(rng: &mut StdRng, scale: f32) -> Vec<f32> {
+    (0..DIMS)
+        .map(|_| {
+            // Box–Muller: two uniforms make one standard normal.
+            let (u, v): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos() * scale
+                / (DIMS as f32).sqrt()
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    };
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+}
+
+fn set() -> IndexSet {
+    IndexSet::for_models([("m".to_owned(), DIMS), ("other".to_owned(), DIMS)])
+}
+
+/// Waits until `model`'s graph has taken every change.
+fn wait_for_graph(set: &IndexSet, model: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while set.unsynced(model) > 0 {
+        assert!(Instant::now() < deadline, "the graph never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every hit is a live document of `model` scored by its current vector, best first.
+fn assert_truthful(hits: &[Hit], live: &HashMap<String, Vec<f32>>, query: &[f32]) {
+    for hit in hits {
+        let vector = live
+            .get(&hit.id)
+            .unwrap_or_else(|| panic!("{} is deleted or of another model", hit.id));
+        let score = cosine(vector, query);
+        assert!(
+            (score - f64::from(hit.score)).abs() < 1e-4,
+            "{} scored {} but its current vector scores {score}",
+            hit.id,
+            hit.score
+        );
+    }
+    assert!(hits.windows(2).all(|pair| pair[0].score >= pair[1].score));
+}
+
+/// The share of `exact`'s ids that `found` also has.
+fn recall(found: &[Hit], exact: &[Hit]) -> f64 {
+    let hits = found
+        .iter()
+        .filter(|hit| exact.iter().any(|truth| truth.id == hit.id))
+        .count();
+    hits as f64 / exact.len().max(1) as f64
+}
+
+/// Fills `m` with `DOCUMENTS` documents, then updates, deletes and adds at random; returns
+/// the live documents. `other` holds copies of some of `m`'s vectors under other ids, which
+/// would rank first if two models' vectors ever met.
+fn churn(set: &IndexSet, corpus: &mut Corpus) -> HashMap<String, Vec<f32>> {
+    let mut live = HashMap::new();
+    let mut versions = HashMap::new();
+    for n in 0..DOCUMENTS {
+        let (id, vector) = (format!("d{n}"), corpus.document());
+        set.upsert("m", &id, 1, &vector);
+        if n % 50 == 0 {
+            set.upsert("other", &format!("o{n}"), 1, &vector);
+        }
+        versions.insert(id.clone(), 1);
+        live.insert(id, vector);
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    for n in 0..6_000 {
+        let id = format!("d{}", rng.random_range(0..DOCUMENTS + 1_000));
+        match rng.random_range(0..3) {
+            0 => {
+                set.remove(&id);
+                live.remove(&id);
+            }
+            _ => {
+                let version = versions.entry(id.clone()).or_insert(0);
+                *version += 1;
+                let vector = corpus.document();
+                set.upsert("m", &id, *version, &vector);
+                live.insert(id, vector);
+            }
+        }
+        if n % 1000 == 0 {
+            // Whatever the graph has taken so far, answers are true.
+            let query = corpus.document();
+            let found = set.search("m", &query, 10, &Filter::default(), false);
+            assert_truthful(&found.hits, &live, &query);
+        }
+    }
+    live
+}
+
+#[test]
+fn the_graph_finds_the_exact_top_10_after_random_writes_and_never_a_wrong_document() {
+    let set = set();
+    let mut corpus = Corpus::new(7);
+    let live = churn(&set, &mut corpus);
+    wait_for_graph(&set, "m");
+    let mut total = 0.0;
+    let queries = 200;
+    for _ in 0..queries {
+        let document = corpus.document();
+        let query = corpus.near(&document, 0.1);
+        let found = set.search("m", &query, 10, &Filter::default(), false);
+        let exact = set.search("m", &query, 10, &Filter::default(), true);
+        assert!(!found.exact && exact.exact);
+        assert_truthful(&found.hits, &live, &query);
+        assert_eq!(exact.hits.len(), 10);
+        total += recall(&found.hits, &exact.hits);
+    }
+    let recall = total / f64::from(queries);
+    assert!(recall >= 0.95, "recall@10 {recall:.3}");
+}
+
+#[test]
+fn a_filter_returns_only_matches_and_a_selective_one_is_answered_exactly() {
+    let set = set();
+    let mut corpus = Corpus::new(8);
+    let mut live = HashMap::new();
+    for n in 0..DOCUMENTS {
+        let (id, vector) = (format!("d{n}"), corpus.document());
+        let tenant = match n % 10 {
+            0 if n % 200 == 0 => "rare",
+            0 => "small",
+            _ => "large",
+        };
+        set.upsert("m", &id, 1, &vector);
+        set.upsert_metadata(&id, 1, &json!({ "tenant": tenant }));
+        live.insert(id, (vector, tenant));
+    }
+    wait_for_graph(&set, "m");
+    let vectors: HashMap<String, Vec<f32>> = live
+        .iter()
+        .map(|(id, (v, _))| (id.clone(), v.clone()))
+        .collect();
+    let (mut large_recall, queries) = (0.0, 50);
+    for _ in 0..queries {
+        let query = corpus.document();
+        for tenant in ["rare", "small", "large"] {
+            let filter = Filter::parse(&json!({ "tenant": tenant })).unwrap();
+            let found = set.search("m", &query, 10, &filter, false);
+            let exact = set.search("m", &query, 10, &filter, true);
+            assert_truthful(&found.hits, &vectors, &query);
+            assert!(found.hits.iter().all(|hit| live[&hit.id].1 == tenant));
+            if tenant == "large" {
+                assert!(!found.exact, "a filter matching 90% takes the graph");
+                large_recall += recall(&found.hits, &exact.hits);
+            } else {
+                assert!(found.exact, "a filter matching {tenant} is scanned");
+                assert_eq!(found, exact);
+            }
+        }
+    }
+    let recall = large_recall / f64::from(queries);
+    assert!(recall >= 0.95, "filtered recall@10 {recall:.3}");
+}
+
+#[test]
+fn more_threads_searching_at_once_than_the_graph_has_slots_all_get_answers() {
+    let set = set();
+    let mut corpus = Corpus::new(9);
+    for n in 0..DOCUMENTS {
+        set.upsert("m", &format!("d{n}"), 1, &corpus.document());
+    }
+    wait_for_graph(&set, "m");
+    let queries: Vec<Vec<f32>> = (0..64).map(|_| corpus.document()).collect();
+    std::thread::scope(|scope| {
+        for query in &queries {
+            let set = &set;
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    let found = set.search("m", query, 10, &Filter::default(), false);
+                    assert_eq!(found.hits.len(), 10);
+                    assert!(!found.exact);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn the_path_is_exact_when_asked_small_selective_or_behind_and_the_graph_otherwise() {
+    let settings = GraphSettings::default();
+    let choose = |rows, unsynced, matching, top_k, exact| {
+        SearchPath::choose(rows, unsynced, matching, top_k, exact, settings)
+    };
+    let big = 1_000_000;
+    assert_eq!(choose(big, 0, None, 10, false), SearchPath::Graph);
+    assert_eq!(choose(big, 0, None, 10, true), SearchPath::Exact, "asked");
+    assert_eq!(
+        choose(EXACT_BELOW - 1, 0, None, 10, false),
+        SearchPath::Exact
+    );
+    assert_eq!(choose(EXACT_BELOW, 0, None, 10, false), SearchPath::Graph);
+    assert_eq!(
+        choose(big, big / 2 + 1, None, 10, false),
+        SearchPath::Exact,
+        "behind"
+    );
+    assert_eq!(choose(big, big / 2, None, 10, false), SearchPath::Graph);
+    let one_in = FILTER_EXACT_BELOW_ONE_IN;
+    assert_eq!(
+        choose(big, 0, Some(big / one_in - 1), 10, false),
+        SearchPath::Exact
+    );
+    assert_eq!(
+        choose(big, 0, Some(big / one_in), 10, false),
+        SearchPath::Graph
+    );
+    assert_eq!(
+        choose(big, 0, Some(EXACT_BELOW - 1), 10, false),
+        SearchPath::Exact
+    );
+    assert_eq!(
+        choose(EXACT_BELOW * 2, 0, Some(EXACT_BELOW), 10, false),
+        SearchPath::Graph
+    );
+    let many = big / settings.candidates_per_hit / 2 + 1;
+    assert_eq!(
+        choose(big, 0, None, many, false),
+        SearchPath::Exact,
+        "top_k near all"
+    );
+}
