@@ -81,7 +81,8 @@ impl App {
             })?);
         let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
         check_active_model(&coordinator, store.as_ref(), &models, &config).await?;
-        let indexes = Arc::new(IndexSet::load(&models, store.as_ref()).await?);
+        let index_dir = config.data_dir.join("indexes");
+        let indexes = Arc::new(IndexSet::load(&models, store.as_ref(), Some(index_dir)).await?);
         let documents = Arc::new(Documents::new(
             coordinator.clone(),
             store.clone(),
@@ -138,7 +139,7 @@ impl App {
             coordinator,
             documents,
             store: store.clone(),
-            indexes,
+            indexes: indexes.clone(),
             models,
             requests,
             stopping: stopping.clone(),
@@ -159,6 +160,14 @@ impl App {
 
         workers.close();
         workers.wait().await;
+        // The graphs are saved once no write can reach them any more.
+        let closing = indexes.clone();
+        if tokio::task::spawn_blocking(move || closing.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("saving the approximate indexes panicked");
+        }
         store.close().await;
         tracing::info!("stopped cleanly");
         Ok(())

@@ -16,8 +16,10 @@
 //! fixed when it grows, so searches are admitted through [`Slots`], never more at once than
 //! were reserved.
 
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
+use roaring::RoaringBitmap;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 /// How a model's graph is built and searched.
@@ -48,6 +50,13 @@ impl Default for GraphSettings {
 #[derive(Debug, thiserror::Error)]
 #[error("approximate index: {0}")]
 pub struct GraphError(String);
+
+/// usearch takes paths as UTF-8 strings.
+fn path_str(path: &Path) -> Result<String, GraphError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| GraphError(format!("{} is not UTF-8", path.display())))
+}
 
 /// Wraps what usearch threw.
 fn failed(error: impl std::fmt::Display) -> GraphError {
@@ -89,9 +98,39 @@ impl Graph {
         });
         let writer = GraphWriter {
             graph: Arc::clone(&graph),
-            used_slots: 0,
-            free_slots: 0,
+            present: RoaringBitmap::new(),
         };
+        Ok((graph, writer))
+    }
+
+    /// The graph saved at `path` by [`GraphWriter::save`], for vectors of `dims` dimensions
+    /// built with `settings`, holding the nodes of `present`; checked by the caller against
+    /// what the file was tagged with (see `persist`).
+    pub fn restore(
+        dims: usize,
+        settings: GraphSettings,
+        path: &Path,
+        present: RoaringBitmap,
+    ) -> Result<(Arc<Self>, GraphWriter), GraphError> {
+        let (graph, mut writer) = Self::new(dims, settings)?;
+        {
+            let index = read(&graph.index);
+            index.load(&path_str(path)?).map_err(failed)?;
+            if index.dimensions() != dims || index.size() != present.len() as usize {
+                return Err(GraphError(format!(
+                    "{} holds {} vectors of {} dimensions, its list {} of {dims}",
+                    path.display(),
+                    index.size(),
+                    index.dimensions(),
+                    present.len()
+                )));
+            }
+            let capacity = index.capacity().max(INITIAL_CAPACITY);
+            index
+                .reserve_capacity_and_threads(capacity, graph.slots.count + 1)
+                .map_err(failed)?;
+        }
+        writer.present = present;
         Ok((graph, writer))
     }
 
@@ -137,35 +176,74 @@ const INITIAL_CAPACITY: usize = 1024;
 /// is not `Clone`, so changes are serialised by construction.
 pub struct GraphWriter {
     graph: Arc<Graph>,
-    /// Node slots usearch has handed out, and how many of them a removal freed for reuse
-    /// (usearch reuses a freed slot before taking a new one), to know when to grow.
-    used_slots: usize,
-    free_slots: usize,
+    /// The handles that have a node, so that a save can list them all.
+    present: RoaringBitmap,
 }
 
 impl GraphWriter {
     /// Makes the graph's node for `handle` hold `unit_vector`, or hold nothing for `None`.
     pub fn apply(&mut self, handle: u32, unit_vector: Option<&[f32]>) -> Result<(), GraphError> {
         let key = u64::from(handle);
-        if unit_vector.is_some() && self.free_slots == 0 && self.used_slots >= self.capacity() {
+        // usearch reuses a removed node's slot before taking a new one, so a new slot, which
+        // needs capacity, is taken only when none was removed: when the live count is all.
+        let full = {
+            let index = read(&self.graph.index);
+            index.size() >= index.capacity()
+        };
+        if unit_vector.is_some() && full {
             self.grow()?;
         }
         let index = read(&self.graph.index);
-        if index.contains(key) {
-            self.free_slots += index.remove(key).map_err(failed)?;
+        if self.present.remove(handle) {
+            index.remove(key).map_err(failed)?;
         }
         if let Some(vector) = unit_vector {
             index.add(key, vector).map_err(failed)?;
-            match self.free_slots.checked_sub(1) {
-                Some(left) => self.free_slots = left,
-                None => self.used_slots += 1,
-            }
+            self.present.insert(handle);
         }
         Ok(())
     }
 
-    fn capacity(&self) -> usize {
-        read(&self.graph.index).capacity()
+    /// The handles that have a node.
+    pub fn present(&self) -> &RoaringBitmap {
+        &self.present
+    }
+
+    /// Gives each node the handle `rekey` maps its handle to, or removes it for `None`: what a
+    /// restored graph needs, since handles are numbered anew in every process. `rekey` must
+    /// map no two handles to one.
+    pub fn rekey(&mut self, mut rekey: impl FnMut(u32) -> Option<u32>) -> Result<(), GraphError> {
+        let index = read(&self.graph.index);
+        // Every node out of the way first, so no new handle meets an old one still in place.
+        let aside = |handle: u32| u64::from(handle) + (1 << 32);
+        for handle in &self.present {
+            index
+                .rename(u64::from(handle), aside(handle))
+                .map_err(failed)?;
+        }
+        let mut present = RoaringBitmap::new();
+        for handle in &self.present {
+            match rekey(handle) {
+                Some(new) => {
+                    index
+                        .rename(aside(handle), u64::from(new))
+                        .map_err(failed)?;
+                    present.insert(new);
+                }
+                None => {
+                    index.remove(aside(handle)).map_err(failed)?;
+                }
+            }
+        }
+        self.present = present;
+        Ok(())
+    }
+
+    /// Writes the graph to `path` in usearch's format.
+    pub fn save(&self, path: &Path) -> Result<(), GraphError> {
+        read(&self.graph.index)
+            .save(&path_str(path)?)
+            .map_err(failed)
     }
 
     /// Doubles the graph's capacity, with every search held off while it moves.

@@ -13,6 +13,7 @@ pub mod filter;
 mod graph;
 mod handles;
 mod metadata;
+mod persist;
 mod set;
 
 use std::cmp::{Ordering, Reverse};
@@ -246,6 +247,34 @@ impl VectorIndex {
             if self.unsynced.get(&change.handle) == Some(&change.stamp) {
                 self.unsynced.remove(&change.handle);
             }
+        }
+    }
+
+    /// The id and version of document `handle` if the graph holds its current vector: what a
+    /// saved graph records for its node.
+    pub fn synced_entry(&self, handle: u32) -> Option<(&Arc<str>, u64)> {
+        if self.unsynced.contains_key(&handle) {
+            return None;
+        }
+        let row = self.row(handle)?;
+        Some((&self.ids[row], self.versions[row]))
+    }
+
+    /// Records that the graph holds the vector of `handle` at `version`, if that is its
+    /// current version: what a restored graph's node is checked against. `false` (and the
+    /// document stays unsynced) otherwise.
+    pub fn mark_current(&mut self, handle: u32, version: u64) -> bool {
+        let current = self.version(handle) == Some(version);
+        if current {
+            self.unsynced.remove(&handle);
+        }
+        current
+    }
+
+    /// Marks every document unsynced: for a graph that is discarded and built anew.
+    pub fn mark_all_unsynced(&mut self) {
+        for handle in self.handles.clone() {
+            self.mark_unsynced(handle);
         }
     }
 

@@ -14,9 +14,10 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -26,6 +27,7 @@ use super::filter::Filter;
 use super::graph::{Graph, GraphSettings, GraphWriter};
 use super::handles::Handles;
 use super::metadata::MetadataIndex;
+use super::persist::{self, Files};
 use super::{Change, Hit, VectorIndex};
 use crate::embed::ModelRegistry;
 use crate::store::{Store, StoreError};
@@ -121,81 +123,122 @@ pub struct IndexSet {
     handles: RwLock<Handles>,
     by_model: HashMap<String, Arc<ModelIndex>>,
     metadata: RwLock<MetadataIndex>,
-    feeders: Vec<JoinHandle<()>>,
+    feeders: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl IndexSet {
-    /// Empty indexes for every model of the registry, each graph with a thread feeding it.
+    /// Empty indexes for every model of the registry, each graph with a thread feeding it;
+    /// nothing is saved.
     pub fn new(models: &ModelRegistry) -> Self {
         Self::for_models(models.models().into_iter().map(|m| (m.id, m.dimensions)))
     }
 
     /// Empty indexes for models given by id and dimensions.
     fn for_models(models: impl IntoIterator<Item = (String, usize)>) -> Self {
+        let rows = models
+            .into_iter()
+            .map(|(model, dims)| (model, VectorIndex::new(dims)))
+            .collect();
+        Self::assemble(rows, Handles::default(), MetadataIndex::default(), None)
+    }
+
+    /// Indexes for every model, filled with every vector the store holds for it, as the
+    /// store streams them: loading costs no more memory than the index itself. Each graph
+    /// saved under `dir` is restored and reconciled with the store (see `persist`); one that
+    /// is missing or unusable is rebuilt in the background, and until a graph catches up,
+    /// queries on its model are answered exactly. Graphs are saved under `dir` as they change.
+    pub async fn load(
+        models: &ModelRegistry,
+        store: &dyn Store,
+        dir: Option<PathBuf>,
+    ) -> Result<Self, StoreError> {
+        let mut handles = Handles::default();
+        let mut by_model = Vec::new();
+        for model in models.models() {
+            let mut rows = VectorIndex::new(model.dimensions);
+            let mut vectors = store.vectors(&model.id);
+            while let Some((id, version, vector)) = vectors.try_next().await? {
+                let (handle, id) = handles.get_or_insert(&id);
+                if let Err(error) = rows.upsert(handle, &id, version, &vector) {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} vector of {id}: {error}",
+                        model.id
+                    )));
+                }
+            }
+            drop(vectors);
+            tracing::info!(model = %model.id, vectors = rows.len(), "vectors loaded");
+            by_model.push((model.id, rows));
+        }
+        let metadata = load_metadata(store, &mut handles).await?;
+        let assemble = move || Self::assemble(by_model, handles, metadata, dir);
+        Ok(tokio::task::spawn_blocking(assemble)
+            .await
+            .expect("restoring the graphs does not panic"))
+    }
+
+    /// The set of `models`' rows, each with its graph — restored from `dir` when one was saved
+    /// there — and the thread that feeds it.
+    fn assemble(
+        models: Vec<(String, VectorIndex)>,
+        handles: Handles,
+        metadata: MetadataIndex,
+        dir: Option<PathBuf>,
+    ) -> Self {
         let mut by_model = HashMap::new();
         let mut feeders = Vec::new();
-        for (model, dims) in models {
-            let (graph, writer) = match Graph::new(dims, GraphSettings::default()) {
-                Ok((graph, writer)) => (Some(graph), Some(writer)),
+        for (model, mut rows) in models {
+            let files = dir.as_deref().map(|dir| Files::new(dir, &model));
+            let settings = GraphSettings::default();
+            let restored = files
+                .as_ref()
+                .and_then(|files| restore(files, &model, settings, &mut rows, &handles));
+            let graph = restored.or_else(|| match Graph::new(rows.dims(), settings) {
+                Ok(graph) => Some(graph),
                 Err(error) => {
                     tracing::error!(%model, %error, "no approximate index; queries scan");
-                    (None, None)
+                    None
                 }
-            };
+            });
+            let (graph, writer) = graph.unzip();
             let index = Arc::new(ModelIndex {
-                rows: RwLock::new(VectorIndex::new(dims)),
+                rows: RwLock::new(rows),
                 graph,
                 feed: Feed::default(),
             });
+            // Whatever the rows hold beyond the graph is for the feeder to add straight away.
+            index.feed.wake();
             if let Some(writer) = writer {
-                feeders.push(spawn_feeder(&model, Arc::clone(&index), writer));
+                let feeder = Feeder {
+                    model: model.clone(),
+                    index: Arc::clone(&index),
+                    writer,
+                    files,
+                };
+                feeders.push(feeder.spawn());
             }
             by_model.insert(model, index);
         }
         Self {
-            handles: RwLock::default(),
+            handles: RwLock::new(handles),
             by_model,
-            metadata: RwLock::default(),
-            feeders,
+            metadata: RwLock::new(metadata),
+            feeders: Mutex::new(feeders),
         }
     }
 
-    /// Indexes for every model, filled with every vector the store holds for it, as the
-    /// store streams them: loading costs no more memory than the index itself. The graphs
-    /// fill in the background; until they catch up, queries are answered exactly.
-    pub async fn load(models: &ModelRegistry, store: &dyn Store) -> Result<Self, StoreError> {
-        let set = Self::new(models);
-        for (model, index) in &set.by_model {
-            let mut vectors = store.vectors(model);
-            while let Some((id, version, vector)) = vectors.try_next().await? {
-                let mut handles = write(&set.handles);
-                let (handle, id) = handles.get_or_insert(&id);
-                if let Err(error) = write(&index.rows).upsert(handle, &id, version, &vector) {
-                    return Err(StoreError::Corrupt(format!(
-                        "{model} vector of {id}: {error}"
-                    )));
-                }
-            }
-            index.feed.wake();
-            tracing::info!(%model, vectors = read(&index.rows).len(), "index loaded");
+    /// Stops the graphs' feeding threads, each saving its graph first if it changed since it
+    /// was last saved. Blocks for as long as that takes; searches keep working.
+    pub fn close(&self) {
+        for index in self.by_model.values() {
+            index.feed.stop();
         }
-        // A document whose stored metadata does not decode is left out of the filters, not
-        // the whole service: reading it answers 500, and so does a query it would be a hit of.
-        let mut metadata = store.metadata();
-        while let Some(row) = metadata.next().await {
-            match row {
-                Ok((id, version, fields)) => set.upsert_metadata(&id, version, &fields),
-                Err(StoreError::Corrupt(error)) => {
-                    tracing::error!(%error, "a document's metadata left out of the filters");
-                }
-                Err(error) => return Err(error),
+        let feeders = std::mem::take(&mut *lock(&self.feeders));
+        for feeder in feeders {
+            if feeder.join().is_err() {
+                tracing::error!("a graph's feeding thread panicked");
             }
         }
-        tracing::info!(
-            documents = read(&set.metadata).len(),
-            "metadata filters loaded"
-        );
-        Ok(set)
     }
 
     /// The size of every model's rows and graph.
@@ -336,14 +379,7 @@ impl IndexSet {
 
 impl Drop for IndexSet {
     fn drop(&mut self) {
-        for index in self.by_model.values() {
-            index.feed.stop();
-        }
-        for feeder in self.feeders.drain(..) {
-            if feeder.join().is_err() {
-                tracing::error!("a graph's feeding thread panicked");
-            }
-        }
+        self.close();
     }
 }
 
@@ -358,21 +394,73 @@ impl Feed {
         self.changed.notify_one();
     }
 
-    /// Waits for a change; `false` once stopped.
-    fn wait(&self) -> bool {
-        let mut state = lock(&self.state);
-        while !state.changed && !state.stopped {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+    /// Waits for a change, or until `timeout` has passed; `false` once stopped.
+    fn wait(&self, timeout: Duration) -> bool {
+        let state = lock(&self.state);
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |state| !state.changed && !state.stopped)
+            .unwrap_or_else(PoisonError::into_inner);
         state.changed = false;
         !state.stopped
     }
 
     fn stopped(&self) -> bool {
         lock(&self.state).stopped
+    }
+}
+
+/// The metadata of every document the store holds, for filters. A document whose stored
+/// metadata does not decode is left out of the filters, not the whole service: reading it
+/// answers 500, and so does a query it would be a hit of.
+async fn load_metadata(
+    store: &dyn Store,
+    handles: &mut Handles,
+) -> Result<MetadataIndex, StoreError> {
+    let mut metadata = MetadataIndex::default();
+    let mut rows = store.metadata();
+    while let Some(row) = rows.next().await {
+        match row {
+            Ok((id, version, fields)) => {
+                let (handle, _) = handles.get_or_insert(&id);
+                metadata.upsert(handle, version, &fields);
+            }
+            Err(StoreError::Corrupt(error)) => {
+                tracing::error!(%error, "a document's metadata left out of the filters");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    tracing::info!(documents = metadata.len(), "metadata filters loaded");
+    Ok(metadata)
+}
+
+/// `model`'s graph as saved in `files`, reconciled with its `rows`; `None` when none was saved
+/// or it is unusable, which is logged and deleted, with every row left for a new graph.
+fn restore(
+    files: &Files,
+    model: &str,
+    settings: GraphSettings,
+    rows: &mut VectorIndex,
+    handles: &Handles,
+) -> Option<(Arc<Graph>, GraphWriter)> {
+    match persist::restore(files, model, rows.dims(), settings, rows, handles) {
+        Ok(Some(graph)) => {
+            tracing::info!(
+                %model,
+                nodes = graph.0.len(),
+                to_add = rows.unsynced_len(),
+                "approximate index restored"
+            );
+            Some(graph)
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(%model, %error, "saved approximate index unusable; rebuilding it");
+            files.discard();
+            rows.mark_all_unsynced();
+            None
+        }
     }
 }
 
@@ -383,44 +471,98 @@ const FEED_BATCH: usize = 256;
 /// How long the feeding thread waits after the graph refused a change before trying again.
 const FEED_RETRY: Duration = Duration::from_secs(1);
 
-/// Starts the thread that keeps `model`'s graph in step with its rows.
-fn spawn_feeder(model: &str, index: Arc<ModelIndex>, writer: GraphWriter) -> JoinHandle<()> {
-    let model = model.to_owned();
-    std::thread::Builder::new()
-        .name(format!("graph-{model}"))
-        .spawn(move || feed_graph(&model, &index, writer))
-        .expect("the OS starts a thread")
+/// How often a graph that changed is saved; it is also saved when the set closes. What a crash
+/// loses since is re-added from the rows at the next start.
+const SAVE_EVERY: Duration = Duration::from_secs(300);
+
+/// The thread that keeps one model's graph in step with its rows, and saves it.
+struct Feeder {
+    model: String,
+    index: Arc<ModelIndex>,
+    writer: GraphWriter,
+    /// Where the graph is saved; `None` when it is not.
+    files: Option<Files>,
 }
 
-/// Until stopped: whenever the rows change, copies the changes the graph lacks into it and
-/// marks them synced. A change the graph refuses, or a panic, leaves the change unsynced —
-/// queries keep scanning it exactly — and is retried after [`FEED_RETRY`].
-fn feed_graph(model: &str, index: &ModelIndex, mut writer: GraphWriter) {
-    while index.feed.wait() {
-        loop {
-            if index.feed.stopped() {
-                return;
+impl Feeder {
+    fn spawn(self) -> JoinHandle<()> {
+        std::thread::Builder::new()
+            .name(format!("graph-{}", self.model))
+            .spawn(move || self.run())
+            .expect("the OS starts a thread")
+    }
+
+    /// Until stopped: whenever the rows change, copies the changes the graph lacks into it;
+    /// every [`SAVE_EVERY`] and when stopped, saves the graph if it changed.
+    fn run(mut self) {
+        let mut unsaved = false;
+        let mut saved_at = Instant::now();
+        while self.index.feed.wait(SAVE_EVERY) {
+            unsaved |= self.catch_up();
+            if unsaved && saved_at.elapsed() >= SAVE_EVERY {
+                self.save();
+                (unsaved, saved_at) = (false, Instant::now());
             }
-            let changes = read(&index.rows).unsynced_changes(FEED_BATCH);
+        }
+        if unsaved {
+            self.save();
+        }
+    }
+
+    /// Applies what changed until nothing is left or the set closes; whether anything was
+    /// applied. A change the graph refuses, or a panic, leaves the change unsynced — queries
+    /// keep scanning it exactly — and is retried after [`FEED_RETRY`].
+    fn catch_up(&mut self) -> bool {
+        let mut applied_any = false;
+        while !self.index.feed.stopped() {
+            let changes = read(&self.index.rows).unsynced_changes(FEED_BATCH);
             if changes.is_empty() {
                 break;
             }
-            let applied =
-                std::panic::catch_unwind(AssertUnwindSafe(|| apply_changes(&mut writer, &changes)));
-            let applied = match applied {
+            let writer = &mut self.writer;
+            let outcome =
+                std::panic::catch_unwind(AssertUnwindSafe(|| apply_changes(writer, &changes)));
+            let applied = match outcome {
                 Ok(Ok(())) => &changes[..],
                 Ok(Err((done, error))) => {
-                    tracing::error!(%model, %error, "approximate index refused a change; retrying");
+                    tracing::error!(model = %self.model, %error, "approximate index refused a change; retrying");
                     &changes[..done]
                 }
                 Err(_) => {
-                    tracing::error!(%model, "approximate index panicked; retrying");
+                    tracing::error!(model = %self.model, "approximate index panicked; retrying");
                     &[]
                 }
             };
-            write(&index.rows).mark_synced(applied);
+            applied_any |= !applied.is_empty();
+            write(&self.index.rows).mark_synced(applied);
             if applied.len() < changes.len() {
                 std::thread::sleep(FEED_RETRY);
+            }
+        }
+        applied_any
+    }
+
+    /// Saves the graph, when it has files; a failure is logged, and the next start rebuilds
+    /// or reconciles from what is on disk.
+    fn save(&self) {
+        let Some(files) = &self.files else {
+            return;
+        };
+        let (dims, nodes) = {
+            let rows = read(&self.index.rows);
+            (rows.dims(), persist::node_list(&self.writer, &rows))
+        };
+        let settings = GraphSettings::default();
+        let started = Instant::now();
+        match persist::save(files, &self.model, dims, settings, &self.writer, &nodes) {
+            Ok(()) => tracing::info!(
+                model = %self.model,
+                nodes = nodes.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "approximate index saved"
+            ),
+            Err(error) => {
+                tracing::error!(model = %self.model, %error, "approximate index not saved")
             }
         }
     }

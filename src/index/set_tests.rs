@@ -277,3 +277,136 @@ fn the_path_is_exact_when_asked_small_selective_or_behind_and_the_graph_otherwis
         "top_k near all"
     );
 }
+
+/// The rows the store would stream at a start: `documents` of model `m` (id, version,
+/// vector), numbered in reverse so that no handle is the one it had in the process that
+/// saved the graph.
+fn restarted(documents: &HashMap<String, (u64, Vec<f32>)>, dir: &std::path::Path) -> IndexSet {
+    let mut handles = Handles::default();
+    let mut rows = VectorIndex::new(DIMS);
+    let mut ids: Vec<&String> = documents.keys().collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    for id in ids {
+        let (version, vector) = &documents[id];
+        let (handle, id) = handles.get_or_insert(id);
+        rows.upsert(handle, &id, *version, vector).unwrap();
+    }
+    let models = vec![
+        ("m".to_owned(), rows),
+        ("other".to_owned(), VectorIndex::new(DIMS)),
+    ];
+    IndexSet::assemble(
+        models,
+        handles,
+        MetadataIndex::default(),
+        Some(dir.to_owned()),
+    )
+}
+
+/// A set saving under `dir`, filled with `DOCUMENTS` documents, closed so that it saves.
+fn saved(dir: &std::path::Path, corpus: &mut Corpus) -> HashMap<String, (u64, Vec<f32>)> {
+    let set = restarted(&HashMap::new(), dir);
+    let mut documents = HashMap::new();
+    for n in 0..DOCUMENTS {
+        let (id, vector) = (format!("d{n}"), corpus.document());
+        set.upsert("m", &id, 1, &vector);
+        documents.insert(id, (1, vector));
+    }
+    wait_for_graph(&set, "m");
+    set.close();
+    documents
+}
+
+fn live(documents: &HashMap<String, (u64, Vec<f32>)>) -> HashMap<String, Vec<f32>> {
+    documents
+        .iter()
+        .map(|(id, (_, vector))| (id.clone(), vector.clone()))
+        .collect()
+}
+
+#[test]
+fn a_saved_graph_is_restored_and_re_adds_what_was_written_after_the_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut corpus = Corpus::new(10);
+    let mut documents = saved(dir.path(), &mut corpus);
+    // Written after the save, then the process died: the store has them, the file does not.
+    for n in 0..500 {
+        documents.remove(&format!("d{n}"));
+        documents.insert(format!("d{}", n + 500), (2, corpus.document()));
+        documents.insert(format!("new{n}"), (1, corpus.document()));
+    }
+    let set = restarted(&documents, dir.path());
+    assert_eq!(
+        set.unsynced("m"),
+        1_000,
+        "only the updated and new ones are added"
+    );
+    let live = live(&documents);
+    wait_for_graph(&set, "m");
+    let mut total = 0.0;
+    for _ in 0..100 {
+        let query = corpus.document();
+        let found = set.search("m", &query, 10, &Filter::default(), false);
+        assert!(!found.exact);
+        assert_truthful(&found.hits, &live, &query);
+        let exact = set.search("m", &query, 10, &Filter::default(), true);
+        total += recall(&found.hits, &exact.hits);
+    }
+    assert!(total / 100.0 >= 0.95, "recall@10 {}", total / 100.0);
+    let graph = set
+        .sizes()
+        .into_iter()
+        .find(|s| s.model == "m" && s.kind == "hnsw");
+    assert_eq!(
+        graph.map(|g| g.vectors),
+        Some(documents.len()),
+        "deleted nodes removed"
+    );
+}
+
+#[test]
+fn a_truncated_corrupt_or_mismatched_file_is_detected_and_rebuilt_while_queries_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut corpus = Corpus::new(12);
+    let documents = saved(dir.path(), &mut corpus);
+    let files = Files::new(dir.path(), "m");
+    let (graph, nodes) = (dir.path().join("6d.hnsw"), dir.path().join("6d.nodes"));
+    let (graph_bytes, nodes_bytes) = (
+        std::fs::read(&graph).unwrap(),
+        std::fs::read(&nodes).unwrap(),
+    );
+    let mut flipped = nodes_bytes.clone();
+    flipped[nodes_bytes.len() / 2] ^= 1;
+    let mut other_graph = graph_bytes.clone();
+    other_graph[graph_bytes.len() / 2] ^= 1;
+    let damages: [(&str, &std::path::Path, Vec<u8>); 4] = [
+        (
+            "a truncated graph",
+            &graph,
+            graph_bytes[..graph_bytes.len() / 2].to_vec(),
+        ),
+        (
+            "a truncated node list",
+            &nodes,
+            nodes_bytes[..nodes_bytes.len() - 9].to_vec(),
+        ),
+        ("a corrupt node list", &nodes, flipped),
+        ("a graph that is not the listed one", &graph, other_graph),
+    ];
+    let live = live(&documents);
+    for (damage, path, bytes) in damages {
+        std::fs::write(&graph, &graph_bytes).unwrap();
+        std::fs::write(&nodes, &nodes_bytes).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        let set = restarted(&documents, dir.path());
+        assert_eq!(set.unsynced("m"), documents.len(), "{damage}: rebuilt");
+        let query = corpus.document();
+        let found = set.search("m", &query, 10, &Filter::default(), false);
+        let exact = set.search("m", &query, 10, &Filter::default(), true);
+        assert!(found.exact, "{damage}: answered exactly while rebuilding");
+        assert_eq!(found, exact, "{damage}");
+        assert_truthful(&found.hits, &live, &query);
+        drop(set);
+        files.discard();
+    }
+}
