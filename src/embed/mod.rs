@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::domain::{BackfillLimits, Bounds, Pace, estimate_tokens};
 
+use crate::index::GraphSettings;
 use builtin::HashEmbedder;
 
 /// The public description of one model: an element of `models` in `GET /v1/models`
@@ -158,6 +159,8 @@ struct Entry {
     /// embedded, the server truncating it, but is flagged (issue 10). Kept beside `info`
     /// rather than in it, because `GET /v1/models` does not show it.
     max_input_tokens: Option<u32>,
+    /// How the model's approximate index is built and searched.
+    index: GraphSettings,
 }
 
 impl ModelRegistry {
@@ -188,6 +191,20 @@ impl ModelRegistry {
         self.insert_with_input_limit(info, embedder, None);
     }
 
+    /// Sets how model `id`'s approximate index is built and searched; a model not registered
+    /// is passed over.
+    pub fn set_index_settings(&mut self, id: &str, settings: GraphSettings) {
+        if let Some(at) = self.position(id) {
+            self.entries[at].index = settings;
+        }
+    }
+
+    /// How model `id`'s approximate index is built and searched (the defaults when unset).
+    pub fn index_settings(&self, id: &str) -> GraphSettings {
+        self.position(id)
+            .map_or_else(GraphSettings::default, |at| self.entries[at].index)
+    }
+
     /// `insert` for a model that embeds at most `max_input_tokens` (estimated) of each text
     /// whole; `None` for no limit.
     pub fn insert_with_input_limit(
@@ -206,6 +223,7 @@ impl ModelRegistry {
             info,
             embedder,
             max_input_tokens,
+            index: GraphSettings::default(),
         };
         match self.position(&entry.info.id) {
             Some(at) => self.entries[at] = entry,

@@ -44,6 +44,7 @@ use super::builtin::HashEmbedder;
 use super::openai::{DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, OpenAiEmbedder, OpenAiSettings};
 use super::{Embedder, ModelInfo, ModelRegistry};
 use crate::domain::throttle::DEFAULT_LATENCY_BUDGET;
+use crate::index::{GraphSettings, Quantization};
 
 /// The environment variable that overrides `active_model`.
 pub const ACTIVE_MODEL_ENV: &str = "REEMBED_ACTIVE_MODEL";
@@ -109,6 +110,33 @@ struct ModelTable {
     /// server truncates them) but flagged as truncated. Not an `OpenAiSettings` field: the
     /// registry keeps it (`ModelRegistry::is_over_input_limit`).
     max_input_tokens: Option<NonZeroU32>,
+    /// How the model's approximate index is built and searched; defaults when absent.
+    index: Option<IndexTable>,
+}
+
+/// A model's `index` table: `GraphSettings`, each field defaulting to its default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexTable {
+    quantization: Option<Quantization>,
+    connectivity: Option<NonZeroUsize>,
+    expansion_add: Option<NonZeroUsize>,
+    expansion_search: Option<NonZeroUsize>,
+    candidates_per_hit: Option<NonZeroUsize>,
+}
+
+impl IndexTable {
+    fn settings(&self) -> GraphSettings {
+        let default = GraphSettings::default();
+        let or = |value: Option<NonZeroUsize>, default| value.map_or(default, NonZeroUsize::get);
+        GraphSettings {
+            quantization: self.quantization.unwrap_or(default.quantization),
+            connectivity: or(self.connectivity, default.connectivity),
+            expansion_add: or(self.expansion_add, default.expansion_add),
+            expansion_search: or(self.expansion_search, default.expansion_search),
+            candidates_per_hit: or(self.candidates_per_hit, default.candidates_per_hit),
+        }
+    }
 }
 
 /// Who computes a model's vectors; also `ModelInfo::provider`.
@@ -147,9 +175,14 @@ impl ModelRegistry {
         }
         check_ids(&file)?;
         let mut registry = ModelRegistry::new(file.active_model);
-        for table in file.models {
+        for mut table in file.models {
+            let index = table.index.take();
             let (info, embedder, max_input_tokens) = table.build(env)?;
+            let id = info.id.clone();
             registry.insert_with_input_limit(info, embedder, max_input_tokens);
+            if let Some(index) = index {
+                registry.set_index_settings(&id, index.settings());
+            }
         }
         Ok(registry)
     }

@@ -310,3 +310,26 @@ fn provider_fields_are_validated() {
         );
     }
 }
+
+#[test]
+fn a_model_index_table_sets_its_graph_and_leaves_the_rest_default() {
+    let text =
+        format!("{BUILTINS}\n[models.index]\nquantization = \"f16\"\nexpansion_search = 128\n");
+    let registry = load(&text, &[]).unwrap();
+    let default = crate::index::GraphSettings::default();
+    let expected = crate::index::GraphSettings {
+        quantization: crate::index::Quantization::F16,
+        expansion_search: 128,
+        ..default
+    };
+    let last = registry.models().last().unwrap().id.clone();
+    assert_eq!(registry.index_settings(&last), expected);
+    assert_eq!(registry.index_settings("hash-v1"), default);
+    for wrong in ["quantization = \"i4\"", "expansion_search = 0", "ef = 10"] {
+        let text = format!("{BUILTINS}\n[models.index]\n{wrong}\n");
+        assert!(
+            matches!(load_err(&text, &[]), RegistryError::Parse(_)),
+            "{wrong}"
+        );
+    }
+}

@@ -22,9 +22,42 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use roaring::RoaringBitmap;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-/// How a model's graph is built and searched.
+/// How a graph stores its copy of each vector; scores always come from the f32 rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// One byte per dimension: the least memory; needs rescoring for recall (the default).
+    #[default]
+    I8,
+    /// Two bytes per dimension: better recall before rescoring, about 1.8× the memory.
+    F16,
+    /// Four bytes per dimension, as the rows.
+    F32,
+}
+
+impl Quantization {
+    /// The name the registry file and a saved graph's tag use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::I8 => "i8",
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+
+    fn scalar_kind(self) -> ScalarKind {
+        match self {
+            Self::I8 => ScalarKind::I8,
+            Self::F16 => ScalarKind::F16,
+            Self::F32 => ScalarKind::F32,
+        }
+    }
+}
+
+/// How a model's graph is built and searched: the registry's `index` table of the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GraphSettings {
+    pub quantization: Quantization,
     /// Links per node (HNSW's M).
     pub connectivity: usize,
     /// Candidates considered while linking a new node (HNSW's efConstruction).
@@ -38,6 +71,7 @@ pub struct GraphSettings {
 impl Default for GraphSettings {
     fn default() -> Self {
         Self {
+            quantization: Quantization::I8,
             connectivity: 16,
             expansion_add: 64,
             expansion_search: 64,
@@ -79,7 +113,7 @@ impl Graph {
         let options = IndexOptions {
             dimensions: dims,
             metric: MetricKind::Cos,
-            quantization: ScalarKind::I8,
+            quantization: settings.quantization.scalar_kind(),
             connectivity: settings.connectivity,
             expansion_add: settings.expansion_add,
             expansion_search: settings.expansion_search,
@@ -202,6 +236,11 @@ impl GraphWriter {
             self.present.insert(handle);
         }
         Ok(())
+    }
+
+    /// How the graph was built.
+    pub fn settings(&self) -> GraphSettings {
+        self.graph.settings
     }
 
     /// The handles that have a node.

@@ -10,7 +10,7 @@
 //! could see in the rows.
 
 pub mod filter;
-mod graph;
+pub mod graph;
 mod handles;
 mod metadata;
 mod persist;
@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
+pub use graph::{GraphSettings, Quantization};
 pub use set::{EXACT_BELOW, FILTER_EXACT_BELOW_ONE_IN, Found, IndexSet, IndexSize, SearchPath};
 
 /// Why the index refused a vector or a query.

@@ -125,7 +125,7 @@ pub fn save(
     let header = Header {
         model: model.to_owned(),
         dims,
-        quantization: "i8".to_owned(),
+        quantization: settings.quantization.name().to_owned(),
         connectivity: settings.connectivity,
         expansion_add: settings.expansion_add,
         graph_bytes,
@@ -160,7 +160,7 @@ pub fn restore(
     let expected = Header {
         model: model.to_owned(),
         dims,
-        quantization: "i8".to_owned(),
+        quantization: settings.quantization.name().to_owned(),
         connectivity: settings.connectivity,
         expansion_add: settings.expansion_add,
         ..header

@@ -130,14 +130,18 @@ impl IndexSet {
     /// Empty indexes for every model of the registry, each graph with a thread feeding it;
     /// nothing is saved.
     pub fn new(models: &ModelRegistry) -> Self {
-        Self::for_models(models.models().into_iter().map(|m| (m.id, m.dimensions)))
+        let models = models.models().into_iter().map(|m| {
+            let settings = models.index_settings(&m.id);
+            (m.id, m.dimensions, settings)
+        });
+        Self::for_models(models)
     }
 
-    /// Empty indexes for models given by id and dimensions.
-    fn for_models(models: impl IntoIterator<Item = (String, usize)>) -> Self {
+    /// Empty indexes for models given by id, dimensions and graph settings.
+    fn for_models(models: impl IntoIterator<Item = (String, usize, GraphSettings)>) -> Self {
         let rows = models
             .into_iter()
-            .map(|(model, dims)| (model, VectorIndex::new(dims)))
+            .map(|(model, dims, settings)| (model, VectorIndex::new(dims), settings))
             .collect();
         Self::assemble(rows, Handles::default(), MetadataIndex::default(), None)
     }
@@ -168,7 +172,8 @@ impl IndexSet {
             }
             drop(vectors);
             tracing::info!(model = %model.id, vectors = rows.len(), "vectors loaded");
-            by_model.push((model.id, rows));
+            let settings = models.index_settings(&model.id);
+            by_model.push((model.id, rows, settings));
         }
         let metadata = load_metadata(store, &mut handles).await?;
         let assemble = move || Self::assemble(by_model, handles, metadata, dir);
@@ -180,16 +185,15 @@ impl IndexSet {
     /// The set of `models`' rows, each with its graph — restored from `dir` when one was saved
     /// there — and the thread that feeds it.
     fn assemble(
-        models: Vec<(String, VectorIndex)>,
+        models: Vec<(String, VectorIndex, GraphSettings)>,
         handles: Handles,
         metadata: MetadataIndex,
         dir: Option<PathBuf>,
     ) -> Self {
         let mut by_model = HashMap::new();
         let mut feeders = Vec::new();
-        for (model, mut rows) in models {
+        for (model, mut rows, settings) in models {
             let files = dir.as_deref().map(|dir| Files::new(dir, &model));
-            let settings = GraphSettings::default();
             let restored = files
                 .as_ref()
                 .and_then(|files| restore(files, &model, settings, &mut rows, &handles));
@@ -552,7 +556,7 @@ impl Feeder {
             let rows = read(&self.index.rows);
             (rows.dims(), persist::node_list(&self.writer, &rows))
         };
-        let settings = GraphSettings::default();
+        let settings = self.writer.settings();
         let started = Instant::now();
         match persist::save(files, &self.model, dims, settings, &self.writer, &nodes) {
             Ok(()) => tracing::info!(

@@ -66,7 +66,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn set() -> IndexSet {
-    IndexSet::for_models([("m".to_owned(), DIMS), ("other".to_owned(), DIMS)])
+    let settings = GraphSettings::default();
+    IndexSet::for_models([
+        ("m".to_owned(), DIMS, settings),
+        ("other".to_owned(), DIMS, settings),
+    ])
 }
 
 /// Waits until `model`'s graph has taken every change.
@@ -291,9 +295,10 @@ fn restarted(documents: &HashMap<String, (u64, Vec<f32>)>, dir: &std::path::Path
         let (handle, id) = handles.get_or_insert(id);
         rows.upsert(handle, &id, *version, vector).unwrap();
     }
+    let settings = GraphSettings::default();
     let models = vec![
-        ("m".to_owned(), rows),
-        ("other".to_owned(), VectorIndex::new(DIMS)),
+        ("m".to_owned(), rows, settings),
+        ("other".to_owned(), VectorIndex::new(DIMS), settings),
     ];
     IndexSet::assemble(
         models,
