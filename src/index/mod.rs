@@ -10,7 +10,7 @@
 //! could see in the rows.
 
 pub mod filter;
-pub mod graph;
+mod graph;
 mod handles;
 mod metadata;
 mod persist;
