@@ -5,7 +5,7 @@
 # each measured against its baseline in the same run.
 #
 #   bench/run.sh                      # everything
-#   bench/run.sh --only query,routing # a subset (query, routing, backfill, writes, scaling, micro)
+#   bench/run.sh --only query,routing # a subset (query, ann, routing, backfill, writes, live, scaling, micro)
 #   bench/run.sh --smoke              # tiny sizes, seconds; what CI runs (no timing asserted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,18 @@ if ! command -v wrk >/dev/null; then
     echo "installing wrk (Debian package) ..." >&2
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get install -y wrk >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
+fi
+
+# The approximate-query benchmark's peer, FAISS, from PyPI into a venv, unless a smoke run or an
+# --only list leaves that benchmark out.
+if [[ " $* " != *" --smoke "* ]] && { [[ " $* " != *" --only "* ]] || [[ "$*" == *ann* ]]; }; then
+    venv=target/bench-venv
+    if ! "$venv/bin/python" -c "import faiss, numpy" 2>/dev/null; then
+        echo "installing faiss-cpu and numpy (PyPI) into $venv ..." >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "faiss-cpu==1.15.1" numpy
+    fi
+    export REEMBED_BENCH_PYTHON="$PWD/$venv/bin/python"
 fi
 
 # Taken before anything is written, and leaving out the results file this run rewrites.

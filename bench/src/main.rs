@@ -8,6 +8,7 @@
 //! holds what the benchmarks share: sizes, statistics, a corpus, a store filled directly (fast
 //! set-up, not part of any figure) and a server run in-process on a port-0 listener.
 
+mod ann;
 mod backfill;
 mod cpu;
 mod floor;
@@ -68,11 +69,11 @@ fn main() -> ExitCode {
 
 /// The command line, printed after a bad argument.
 const USAGE: &str =
-    "usage: reembed-bench [--smoke] [--only query,routing,backfill,writes,live,scaling,micro]";
+    "usage: reembed-bench [--smoke] [--only query,ann,routing,backfill,writes,live,scaling,micro]";
 
 /// Every benchmark, in the order they run; `scaling` also reports memory.
-const ALL: [&str; 7] = [
-    "query", "routing", "backfill", "writes", "live", "scaling", "micro",
+const ALL: [&str; 8] = [
+    "query", "ann", "routing", "backfill", "writes", "live", "scaling", "micro",
 ];
 
 /// Which benchmarks to run, and at which sizes.
@@ -115,6 +116,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("query") {
         let sizes = query::Sizes::new(options.smoke);
         println!("{}", query::run(&sizes).await?);
+    }
+    if options.wants("ann") {
+        println!("{}", ann::run(&ann::Sizes::new(options.smoke)).await?);
     }
     if options.wants("routing") {
         let sizes = routing::Sizes::new(options.smoke);

@@ -16,12 +16,20 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the `reembed` binary built beside this one on `data_dir` and waits until it is
-    /// ready.
-    pub async fn start(data_dir: &Path) -> anyhow::Result<ServerProcess> {
-        let mut child = Command::new(reembed_binary()?)
+    /// Starts the `reembed` binary built beside this one on `data_dir`, with the model
+    /// registry file `config` when given, and waits until it is ready.
+    pub async fn start_with(
+        data_dir: &Path,
+        config: Option<&Path>,
+    ) -> anyhow::Result<ServerProcess> {
+        let mut command = Command::new(reembed_binary()?);
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .arg(data_dir);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -68,7 +76,16 @@ impl ServerProcess {
         data_dir: &Path,
         measure: impl AsyncFnOnce(&ServerProcess) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
-        let server = ServerProcess::start(data_dir).await?;
+        Self::serving_with(data_dir, None, measure).await
+    }
+
+    /// `serving` with the model registry file `config`, when given.
+    pub async fn serving_with<T>(
+        data_dir: &Path,
+        config: Option<&Path>,
+        measure: impl AsyncFnOnce(&ServerProcess) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let server = ServerProcess::start_with(data_dir, config).await?;
         let measured = measure(&server).await;
         super::after_stop(measured, server.stop().await)
     }

@@ -106,7 +106,7 @@ async fn measure_server(
     let base = &server.base;
     let loaded = server.memory()?;
     let texts: Vec<String> = corpus(16, 8).map(|(_, text)| text).collect();
-    let queries = serve_queries(base, &texts, sizes.queries).await?;
+    let queries = serve_queries(base, &texts, sizes.queries, false).await?;
     let start = Instant::now();
     super::start_migration(base, MIGRATION, "hash-v2", BOUNDS).await?;
     super::wait_completed(base, MIGRATION).await?;
