@@ -17,6 +17,7 @@
 //! were reserved.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 use roaring::RoaringBitmap;
@@ -102,6 +103,11 @@ pub struct Graph {
     index: RwLock<Index>,
     slots: Slots,
     settings: GraphSettings,
+    /// Its size and memory as the writer last measured them: usearch's own accounting walks
+    /// structures an add is changing, and crashed when read during one, so only the writer
+    /// reads it, between changes.
+    vectors: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 impl Graph {
@@ -129,6 +135,8 @@ impl Graph {
             index: RwLock::new(index),
             slots: Slots::new(search_slots),
             settings,
+            vectors: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
         });
         let writer = GraphWriter {
             graph: Arc::clone(&graph),
@@ -165,6 +173,7 @@ impl Graph {
                 .map_err(failed)?;
         }
         writer.present = present;
+        writer.measure();
         Ok((graph, writer))
     }
 
@@ -187,14 +196,15 @@ impl Graph {
         Ok(matches.keys)
     }
 
-    /// How many documents the graph holds.
+    /// How many documents the graph held when its writer last measured it.
     pub fn len(&self) -> usize {
-        read(&self.index).size()
+        self.vectors.load(Ordering::Relaxed)
     }
 
-    /// The bytes the graph takes in memory: stored vectors, links and spare capacity.
+    /// The bytes the graph took in memory (stored vectors, links and spare capacity) when its
+    /// writer last measured it.
     pub fn bytes(&self) -> usize {
-        read(&self.index).memory_usage()
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// How it was built.
@@ -241,6 +251,16 @@ impl GraphWriter {
     /// How the graph was built.
     pub fn settings(&self) -> GraphSettings {
         self.graph.settings
+    }
+
+    /// Publishes the graph's size and memory for [`Graph::len`] and [`Graph::bytes`]; called
+    /// by the writer between changes, since reading them during one is unsafe.
+    pub fn measure(&self) {
+        let index = read(&self.graph.index);
+        self.graph.vectors.store(index.size(), Ordering::Relaxed);
+        self.graph
+            .bytes
+            .store(index.memory_usage(), Ordering::Relaxed);
     }
 
     /// The handles that have a node.

@@ -538,6 +538,7 @@ impl Feeder {
                 }
             };
             applied_any |= !applied.is_empty();
+            self.writer.measure();
             write(&self.index.rows).mark_synced(applied);
             if applied.len() < changes.len() {
                 std::thread::sleep(FEED_RETRY);

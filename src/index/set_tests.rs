@@ -415,3 +415,39 @@ fn a_truncated_corrupt_or_mismatched_file_is_detected_and_rebuilt_while_queries_
         files.discard();
     }
 }
+
+/// usearch's memory accounting crashed (SIGSEGV) when read while an add ran; sizes and
+/// searches must be safe at any moment of a feed, updates and removals included.
+#[test]
+fn sizes_and_searches_are_safe_while_the_graph_is_fed() {
+    let set = set();
+    let mut corpus = Corpus::new(13);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let queries: Vec<Vec<f32>> = (0..2).map(|_| corpus.document()).collect();
+    std::thread::scope(|scope| {
+        for query in &queries {
+            let (set, stop) = (&set, &stop);
+            scope.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::black_box(set.sizes());
+                    let found = set.search("m", query, 10, &Filter::default(), false);
+                    assert!(found.hits.windows(2).all(|p| p[0].score >= p[1].score));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        for n in 0..DOCUMENTS {
+            set.upsert(
+                "m",
+                &format!("d{}", n % 20_000),
+                1 + n as u64 / 20_000,
+                &corpus.document(),
+            );
+            if n % 7 == 0 {
+                set.remove(&format!("d{}", n / 2));
+            }
+        }
+        wait_for_graph(&set, "m");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
