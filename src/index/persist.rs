@@ -57,6 +57,23 @@ struct Header {
     nodes: u64,
 }
 
+impl Header {
+    /// The tag of a graph of `model` with `dims` dimensions built with `settings`, before its
+    /// file is measured.
+    fn of(model: &str, dims: usize, settings: GraphSettings) -> Self {
+        Self {
+            model: model.to_owned(),
+            dims,
+            quantization: settings.quantization.name().to_owned(),
+            connectivity: settings.connectivity,
+            expansion_add: settings.expansion_add,
+            graph_bytes: 0,
+            graph_crc32: 0,
+            nodes: 0,
+        }
+    }
+}
+
 /// One node of a saved graph: the document whose current vector it holds, or `None` when it
 /// holds one the document has since replaced.
 pub struct Node {
@@ -123,14 +140,10 @@ pub fn save(
     writer.save(&graph_tmp)?;
     let (graph_bytes, graph_crc32) = checksum(&graph_tmp)?;
     let header = Header {
-        model: model.to_owned(),
-        dims,
-        quantization: settings.quantization.name().to_owned(),
-        connectivity: settings.connectivity,
-        expansion_add: settings.expansion_add,
         graph_bytes,
         graph_crc32,
         nodes: nodes.len() as u64,
+        ..Header::of(model, dims, settings)
     };
     let nodes_tmp = files.nodes.with_extension("nodes.tmp");
     write_synced(&nodes_tmp, &encode(&header, nodes))?;
@@ -158,12 +171,10 @@ pub fn restore(
     };
     let (header, nodes) = decode(&bytes)?;
     let expected = Header {
-        model: model.to_owned(),
-        dims,
-        quantization: settings.quantization.name().to_owned(),
-        connectivity: settings.connectivity,
-        expansion_add: settings.expansion_add,
-        ..header
+        graph_bytes: header.graph_bytes,
+        graph_crc32: header.graph_crc32,
+        nodes: header.nodes,
+        ..Header::of(model, dims, settings)
     };
     if header != expected {
         return Err(PersistError::Invalid(format!(

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::*;
+use crate::index::tests::cosine;
 
 const DIMS: usize = 48;
 
@@ -53,16 +54,6 @@ fn gaussian(rng: &mut StdRng, scale: f32) -> Vec<f32> {
                 / (DIMS as f32).sqrt()
         })
         .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot = |a: &[f32], b: &[f32]| -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| f64::from(*x) * f64::from(*y))
-            .sum()
-    };
-    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
 }
 
 fn set() -> IndexSet {

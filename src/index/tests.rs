@@ -60,6 +60,17 @@ impl Deref for Named {
     }
 }
 
+/// The cosine of two vectors, from scratch in f64: what every score is checked against.
+pub(super) fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    };
+    dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
+}
+
 fn ids(hits: &[Hit]) -> Vec<&str> {
     hits.iter().map(|h| h.id.as_str()).collect()
 }
@@ -141,15 +152,6 @@ fn search_agrees_with_a_full_sort() {
         (0..19)
             .map(|d| (((seed * 7 + d * 13) % 17) as f32 - 8.0) / 8.0)
             .collect()
-    };
-    let cosine = |a: &[f32], b: &[f32]| {
-        let dot = |a: &[f32], b: &[f32]| -> f64 {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                .sum()
-        };
-        dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()
     };
     let mut index = Named::new(19);
     let query = vector(1000);
