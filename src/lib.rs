@@ -105,8 +105,9 @@ impl App {
     /// idle, see `serving`). At `shutdown` it stops accepting, ends the event feeds, abandons
     /// the backfill batches that wait for their provider (their documents stay queued; a batch
     /// already committing finishes), lets the requests in flight finish (dropping those still
-    /// open after `serving::SHUTDOWN_GRACE`), and closes the database: it returns within that
-    /// grace plus one batch commit.
+    /// open after `serving::SHUTDOWN_GRACE`), saves each approximate index that changed since
+    /// its last save, and closes the database: it returns within that grace plus one batch
+    /// commit and the saves (seconds at a million vectors).
     pub async fn serve(
         self,
         listener: TcpListener,
