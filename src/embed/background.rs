@@ -47,10 +47,15 @@ fn runtime() -> Option<&'static Runtime> {
         .as_ref()
 }
 
-/// On Linux a nice value belongs to a thread, so this leaves the rest of the process alone.
 fn lower_this_threads_priority() {
+    lower_this_threads_priority_to(BACKGROUND_NICE);
+}
+
+/// Gives the calling thread the nice value `nice`. On Linux a nice value belongs to a thread,
+/// so this leaves the rest of the process alone; elsewhere it may lower the whole process.
+pub(crate) fn lower_this_threads_priority_to(nice: libc::c_int) {
     // SAFETY: setpriority only reads its integer arguments; `0` names the calling thread.
-    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) } != 0;
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0;
     if failed {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),

@@ -475,6 +475,13 @@ const FEED_BATCH: usize = 256;
 /// How long the feeding thread waits after the graph refused a change before trying again.
 const FEED_RETRY: Duration = Duration::from_secs(1);
 
+/// The feeding threads' nice value: below requests and below the backfill's own background
+/// work (nice 10), so that on a busy machine the graph lags — queries scan what it lacks,
+/// exactly — rather than the backfill and requests slowing down; on idle cores it runs at
+/// full speed. Measured: at normal priority the feeders cut the backfill to 0.66× of the raw
+/// loop on two cores (bench/RESULTS.md, "Backfill overhead").
+const FEED_NICE: libc::c_int = 15;
+
 /// How often a graph that changed is saved; it is also saved when the set closes. What a crash
 /// loses since is re-added from the rows at the next start.
 const SAVE_EVERY: Duration = Duration::from_secs(300);
@@ -497,8 +504,10 @@ impl Feeder {
     }
 
     /// Until stopped: whenever the rows change, copies the changes the graph lacks into it;
-    /// every [`SAVE_EVERY`] and when stopped, saves the graph if it changed.
+    /// every [`SAVE_EVERY`] and when stopped, saves the graph if it changed. Runs at nice
+    /// [`FEED_NICE`].
     fn run(mut self) {
+        crate::embed::background::lower_this_threads_priority_to(FEED_NICE);
         let mut unsaved = false;
         let mut saved_at = Instant::now();
         while self.index.feed.wait(SAVE_EVERY) {
