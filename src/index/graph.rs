@@ -145,22 +145,23 @@ impl Graph {
         Ok((graph, writer))
     }
 
-    /// The graph [`GraphWriter::save`] wrote, read back as `saved` (the file's bytes, already
-    /// checked by the caller against what the file was tagged with, see `persist`), for
-    /// vectors of `dims` dimensions built with `settings`, holding the nodes of `present`.
+    /// The graph saved at `path` by [`GraphWriter::save`], for vectors of `dims` dimensions
+    /// built with `settings`, holding the nodes of `present`; checked by the caller against
+    /// what the file was tagged with (see `persist`).
     pub fn restore(
         dims: usize,
         settings: GraphSettings,
-        saved: &[u8],
+        path: &Path,
         present: RoaringBitmap,
     ) -> Result<(Arc<Self>, GraphWriter), GraphError> {
         let (graph, mut writer) = Self::new(dims, settings)?;
         {
             let index = read(&graph.index);
-            index.load_from_buffer(saved).map_err(failed)?;
+            index.load(&path_str(path)?).map_err(failed)?;
             if index.dimensions() != dims || index.size() != present.len() as usize {
                 return Err(GraphError(format!(
-                    "the saved graph holds {} vectors of {} dimensions, its list {} of {dims}",
+                    "{} holds {} vectors of {} dimensions, its list {} of {dims}",
+                    path.display(),
                     index.size(),
                     index.dimensions(),
                     present.len()

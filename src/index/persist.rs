@@ -181,9 +181,7 @@ pub fn restore(
             "saved for {header:?}, needed {expected:?}"
         )));
     }
-    // Read once, checked and loaded from memory: the file is read only once at start-up.
-    let saved = fs::read(&files.graph)?;
-    if (saved.len() as u64, crc32fast::hash(&saved)) != (header.graph_bytes, header.graph_crc32) {
+    if checksum(&files.graph)? != (header.graph_bytes, header.graph_crc32) {
         return Err(PersistError::Invalid(
             "the graph file does not match its node list".to_owned(),
         ));
@@ -192,8 +190,7 @@ pub fn restore(
     if present.len() != nodes.len() as u64 {
         return Err(PersistError::Invalid("a node is listed twice".to_owned()));
     }
-    let (graph, mut writer) = Graph::restore(dims, settings, &saved, present)?;
-    drop(saved);
+    let (graph, mut writer) = Graph::restore(dims, settings, &files.graph, present)?;
     let documents: std::collections::HashMap<u32, &(String, u64)> = nodes
         .iter()
         .filter_map(|node| Some((node.handle, node.document.as_ref()?)))
@@ -290,8 +287,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The length and CRC-32 of the file at `path`, read in pieces: a graph just saved is not
-/// held in memory a second time to be checksummed.
+/// The length and CRC-32 of the file at `path`, read in pieces.
 fn checksum(path: &Path) -> io::Result<(u64, u32)> {
     let mut file = File::open(path)?;
     let mut hasher = crc32fast::Hasher::new();
