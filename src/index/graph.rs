@@ -269,32 +269,33 @@ impl GraphWriter {
     }
 
     /// Gives each node the handle `rekey` maps its handle to, or removes it for `None`: what a
-    /// restored graph needs, since handles are numbered anew in every process. `rekey` must
-    /// map no two handles to one.
+    /// restored graph needs where a document's handle is not the one it had when the graph
+    /// was saved. A node mapped to its own handle is left as it is. `rekey` is called once
+    /// per node and must map no two handles to one.
     pub fn rekey(&mut self, mut rekey: impl FnMut(u32) -> Option<u32>) -> Result<(), GraphError> {
+        let moves: Vec<(u32, Option<u32>)> = self
+            .present
+            .iter()
+            .map(|handle| (handle, rekey(handle)))
+            .filter(|&(old, new)| new != Some(old))
+            .collect();
         let index = read(&self.graph.index);
-        // Every node out of the way first, so no new handle meets an old one still in place.
+        // Every moving node out of the way first, so no new handle meets an old one in place.
         let aside = |handle: u32| u64::from(handle) + (1 << 32);
-        for handle in &self.present {
-            index
-                .rename(u64::from(handle), aside(handle))
-                .map_err(failed)?;
+        for &(old, new) in &moves {
+            match new {
+                Some(_) => index.rename(u64::from(old), aside(old)),
+                None => index.remove(u64::from(old)),
+            }
+            .map_err(failed)?;
+            self.present.remove(old);
         }
-        let mut present = RoaringBitmap::new();
-        for handle in &self.present {
-            match rekey(handle) {
-                Some(new) => {
-                    index
-                        .rename(aside(handle), u64::from(new))
-                        .map_err(failed)?;
-                    present.insert(new);
-                }
-                None => {
-                    index.remove(aside(handle)).map_err(failed)?;
-                }
+        for &(old, new) in &moves {
+            if let Some(new) = new {
+                index.rename(aside(old), u64::from(new)).map_err(failed)?;
+                self.present.insert(new);
             }
         }
-        self.present = present;
         Ok(())
     }
 

@@ -91,6 +91,11 @@ impl MetadataIndex {
         true
     }
 
+    /// Whether anything is recorded for document `handle`.
+    pub fn contains(&self, handle: u32) -> bool {
+        matches!(self.documents.get(handle as usize), Some(Some(_)))
+    }
+
     /// The number of documents with a scalar field recorded.
     pub fn len(&self) -> usize {
         self.recorded

@@ -15,6 +15,7 @@ mod handles;
 mod metadata;
 mod persist;
 mod set;
+mod start;
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};

@@ -12,11 +12,16 @@
 //! Any of these is logged and the graph is rebuilt from the rows in the background while
 //! queries are answered exactly. Deleting the files is always safe: it only costs a rebuild.
 //!
-//! A restored graph is reconciled with the rows, which come from the database: a node whose
-//! document no longer exists or has moved to another version is removed, a node whose
-//! document is current keeps its place, and every document the graph did not hold at the
-//! save (written after it) stays unsynced for the feeding thread to add.
+//! Restoring is in steps, so that start-up can load the graph while the rows stream (see
+//! `start`): the node list is read first ([`read`]) and its documents claim the handles their
+//! nodes have; the graph file is checked and loaded ([`Saved::load`]), which needs no rows;
+//! then the graph is reconciled with the rows, which come from the database
+//! ([`Loaded::reconcile`]): a node whose document no longer exists or has moved to another
+//! version is removed, a node whose document is current keeps its place (renumbered only if
+//! its document's handle differs), and every document the graph did not hold at the save
+//! (written after it) stays unsynced for the feeding thread to add.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -82,6 +87,7 @@ pub struct Node {
 }
 
 /// Where one model's graph lives.
+#[derive(Debug, Clone)]
 pub struct Files {
     graph: PathBuf,
     nodes: PathBuf,
@@ -154,16 +160,21 @@ pub fn save(
     Ok(())
 }
 
-/// The saved graph of `model`, reconciled with `rows` (documents named by `handles`), or
-/// `None` when none was saved. Each node kept is marked synced in `rows`.
-pub fn restore(
+/// A saved graph's node list, checked against the model it is for, before the graph itself
+/// is loaded.
+pub struct Saved {
+    header: Header,
+    nodes: Vec<Node>,
+}
+
+/// The node list saved in `files` for `model`'s graph (of `dims` dimensions, built with
+/// `settings`), or `None` when none was saved.
+pub fn read(
     files: &Files,
     model: &str,
     dims: usize,
     settings: GraphSettings,
-    rows: &mut VectorIndex,
-    handles: &Handles,
-) -> Result<Option<(Arc<Graph>, GraphWriter)>, PersistError> {
+) -> Result<Option<Saved>, PersistError> {
     let bytes = match fs::read(&files.nodes) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -181,26 +192,77 @@ pub fn restore(
             "saved for {header:?}, needed {expected:?}"
         )));
     }
-    if checksum(&files.graph)? != (header.graph_bytes, header.graph_crc32) {
-        return Err(PersistError::Invalid(
-            "the graph file does not match its node list".to_owned(),
-        ));
+    Ok(Some(Saved { header, nodes }))
+}
+
+impl Saved {
+    /// Gives each current document of the list the handle its node has, where neither is
+    /// taken (see [`Handles::claim`]), and adds it to `claimed`: a graph whose documents all
+    /// keep their handles is restored without renumbering a node.
+    pub fn claim_handles(&self, handles: &mut Handles, claimed: &mut RoaringBitmap) {
+        for node in &self.nodes {
+            if let Some((id, _)) = &node.document
+                && handles.claim(id, node.handle)
+            {
+                claimed.insert(node.handle);
+            }
+        }
     }
-    let present: RoaringBitmap = nodes.iter().map(|node| node.handle).collect();
-    if present.len() != nodes.len() as u64 {
-        return Err(PersistError::Invalid("a node is listed twice".to_owned()));
+
+    /// The graph the list describes, loaded from `files` once the file is checked against
+    /// the list. It reads the whole file and needs no rows, so it can run while they load.
+    pub fn load(self, files: &Files, settings: GraphSettings) -> Result<Loaded, PersistError> {
+        let header = &self.header;
+        if checksum(&files.graph)? != (header.graph_bytes, header.graph_crc32) {
+            return Err(PersistError::Invalid(
+                "the graph file does not match its node list".to_owned(),
+            ));
+        }
+        let present: RoaringBitmap = self.nodes.iter().map(|node| node.handle).collect();
+        if present.len() != self.nodes.len() as u64 {
+            return Err(PersistError::Invalid("a node is listed twice".to_owned()));
+        }
+        let (graph, writer) = Graph::restore(header.dims, settings, &files.graph, present)?;
+        Ok(Loaded {
+            graph,
+            writer,
+            nodes: self.nodes,
+        })
     }
-    let (graph, mut writer) = Graph::restore(dims, settings, &files.graph, present)?;
-    let documents: std::collections::HashMap<u32, &(String, u64)> = nodes
-        .iter()
-        .filter_map(|node| Some((node.handle, node.document.as_ref()?)))
-        .collect();
-    writer.rekey(|old| {
-        let (id, version) = documents.get(&old)?;
-        let handle = handles.get(id)?;
-        rows.mark_current(handle, *version).then_some(handle)
-    })?;
-    Ok(Some((graph, writer)))
+}
+
+/// A saved graph in memory, not yet reconciled with the rows.
+pub struct Loaded {
+    graph: Arc<Graph>,
+    writer: GraphWriter,
+    nodes: Vec<Node>,
+}
+
+impl Loaded {
+    /// The graph with only the nodes that hold their document's current vector in `rows`
+    /// (documents named by `handles`), each marked synced there.
+    pub fn reconcile(
+        self,
+        rows: &mut VectorIndex,
+        handles: &Handles,
+    ) -> Result<(Arc<Graph>, GraphWriter), PersistError> {
+        let Loaded {
+            graph,
+            mut writer,
+            nodes,
+        } = self;
+        let documents: HashMap<u32, &(String, u64)> = nodes
+            .iter()
+            .filter_map(|node| Some((node.handle, node.document.as_ref()?)))
+            .collect();
+        let mut kept = RoaringBitmap::new();
+        writer.rekey(|old| {
+            let (id, version) = documents.get(&old)?;
+            let handle = handles.get(id)?;
+            (kept.insert(handle) && rows.mark_current(handle, *version)).then_some(handle)
+        })?;
+        Ok((graph, writer))
+    }
 }
 
 /// The node list's bytes: magic, header length and JSON, the nodes, and a CRC-32 of it all.

@@ -14,12 +14,9 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use futures_util::{StreamExt, TryStreamExt};
 
 use serde_json::Value;
 
@@ -30,7 +27,6 @@ use super::metadata::MetadataIndex;
 use super::persist::{self, Files};
 use super::{Change, Hit, VectorIndex};
 use crate::embed::ModelRegistry;
-use crate::store::{Store, StoreError};
 
 /// Below this many vectors (or documents a filter matches), a query scans them exactly: at
 /// 384 dimensions that is under ~2.5 ms, and exact.
@@ -97,6 +93,17 @@ impl SearchPath {
     }
 }
 
+/// What one model's index is made of when the set is assembled.
+pub(super) struct ModelParts {
+    pub model: String,
+    pub rows: VectorIndex,
+    pub settings: GraphSettings,
+    /// Where the graph is saved; `None` when it is not.
+    pub files: Option<Files>,
+    /// The graph restored from its files; `None` for a new one, fed from the rows.
+    pub graph: Option<(Arc<Graph>, GraphWriter)>,
+}
+
 /// One model's rows and graph.
 struct ModelIndex {
     rows: RwLock<VectorIndex>,
@@ -139,65 +146,37 @@ impl IndexSet {
 
     /// Empty indexes for models given by id, dimensions and graph settings.
     fn for_models(models: impl IntoIterator<Item = (String, usize, GraphSettings)>) -> Self {
-        let rows = models
+        let parts = models
             .into_iter()
-            .map(|(model, dims, settings)| (model, VectorIndex::new(dims), settings))
+            .map(|(model, dims, settings)| ModelParts {
+                model,
+                rows: VectorIndex::new(dims),
+                settings,
+                files: None,
+                graph: None,
+            })
             .collect();
-        Self::assemble(rows, Handles::default(), MetadataIndex::default(), None)
+        Self::assemble(parts, Handles::default(), MetadataIndex::default())
     }
 
-    /// Indexes for every model, filled with every vector the store holds for it, as the
-    /// store streams them: loading costs no more memory than the index itself. Each graph
-    /// saved under `dir` is restored and reconciled with the store (see `persist`); one that
-    /// is missing or unusable is rebuilt in the background, and until a graph catches up,
-    /// queries on its model are answered exactly. Graphs are saved under `dir` as they change.
-    pub async fn load(
-        models: &ModelRegistry,
-        store: &dyn Store,
-        dir: Option<PathBuf>,
-    ) -> Result<Self, StoreError> {
-        let mut handles = Handles::default();
-        let mut by_model = Vec::new();
-        for model in models.models() {
-            let mut rows = VectorIndex::new(model.dimensions);
-            let mut vectors = store.vectors(&model.id);
-            while let Some((id, version, vector)) = vectors.try_next().await? {
-                let (handle, id) = handles.get_or_insert(&id);
-                if let Err(error) = rows.upsert(handle, &id, version, &vector) {
-                    return Err(StoreError::Corrupt(format!(
-                        "{} vector of {id}: {error}",
-                        model.id
-                    )));
-                }
-            }
-            drop(vectors);
-            tracing::info!(model = %model.id, vectors = rows.len(), "vectors loaded");
-            let settings = models.index_settings(&model.id);
-            by_model.push((model.id, rows, settings));
-        }
-        let metadata = load_metadata(store, &mut handles).await?;
-        let assemble = move || Self::assemble(by_model, handles, metadata, dir);
-        Ok(tokio::task::spawn_blocking(assemble)
-            .await
-            .expect("restoring the graphs does not panic"))
-    }
-
-    /// The set of `models`' rows, each with its graph — restored from `dir` when one was saved
-    /// there — and the thread that feeds it.
-    fn assemble(
-        models: Vec<(String, VectorIndex, GraphSettings)>,
+    /// The set of `models`' rows, each with its graph — the one restored, or a new one fed
+    /// from the rows — and the thread that feeds it.
+    pub(super) fn assemble(
+        models: Vec<ModelParts>,
         handles: Handles,
         metadata: MetadataIndex,
-        dir: Option<PathBuf>,
     ) -> Self {
         let mut by_model = HashMap::new();
         let mut feeders = Vec::new();
-        for (model, mut rows, settings) in models {
-            let files = dir.as_deref().map(|dir| Files::new(dir, &model));
-            let restored = files
-                .as_ref()
-                .and_then(|files| restore(files, &model, settings, &mut rows, &handles));
-            let graph = restored.or_else(|| match Graph::new(rows.dims(), settings) {
+        for parts in models {
+            let ModelParts {
+                model,
+                rows,
+                settings,
+                files,
+                graph,
+            } = parts;
+            let graph = graph.or_else(|| match Graph::new(rows.dims(), settings) {
                 Ok(graph) => Some(graph),
                 Err(error) => {
                     tracing::error!(%model, %error, "no approximate index; queries scan");
@@ -411,60 +390,6 @@ impl Feed {
 
     fn stopped(&self) -> bool {
         lock(&self.state).stopped
-    }
-}
-
-/// The metadata of every document the store holds, for filters. A document whose stored
-/// metadata does not decode is left out of the filters, not the whole service: reading it
-/// answers 500, and so does a query it would be a hit of.
-async fn load_metadata(
-    store: &dyn Store,
-    handles: &mut Handles,
-) -> Result<MetadataIndex, StoreError> {
-    let mut metadata = MetadataIndex::default();
-    let mut rows = store.metadata();
-    while let Some(row) = rows.next().await {
-        match row {
-            Ok((id, version, fields)) => {
-                let (handle, _) = handles.get_or_insert(&id);
-                metadata.upsert(handle, version, &fields);
-            }
-            Err(StoreError::Corrupt(error)) => {
-                tracing::error!(%error, "a document's metadata left out of the filters");
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    tracing::info!(documents = metadata.len(), "metadata filters loaded");
-    Ok(metadata)
-}
-
-/// `model`'s graph as saved in `files`, reconciled with its `rows`; `None` when none was saved
-/// or it is unusable, which is logged and deleted, with every row left for a new graph.
-fn restore(
-    files: &Files,
-    model: &str,
-    settings: GraphSettings,
-    rows: &mut VectorIndex,
-    handles: &Handles,
-) -> Option<(Arc<Graph>, GraphWriter)> {
-    match persist::restore(files, model, rows.dims(), settings, rows, handles) {
-        Ok(Some(graph)) => {
-            tracing::info!(
-                %model,
-                nodes = graph.0.len(),
-                to_add = rows.unsynced_len(),
-                "approximate index restored"
-            );
-            Some(graph)
-        }
-        Ok(None) => None,
-        Err(error) => {
-            tracing::warn!(%model, %error, "saved approximate index unusable; rebuilding it");
-            files.discard();
-            rows.mark_all_unsynced();
-            None
-        }
     }
 }
 

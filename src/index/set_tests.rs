@@ -273,34 +273,38 @@ fn the_path_is_exact_when_asked_small_selective_or_behind_and_the_graph_otherwis
     );
 }
 
-/// The rows the store would stream at a start: `documents` of model `m` (id, version,
-/// vector), numbered in reverse so that no handle is the one it had in the process that
-/// saved the graph.
-fn restarted(documents: &HashMap<String, (u64, Vec<f32>)>, dir: &std::path::Path) -> IndexSet {
-    let mut handles = Handles::default();
-    let mut rows = VectorIndex::new(DIMS);
-    let mut ids: Vec<&String> = documents.keys().collect();
-    ids.sort_by(|a, b| b.cmp(a));
-    for id in ids {
-        let (version, vector) = &documents[id];
-        let (handle, id) = handles.get_or_insert(id);
-        rows.upsert(handle, &id, *version, vector).unwrap();
-    }
+/// Documents by id, each with its version and vector.
+type Documents = HashMap<String, (u64, Vec<f32>)>;
+
+/// A start-up under `dir` (see `start`) whose store streams `documents` of model `m` (id,
+/// version, vector) in reverse id order, so that a document the saved graph does not know
+/// takes a handle it had in the process that saved it.
+fn restarted(documents: &Documents, dir: &std::path::Path) -> IndexSet {
+    restarted_with(&[("m", documents)], dir)
+}
+
+/// A start-up under `dir` whose store streams each model's documents, in reverse id order.
+fn restarted_with(models: &[(&str, &Documents)], dir: &std::path::Path) -> IndexSet {
     let settings = GraphSettings::default();
-    let models = vec![
-        ("m".to_owned(), rows, settings),
-        ("other".to_owned(), VectorIndex::new(DIMS), settings),
-    ];
-    IndexSet::assemble(
-        models,
-        handles,
-        MetadataIndex::default(),
-        Some(dir.to_owned()),
-    )
+    let mut specs: Vec<_> = models
+        .iter()
+        .map(|(model, _)| (model.to_string(), DIMS, settings))
+        .collect();
+    specs.push(("other".to_owned(), DIMS, settings));
+    let mut start = super::super::start::Start::new(specs, Some(dir.to_owned()));
+    for (model, (_, documents)) in models.iter().enumerate() {
+        let mut ids: Vec<&String> = documents.keys().collect();
+        ids.sort_by(|a, b| b.cmp(a));
+        for id in ids {
+            let (version, vector) = &documents[id];
+            start.add_vector(model, id, *version, vector).unwrap();
+        }
+    }
+    start.finish()
 }
 
 /// A set saving under `dir`, filled with `DOCUMENTS` documents, closed so that it saves.
-fn saved(dir: &std::path::Path, corpus: &mut Corpus) -> HashMap<String, (u64, Vec<f32>)> {
+fn saved(dir: &std::path::Path, corpus: &mut Corpus) -> Documents {
     let set = restarted(&HashMap::new(), dir);
     let mut documents = HashMap::new();
     for n in 0..DOCUMENTS {
@@ -313,7 +317,7 @@ fn saved(dir: &std::path::Path, corpus: &mut Corpus) -> HashMap<String, (u64, Ve
     documents
 }
 
-fn live(documents: &HashMap<String, (u64, Vec<f32>)>) -> HashMap<String, Vec<f32>> {
+fn live(documents: &Documents) -> HashMap<String, Vec<f32>> {
     documents
         .iter()
         .map(|(id, (_, vector))| (id.clone(), vector.clone()))
@@ -404,6 +408,48 @@ fn a_truncated_corrupt_or_mismatched_file_is_detected_and_rebuilt_while_queries_
         assert_truthful(&found.hits, &live, &query);
         drop(set);
         files.discard();
+    }
+}
+
+/// Two graphs saved by processes that numbered the documents differently: the first list's
+/// documents keep their handles, the second graph is renumbered, and both stay truthful.
+#[test]
+fn graphs_saved_with_conflicting_handles_are_renumbered_and_stay_truthful() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut corpus = Corpus::new(13);
+    let first = saved(dir.path(), &mut corpus);
+    let kept = tempfile::tempdir().unwrap();
+    for file in ["6d.hnsw", "6d.nodes"] {
+        std::fs::rename(dir.path().join(file), kept.path().join(file)).unwrap();
+    }
+    // A second process, with no graph of `m` saved, numbers `e…` from 0 and saves `n`.
+    let second: Documents = (0..DOCUMENTS)
+        .map(|n| (format!("e{n}"), (1, corpus.document())))
+        .collect();
+    let set = restarted_with(&[("n", &HashMap::new())], dir.path());
+    for (id, (version, vector)) in &second {
+        set.upsert("n", id, *version, vector);
+    }
+    wait_for_graph(&set, "n");
+    set.close();
+    drop(set);
+    for file in ["6d.hnsw", "6d.nodes"] {
+        std::fs::rename(kept.path().join(file), dir.path().join(file)).unwrap();
+    }
+    let set = restarted_with(&[("m", &first), ("n", &second)], dir.path());
+    for (model, documents) in [("m", &first), ("n", &second)] {
+        assert_eq!(set.unsynced(model), 0, "{model}: every node restored");
+        let live = live(documents);
+        let mut total = 0.0;
+        for _ in 0..50 {
+            let query = corpus.document();
+            let found = set.search(model, &query, 10, &Filter::default(), false);
+            assert!(!found.exact, "{model}: the graph answers");
+            assert_truthful(&found.hits, &live, &query);
+            let exact = set.search(model, &query, 10, &Filter::default(), true);
+            total += recall(&found.hits, &exact.hits);
+        }
+        assert!(total / 50.0 >= 0.95, "{model}: recall@10 {}", total / 50.0);
     }
 }
 
