@@ -94,7 +94,11 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
          Top-{TOP_K} `POST /v1/query` on `{MODEL}` ({DIMS} dimensions) through the HNSW graph \
          (usearch, i8, M = 16, efConstruction 64, candidates rescored from the f32 rows), by \
          the `reembed` binary as a child process, one request at a time; recall@{TOP_K} is \
-         against the same server's `exact: true` answer to the same query. The corpus is \
+         against the same server's `exact: true` answer to the same query, and in brackets \
+         with ties counted (ann-benchmarks' rule: a hit scoring within {TIE} of the \
+         {TOP_K}th true hit is a true neighbour), since documents that share as many of the \
+         query's words score alike and which of them the truth lists is arbitrary; the goals \
+         are judged on the strict figure. The corpus is \
          topical: {DOCS_PER_TOPIC} documents per topic, each of 30 words, 24 drawn from its \
          topic's 20-word vocabulary and 6 from a shared one of 50,000, so neighbours share \
          words and rank by how many; queries are 6 words of a topic's vocabulary and one \
@@ -179,7 +183,7 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
          Stored in {:.0} s; streaming the {docs} vectors from SQLite took {:.1} s. First start: \
          serving after {:.1} s (queries exact until the graph caught up), graph built after \
          {:.0} s ({:.0} vectors/s).\n\n\
-         | measure | p50 | p99 | recall@{TOP_K} | ratio | goal |\n|---|---|---|---|---|---|\n",
+         | measure | p50 | p99 | recall@{TOP_K} (with ties counted) | ratio | goal |\n|---|---|---|---|---|---|\n",
         filled.as_secs_f64(),
         streamed.as_secs_f64(),
         ready.as_secs_f64(),
@@ -202,18 +206,19 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
             String::new()
         };
         out += &format!(
-            "| server {name} | {} | {} | {recall:.3} | {:.1}× faster than exact | {goal} |\n",
+            "| server {name} | {} | {} | {} | {:.1}× faster than exact | {goal} |\n",
             ms(p50),
             ms(percentile(&answers.latencies, 99.0)),
+            recalls(answers, &truth),
             exact_p50.as_secs_f64() / p50.as_secs_f64(),
         );
     }
     let filtered_p50 = median(&filtered.latencies);
     out += &format!(
-        "| server filtered (10%), default | {} | {} | {:.3} | {:.1}× faster than exact | p50 ≤ 3 ms: {} |\n",
+        "| server filtered (10%), default | {} | {} | {} | {:.1}× faster than exact | p50 ≤ 3 ms: {} |\n",
         ms(filtered_p50),
         ms(percentile(&filtered.latencies, 99.0)),
-        filtered.recall(&filtered_truth),
+        recalls(&filtered, &filtered_truth),
         median(&filtered_truth.latencies).as_secs_f64() / filtered_p50.as_secs_f64(),
         met(filtered_p50 <= Duration::from_millis(3)),
     );
@@ -235,14 +240,25 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
     Ok(out)
 }
 
-/// The rows comparing reembed's graph search in process with FAISS at matched recall.
+/// The recall@k of `answers` against `truth`, strict and with ties counted.
+fn recalls(answers: &Answers, truth: &Answers) -> String {
+    format!(
+        "{:.3} ({:.3})",
+        answers.recall(truth),
+        answers.recall_with_ties(truth)
+    )
+}
+
+/// The rows comparing reembed's graph search in process with FAISS at matched recall (strict:
+/// the peer reports no scores).
 fn in_process_rows(ours: &Answers, truth: &Answers, peer: Option<&[PeerPoint]>) -> String {
     let recall = ours.recall(truth);
     let p50 = median(&ours.latencies);
     let mut out = format!(
-        "| `IndexSet::search` in process, default | {} | {} | {recall:.3} | | |\n",
+        "| `IndexSet::search` in process, default | {} | {} | {} | | |\n",
         ms(p50),
         ms(percentile(&ours.latencies, 99.0)),
+        recalls(ours, truth),
     );
     let Some(peer) = peer else {
         return out
@@ -403,25 +419,65 @@ fn registry_file(dir: &Path, graph: GraphSettings) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The answers to a run of queries: each one's latency and hit ids.
+/// The answers to a run of queries: each one's latency and hits (id and score).
 struct Answers {
     latencies: Vec<Duration>,
-    ids: Vec<Vec<String>>,
+    hits: Vec<Vec<(String, f32)>>,
 }
 
+/// How far below the last true hit's score a hit may score and still count as a true
+/// neighbour, for recall with ties counted: ann-benchmarks' rule (their distance epsilon).
+const TIE: f32 = 1e-3;
+
 impl Answers {
-    /// The mean share of `truth`'s hits each answer also has.
+    fn new() -> Self {
+        Answers {
+            latencies: Vec::new(),
+            hits: Vec::new(),
+        }
+    }
+
+    /// The mean share of `truth`'s hits each answer also has: the strict recall, which the
+    /// goals are judged on.
     fn recall(&self, truth: &Answers) -> f64 {
+        self.mean_share(truth, |found, truth| {
+            found
+                .iter()
+                .filter(|(id, _)| truth.iter().any(|(true_id, _)| true_id == id))
+                .count()
+        })
+    }
+
+    /// Recall with ties counted: a hit scoring within [`TIE`] of the last true hit's score is
+    /// a true neighbour, since which of several equally near documents the truth lists is
+    /// arbitrary.
+    fn recall_with_ties(&self, truth: &Answers) -> f64 {
+        self.mean_share(truth, |found, truth| {
+            let Some(&(_, last)) = truth.last() else {
+                return 0;
+            };
+            found
+                .iter()
+                .filter(|&&(_, score)| score >= last - TIE)
+                .count()
+        })
+    }
+
+    /// The mean over queries of `true_hits(found, truth)` over the truth's number of hits.
+    fn mean_share(
+        &self,
+        truth: &Answers,
+        true_hits: impl Fn(&[(String, f32)], &[(String, f32)]) -> usize,
+    ) -> f64 {
         let shares: f64 = self
-            .ids
+            .hits
             .iter()
-            .zip(&truth.ids)
+            .zip(&truth.hits)
             .map(|(found, truth)| {
-                let hits = found.iter().filter(|id| truth.contains(id)).count();
-                hits as f64 / truth.len().max(1) as f64
+                true_hits(found, truth).min(truth.len()) as f64 / truth.len().max(1) as f64
             })
             .sum();
-        shares / self.ids.len().max(1) as f64
+        shares / self.hits.len().max(1) as f64
     }
 }
 
@@ -435,7 +491,7 @@ async fn answers(
 ) -> anyhow::Result<Answers> {
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/query");
-    let query = async |text: &str| -> anyhow::Result<(Duration, Vec<String>)> {
+    let query = async |text: &str| -> anyhow::Result<(Duration, Vec<(String, f32)>)> {
         let body = json!({"text": text, "top_k": TOP_K, "filter": filter, "exact": exact});
         let start = Instant::now();
         let reply: Value = client.post(&url).json(&body).send().await?.json().await?;
@@ -443,23 +499,25 @@ async fn answers(
         let hits = reply["hits"]
             .as_array()
             .with_context(|| format!("no hits in {reply}"))?;
-        let ids = hits
+        let hits = hits
             .iter()
-            .filter_map(|hit| hit["id"].as_str().map(str::to_owned))
+            .filter_map(|hit| {
+                Some((
+                    hit["id"].as_str()?.to_owned(),
+                    hit["score"].as_f64()? as f32,
+                ))
+            })
             .collect();
-        Ok((elapsed, ids))
+        Ok((elapsed, hits))
     };
     for text in texts.iter().take(3) {
         query(text).await?;
     }
-    let mut answers = Answers {
-        latencies: Vec::new(),
-        ids: Vec::new(),
-    };
+    let mut answers = Answers::new();
     for text in texts {
-        let (latency, ids) = query(text).await?;
+        let (latency, hits) = query(text).await?;
         answers.latencies.push(latency);
-        answers.ids.push(ids);
+        answers.hits.push(hits);
     }
     Ok(answers)
 }
@@ -512,19 +570,15 @@ async fn search_in_process(
     let vectors: Vec<Vec<f32>> = texts.iter().map(|t| embedder.embed_one(t)).collect();
     write_peer_queries(peer_dir, &vectors, truth)?;
     let filter = Filter::default();
-    let mut answers = Answers {
-        latencies: Vec::new(),
-        ids: Vec::new(),
-    };
+    let mut answers = Answers::new();
     for round in 0..3 {
         for vector in &vectors {
             let start = Instant::now();
             let found = indexes.search(MODEL, vector, TOP_K, &filter, false);
             answers.latencies.push(start.elapsed());
             if round == 0 {
-                answers
-                    .ids
-                    .push(found.hits.into_iter().map(|hit| hit.id).collect());
+                let hits = found.hits.into_iter().map(|hit| (hit.id, hit.score));
+                answers.hits.push(hits.collect());
             }
         }
     }
@@ -540,10 +594,10 @@ fn write_peer_queries(dir: &Path, vectors: &[Vec<f32>], truth: &Answers) -> anyh
     }
     queries.flush()?;
     let mut rows = BufWriter::new(std::fs::File::create(dir.join("truth.i64"))?);
-    for ids in &truth.ids {
+    for hits in &truth.hits {
         for k in 0..TOP_K {
-            let row: i64 = match ids.get(k) {
-                Some(id) => id.trim_start_matches("doc-").parse()?,
+            let row: i64 = match hits.get(k) {
+                Some((id, _)) => id.trim_start_matches("doc-").parse()?,
                 None => -1,
             };
             rows.write_all(&row.to_le_bytes())?;
