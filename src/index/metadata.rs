@@ -55,24 +55,32 @@ impl MetadataIndex {
         if self.documents.len() <= slot {
             self.documents.resize_with(slot + 1, || None);
         }
-        let old = match &mut self.documents[slot] {
-            Some(entry) if entry.version > version => return false,
-            Some(entry) => {
-                entry.version = version;
-                std::mem::replace(&mut entry.fields, fields.clone())
-            }
-            empty @ None => {
-                *empty = Some(Entry {
-                    version,
-                    fields: fields.clone(),
-                });
+        let recorded = &mut self.documents[slot];
+        if recorded
+            .as_ref()
+            .is_some_and(|entry| entry.version > version)
+        {
+            return false;
+        }
+        let old = match recorded.replace(Entry { version, fields }) {
+            Some(old) => old.fields,
+            None => {
                 self.recorded += 1;
                 Vec::new()
             }
         };
         unpost(&mut self.postings, &old, handle);
+        let fields = recorded.as_ref().map_or(&[][..], |entry| &entry.fields);
         for posting in fields {
-            self.postings.entry(posting).or_default().insert(handle);
+            match self.postings.get_mut(posting) {
+                Some(handles) => {
+                    handles.insert(handle);
+                }
+                None => {
+                    let handles = RoaringBitmap::from_iter([handle]);
+                    self.postings.insert(posting.clone(), handles);
+                }
+            }
         }
         true
     }
