@@ -9,6 +9,8 @@
 //!
 //! The schema and its encodings are described in `migrations/0001_initial.sql`.
 
+mod bulk;
+
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
@@ -18,7 +20,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 use sqlx::sqlite::{
@@ -362,22 +363,21 @@ impl Store for SqliteStore {
     }
 
     fn metadata(&self) -> BoxStream<'_, Result<StoredMetadata, StoreError>> {
-        sqlx::query(
+        bulk::rows(
+            self.data_dir.join(DB_FILE),
             "SELECT id, version, metadata FROM documents WHERE metadata NOT IN ('{}', 'null')",
+            Vec::new(),
+            decode_bulk_metadata,
         )
-        .fetch(&self.reader)
-        .map(|row| decode_metadata_row(&row.map_err(store_error)?))
-        .boxed()
     }
 
     fn vectors<'a>(&'a self, model: &'a str) -> BoxStream<'a, Result<StoredVector, StoreError>> {
-        sqlx::query(
+        bulk::rows(
+            self.data_dir.join(DB_FILE),
             "SELECT doc_id, version, dimensions, data FROM vectors WHERE model = ?1 ORDER BY doc_id",
+            vec![model.to_owned()],
+            decode_bulk_vector,
         )
-        .bind(model)
-        .fetch(&self.reader)
-        .map(|row| decode_vector_row(&row.map_err(store_error)?))
-        .boxed()
     }
 
     async fn backfill_estimate(&self, target_model: &str) -> Result<(u64, u64), StoreError> {
@@ -1267,21 +1267,25 @@ fn decode_vector_info(row: &SqliteRow) -> Result<VectorInfo, StoreError> {
     })
 }
 
-fn decode_vector_row(row: &SqliteRow) -> Result<StoredVector, StoreError> {
-    let dimensions = stored_usize(column(row, "dimensions")?)?;
-    let data: Vec<u8> = column(row, "data")?;
+fn decode_bulk_vector(row: &rusqlite::Row<'_>) -> Result<StoredVector, StoreError> {
+    let dimensions = stored_usize(bulk::column(row, "dimensions")?)?;
+    let data = row
+        .get_ref("data")
+        .and_then(|value| Ok(value.as_blob()?))
+        .map_err(|e| StoreError::Corrupt(format!("column data: {e}")))?;
     Ok((
-        column(row, "doc_id")?,
-        stored_u64(column(row, "version")?, "vector version")?,
-        decode_vector(&data, dimensions)?,
+        bulk::column(row, "doc_id")?,
+        stored_u64(bulk::column(row, "version")?, "vector version")?,
+        decode_vector(data, dimensions)?,
     ))
 }
 
-fn decode_metadata_row(row: &SqliteRow) -> Result<StoredMetadata, StoreError> {
+fn decode_bulk_metadata(row: &rusqlite::Row<'_>) -> Result<StoredMetadata, StoreError> {
+    let metadata: String = bulk::column(row, "metadata")?;
     Ok((
-        column(row, "id")?,
-        stored_u64(column(row, "version")?, "document version")?,
-        decode_metadata(row)?,
+        bulk::column(row, "id")?,
+        stored_u64(bulk::column(row, "version")?, "document version")?,
+        parse_metadata(&metadata)?,
     ))
 }
 
@@ -1298,8 +1302,11 @@ fn decode_document(row: &SqliteRow) -> Result<StoredDocument, StoreError> {
 
 /// The `metadata` column of a document row, as the JSON it was written as.
 fn decode_metadata(row: &SqliteRow) -> Result<serde_json::Value, StoreError> {
-    let metadata: String = column(row, "metadata")?;
-    serde_json::from_str(&metadata).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))
+    parse_metadata(&column::<String>(row, "metadata")?)
+}
+
+fn parse_metadata(metadata: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(metadata).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))
 }
 
 fn decode_claimed(row: &SqliteRow) -> Result<ClaimedDocument, StoreError> {
@@ -1349,5 +1356,4 @@ fn decode_counts(row: &SqliteRow) -> Result<Counts, StoreError> {
 }
 
 #[cfg(test)]
-#[path = "sqlite_tests.rs"]
 mod tests;

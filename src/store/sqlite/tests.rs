@@ -23,12 +23,12 @@ async fn open() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
-/// A write of `id` with the given text, embedded with `models`.
 /// Every vector of `model`, as the index loads them.
 async fn all_vectors(store: &SqliteStore, model: &str) -> Result<Vec<StoredVector>, StoreError> {
     store.vectors(model).try_collect().await
 }
 
+/// A write of `id` with the given text, embedded with `models`.
 fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite {
     DocumentWrite {
         id: id.to_owned(),
@@ -261,6 +261,29 @@ async fn vectors_round_trip_bit_exactly() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(vector), bits(&values));
     assert!(all_vectors(&store, TARGET).await.unwrap().is_empty());
+}
+
+/// Start-up streams every vector in pages (see `bulk`): more than a page arrive whole, once
+/// each, in id order, and a corrupt one is an error, never a silent gap.
+#[tokio::test]
+async fn many_vectors_stream_whole_in_id_order_and_a_corrupt_one_is_an_error() {
+    let (_dir, store) = open().await;
+    let id = |n: usize| format!("d{n:05}");
+    let writes = (0..2_500).rev().map(|n| write(&id(n), &[SOURCE])).collect();
+    put(&store, writes).await;
+    let streamed = all_vectors(&store, SOURCE).await.unwrap();
+    let ids: Vec<String> = streamed.into_iter().map(|(id, ..)| id).collect();
+    assert_eq!(ids, (0..2_500).map(id).collect::<Vec<_>>());
+    // Damage the schema's checks would refuse, as a bad disk or another program could do.
+    for sql in [
+        "PRAGMA ignore_check_constraints = ON",
+        "UPDATE vectors SET data = x'00' WHERE doc_id = 'd01234'",
+        "PRAGMA ignore_check_constraints = OFF",
+    ] {
+        sqlx::query(sql).execute(&store.writer).await.unwrap();
+    }
+    let error = all_vectors(&store, SOURCE).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
 }
 
 #[tokio::test]
