@@ -34,7 +34,8 @@ pub struct MetadataIndex {
 #[derive(Debug)]
 struct Entry {
     version: u64,
-    fields: Vec<Posting>,
+    /// Exactly as long as it needs to be: a million documents keep one each.
+    fields: Box<[Posting]>,
 }
 
 impl MetadataIndex {
@@ -62,11 +63,12 @@ impl MetadataIndex {
         {
             return false;
         }
+        let fields = fields.into_boxed_slice();
         let old = match recorded.replace(Entry { version, fields }) {
             Some(old) => old.fields,
             None => {
                 self.recorded += 1;
-                Vec::new()
+                Box::default()
             }
         };
         unpost(&mut self.postings, &old, handle);
