@@ -18,9 +18,10 @@ mod set;
 mod start;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use roaring::RoaringBitmap;
 
 pub use graph::{GraphSettings, Quantization};
@@ -102,7 +103,7 @@ impl VectorIndex {
             ids: Vec::new(),
             versions: Vec::new(),
             rows: Vec::new(),
-            unsynced: HashMap::new(),
+            unsynced: HashMap::default(),
             stamps: 0,
         }
     }
@@ -133,6 +134,22 @@ impl VectorIndex {
         version: u64,
         vector: &[f32],
     ) -> Result<bool, IndexError> {
+        let stored = self.load(handle, id, version, vector)?;
+        if stored {
+            self.mark_unsynced(handle);
+        }
+        Ok(stored)
+    }
+
+    /// `upsert` without marking the document unsynced: for start-up, which loads every row
+    /// and then tells which ones the graph holds (`sync_to`).
+    pub fn load(
+        &mut self,
+        handle: u32,
+        id: &Arc<str>,
+        version: u64,
+        vector: &[f32],
+    ) -> Result<bool, IndexError> {
         self.check_dims(vector.len())?;
         let row = match self.row(handle) {
             Some(row) if self.versions[row] > version => return Ok(false),
@@ -145,7 +162,6 @@ impl VectorIndex {
         };
         let dims = self.dims;
         normalise_into(vector, &mut self.vectors[row * dims..(row + 1) * dims]);
-        self.mark_unsynced(handle);
         Ok(true)
     }
 
@@ -262,21 +278,15 @@ impl VectorIndex {
         Some((&self.ids[row], self.versions[row]))
     }
 
-    /// Records that the graph holds the vector of `handle` at `version`, if that is its
-    /// current version: what a restored graph's node is checked against. `false` (and the
-    /// document stays unsynced) otherwise.
-    pub fn mark_current(&mut self, handle: u32, version: u64) -> bool {
-        let current = self.version(handle) == Some(version);
-        if current {
-            self.unsynced.remove(&handle);
-        }
-        current
-    }
-
-    /// Marks every document unsynced: for a graph that is discarded and built anew.
-    pub fn mark_all_unsynced(&mut self) {
+    /// Records that the graph holds the current vector of exactly the documents of `graph`:
+    /// every other document is unsynced, for the graph's feeder to add. Start-up calls it once
+    /// the graph is restored and reconciled (an empty set for a graph built anew).
+    pub fn sync_to(&mut self, graph: &RoaringBitmap) {
+        self.unsynced.clear();
         for handle in self.handles.clone() {
-            self.mark_unsynced(handle);
+            if !graph.contains(handle) {
+                self.mark_unsynced(handle);
+            }
         }
     }
 

@@ -21,12 +21,12 @@
 //! its document's handle differs), and every document the graph did not hold at the save
 //! (written after it) stays unsynced for the feeding thread to add.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
@@ -240,10 +240,11 @@ pub struct Loaded {
 
 impl Loaded {
     /// The graph with only the nodes that hold their document's current vector in `rows`
-    /// (documents named by `handles`), each marked synced there.
+    /// (documents named by `handles`); the caller marks the other rows unsynced
+    /// (`VectorIndex::sync_to`).
     pub fn reconcile(
         self,
-        rows: &mut VectorIndex,
+        rows: &VectorIndex,
         handles: &Handles,
     ) -> Result<(Arc<Graph>, GraphWriter), PersistError> {
         let Loaded {
@@ -258,8 +259,13 @@ impl Loaded {
         let mut kept = RoaringBitmap::new();
         writer.rekey(|old| {
             let (id, version) = documents.get(&old)?;
-            let handle = handles.get(id)?;
-            (kept.insert(handle) && rows.mark_current(handle, *version)).then_some(handle)
+            // Most documents kept the handle they claimed: comparing ids is cheaper than a
+            // lookup.
+            let handle = match handles.id(old) {
+                Some(held) if **held == **id => old,
+                _ => handles.get(id)?,
+            };
+            (kept.insert(handle) && rows.version(handle) == Some(*version)).then_some(handle)
         })?;
         Ok((graph, writer))
     }

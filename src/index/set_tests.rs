@@ -325,6 +325,24 @@ fn live(documents: &Documents) -> HashMap<String, Vec<f32>> {
 }
 
 #[test]
+fn a_start_without_a_saved_graph_builds_one_from_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut corpus = Corpus::new(14);
+    let documents: Documents = (0..DOCUMENTS)
+        .map(|n| (format!("d{n}"), (1, corpus.document())))
+        .collect();
+    let set = restarted(&documents, dir.path());
+    assert_eq!(set.unsynced("m"), DOCUMENTS, "every row is for the graph");
+    let query = corpus.document();
+    let found = set.search("m", &query, 10, &Filter::default(), false);
+    assert!(found.exact, "exact until the graph catches up");
+    wait_for_graph(&set, "m");
+    let found = set.search("m", &query, 10, &Filter::default(), false);
+    assert!(!found.exact, "then the graph answers");
+    assert_truthful(&found.hits, &live(&documents), &query);
+}
+
+#[test]
 fn a_saved_graph_is_restored_and_re_adds_what_was_written_after_the_save() {
     let dir = tempfile::tempdir().unwrap();
     let mut corpus = Corpus::new(10);

@@ -158,7 +158,7 @@ impl Start {
         let (handle, id) = self.handles.get_or_insert(id);
         self.models[model]
             .rows
-            .upsert(handle, &id, version, vector)
+            .load(handle, &id, version, vector)
             .map(drop)
     }
 
@@ -201,9 +201,14 @@ impl Loading {
             Err(_) => Err(PersistError::Invalid("loading it panicked".to_owned())),
         });
         let graph = loaded.and_then(|loaded| {
-            let restored = loaded.and_then(|loaded| loaded.reconcile(&mut self.rows, handles));
+            let restored = loaded.and_then(|loaded| loaded.reconcile(&self.rows, handles));
             self.restored_or_discarded(restored)
         });
+        let in_graph = match &graph {
+            Some((_, writer)) => writer.present().clone(),
+            None => RoaringBitmap::new(),
+        };
+        self.rows.sync_to(&in_graph);
         ModelParts {
             model: self.model,
             rows: self.rows,
@@ -213,8 +218,9 @@ impl Loading {
         }
     }
 
+    /// `restored`, logged, or `None` when it failed, which is logged and its files deleted.
     fn restored_or_discarded(
-        &mut self,
+        &self,
         restored: Result<(Arc<Graph>, GraphWriter), PersistError>,
     ) -> Option<(Arc<Graph>, GraphWriter)> {
         let model = &self.model;
@@ -222,8 +228,8 @@ impl Loading {
             Ok(graph) => {
                 tracing::info!(
                     %model,
-                    nodes = graph.0.len(),
-                    to_add = self.rows.unsynced_len(),
+                    nodes = graph.1.present().len(),
+                    to_add = (self.rows.len() as u64).saturating_sub(graph.1.present().len()),
                     "approximate index restored"
                 );
                 Some(graph)
@@ -233,7 +239,6 @@ impl Loading {
                 if let Some(files) = &self.files {
                     files.discard();
                 }
-                self.rows.mark_all_unsynced();
                 None
             }
         }

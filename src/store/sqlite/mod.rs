@@ -1267,24 +1267,26 @@ fn decode_vector_info(row: &SqliteRow) -> Result<VectorInfo, StoreError> {
     })
 }
 
+/// A row of `SELECT doc_id, version, dimensions, data`.
 fn decode_bulk_vector(row: &rusqlite::Row<'_>) -> Result<StoredVector, StoreError> {
-    let dimensions = stored_usize(bulk::column(row, "dimensions")?)?;
+    let dimensions = stored_usize(bulk::column(row, 2)?)?;
     let data = row
-        .get_ref("data")
+        .get_ref(3)
         .and_then(|value| Ok(value.as_blob()?))
         .map_err(|e| StoreError::Corrupt(format!("column data: {e}")))?;
     Ok((
-        bulk::column(row, "doc_id")?,
-        stored_u64(bulk::column(row, "version")?, "vector version")?,
+        bulk::column(row, 0)?,
+        stored_u64(bulk::column(row, 1)?, "vector version")?,
         decode_vector(data, dimensions)?,
     ))
 }
 
+/// A row of `SELECT id, version, metadata`.
 fn decode_bulk_metadata(row: &rusqlite::Row<'_>) -> Result<StoredMetadata, StoreError> {
-    let metadata: String = bulk::column(row, "metadata")?;
+    let metadata: String = bulk::column(row, 2)?;
     Ok((
-        bulk::column(row, "id")?,
-        stored_u64(bulk::column(row, "version")?, "document version")?,
+        bulk::column(row, 0)?,
+        stored_u64(bulk::column(row, 1)?, "document version")?,
         parse_metadata(&metadata)?,
     ))
 }
