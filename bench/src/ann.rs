@@ -122,6 +122,7 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
     let peer_dir = dir.path().join("peer");
     std::fs::create_dir_all(&peer_dir)?;
     let filled = fill(dir.path(), &peer_dir, docs).await?;
+    cache_files(dir.path())?;
     let streamed = stream_vectors(dir.path()).await?;
     let texts = query_texts(docs, queries);
     let filter = json!({ "bucket": 3 });
@@ -153,7 +154,10 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
     let (ready, graph_built, truth, default, filtered_truth, filtered, resident) =
         super::after_stop(built, first.stop().await)?;
 
-    // Restarts: the graph saved at the first stop is restored.
+    // Restarts: the graph saved at the first stop is restored. The machine's page cache may
+    // have dropped the files during the first start's long graph build, as it may have
+    // before the stream was measured: both are measured with the files cached.
+    cache_files(dir.path())?;
     let started = Instant::now();
     let restarted = ServerProcess::start_with(dir.path(), Some(&config)).await?;
     let restart = started.elapsed();
@@ -229,7 +233,7 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
     out += &in_process_rows(&in_process, &truth, peer.as_deref());
     let startup = restart.as_secs_f64() / streamed.as_secs_f64();
     out += &format!(
-        "| start-up with the saved graph (to ready) | {:.1} s | | | {startup:.2}× streaming the vectors | {} |\n",
+        "| start-up with the saved graph (to ready; files cached) | {:.1} s | | | {startup:.2}× streaming the vectors | {} |\n",
         restart.as_secs_f64(),
         Goal::AtMost(2.0).verdict(startup),
     );
@@ -383,6 +387,22 @@ async fn fill(data_dir: &Path, peer_dir: &Path, n: usize) -> anyhow::Result<Dura
     store.close().await;
     eprintln!("ann: stored {n} documents in {:?}", start.elapsed());
     Ok(start.elapsed())
+}
+
+/// Reads every file of the data directory `dir` (the database and the saved graphs, not the
+/// peer's files), so that what is measured next finds them in the page cache.
+fn cache_files(dir: &Path) -> anyhow::Result<()> {
+    let indexes = dir.join("indexes");
+    let dirs = [dir, indexes.as_path()];
+    for entry in dirs.iter().filter(|d| d.is_dir()).map(std::fs::read_dir) {
+        for file in entry? {
+            let path = file?.path();
+            if path.is_file() {
+                std::io::copy(&mut std::fs::File::open(&path)?, &mut std::io::sink())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How long streaming every `hash-v2` vector out of the store takes: the floor of a start-up.
