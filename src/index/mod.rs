@@ -283,10 +283,14 @@ impl VectorIndex {
     /// the graph is restored and reconciled (an empty set for a graph built anew).
     pub fn sync_to(&mut self, graph: &RoaringBitmap) {
         self.unsynced.clear();
-        for handle in self.handles.clone() {
-            if !graph.contains(handle) {
-                self.mark_unsynced(handle);
-            }
+        let lacking: Vec<u32> = self
+            .handles
+            .iter()
+            .copied()
+            .filter(|&handle| !graph.contains(handle))
+            .collect();
+        for handle in lacking {
+            self.mark_unsynced(handle);
         }
     }
 

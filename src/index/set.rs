@@ -137,11 +137,7 @@ impl IndexSet {
     /// Empty indexes for every model of the registry, each graph with a thread feeding it;
     /// nothing is saved.
     pub fn new(models: &ModelRegistry) -> Self {
-        let models = models.models().into_iter().map(|m| {
-            let settings = models.index_settings(&m.id);
-            (m.id, m.dimensions, settings)
-        });
-        Self::for_models(models)
+        Self::for_models(model_specs(models))
     }
 
     /// Empty indexes for models given by id, dimensions and graph settings.
@@ -391,6 +387,18 @@ impl Feed {
     fn stopped(&self) -> bool {
         lock(&self.state).stopped
     }
+}
+
+/// Every model of the registry as an index is made for it: id, dimensions, graph settings.
+pub(super) fn model_specs(models: &ModelRegistry) -> Vec<(String, usize, GraphSettings)> {
+    models
+        .models()
+        .into_iter()
+        .map(|m| {
+            let settings = models.index_settings(&m.id);
+            (m.id, m.dimensions, settings)
+        })
+        .collect()
 }
 
 /// How many changes the feeding thread copies out of the rows at a time: the rows' read lock

@@ -21,7 +21,7 @@ use super::graph::{Graph, GraphSettings, GraphWriter};
 use super::handles::Handles;
 use super::metadata::MetadataIndex;
 use super::persist::{self, Files, Loaded, PersistError};
-use super::set::{IndexSet, ModelParts};
+use super::set::{IndexSet, ModelParts, model_specs};
 use super::{IndexError, VectorIndex};
 use crate::embed::ModelRegistry;
 use crate::store::{Store, StoreError};
@@ -37,14 +37,7 @@ impl IndexSet {
         store: &dyn Store,
         dir: Option<PathBuf>,
     ) -> Result<Self, StoreError> {
-        let specs: Vec<_> = models
-            .models()
-            .into_iter()
-            .map(|m| {
-                let settings = models.index_settings(&m.id);
-                (m.id, m.dimensions, settings)
-            })
-            .collect();
+        let specs = model_specs(models);
         let mut start = tokio::task::spawn_blocking(move || Start::new(specs, dir))
             .await
             .expect("reading the saved node lists does not panic");
