@@ -10,7 +10,7 @@ use reembed::embed::builtin::HashEmbedder;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::stats::{Goal, ms, ratio};
-use super::{Server, registry, source_store};
+use super::{Server, copy_store, registry, source_store};
 
 pub struct Sizes {
     docs: usize,
@@ -94,16 +94,6 @@ fn report(sizes: &Sizes, service: &[(u32, u32, f64, Duration)], raw: &[(u32, f64
         );
     }
     out
-}
-
-/// A fresh copy of the template store's files (closed, so the WAL is checkpointed).
-fn copy_store(template: &Path) -> anyhow::Result<super::ScratchDir> {
-    let dir = super::ScratchDir::new()?;
-    for entry in std::fs::read_dir(template)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
-    }
-    Ok(dir)
 }
 
 /// The time from `POST /v1/migrations` to `completed`, and the time of the `POST` alone.

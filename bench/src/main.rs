@@ -33,6 +33,7 @@ use std::time::Instant;
 use anyhow::Context;
 use reembed::embed::builtin::HashEmbedder;
 use reembed::embed::{ModelInfo, ModelRegistry};
+use reembed::index::IndexSet;
 use reembed::store::sqlite::SqliteStore;
 use reembed::store::{DocumentWrite, Store};
 use tokio::sync::oneshot;
@@ -142,6 +143,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if options.wants("micro") {
         println!("{}", micro::report(options.smoke)?);
     }
+    SOURCE_STORES.lock().await.clear();
     Ok(())
 }
 
@@ -172,13 +174,73 @@ pub fn corpus(n: usize, words: usize) -> impl Iterator<Item = (String, String)> 
     })
 }
 
-/// A new scratch store of `docs` corpus documents with `hash-v1` vectors: where every
-/// migration benchmark starts, before it migrates to `hash-v2`.
+/// A new scratch store of `docs` corpus documents with `hash-v1` vectors and their saved
+/// approximate graph, as a store that a server has been running on holds them: where every
+/// migration benchmark starts, before it migrates to `hash-v2`. Without the saved graph, the
+/// server would build it in the background for minutes at a million documents, competing
+/// with whatever is measured. Built once per size in a run and copied for each call.
 pub async fn source_store(label: &str, docs: usize, words: usize) -> anyhow::Result<ScratchDir> {
+    let mut templates = SOURCE_STORES.lock().await;
+    let key = (docs, words);
+    let built = match templates.iter().position(|(k, _)| *k == key) {
+        Some(built) => built,
+        None => {
+            let dir = ScratchDir::new()?;
+            let v1 = HashEmbedder::hash_v1();
+            fill_store(label, dir.path(), docs, words, "hash-v1", &v1).await?;
+            build_graphs(label, dir.path()).await?;
+            templates.push((key, dir));
+            templates.len() - 1
+        }
+    };
+    copy_store(templates[built].1.path())
+}
+
+/// The stores [`source_store`] built in this run, by documents and words; emptied (and the
+/// directories removed) when the run ends.
+static SOURCE_STORES: tokio::sync::Mutex<Vec<((usize, usize), ScratchDir)>> =
+    tokio::sync::Mutex::const_new(Vec::new());
+
+/// Builds the approximate graph of every model the store in `data_dir` has vectors of, the
+/// way the server does at start-up, and saves it where the server looks for it.
+async fn build_graphs(label: &str, data_dir: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let models = registry("hash-v1");
+    let store = SqliteStore::open(data_dir).await?;
+    let indexes = IndexSet::load(&models, &store, Some(data_dir.join("indexes"))).await?;
+    store.close().await;
+    while models
+        .models()
+        .iter()
+        .any(|model| indexes.unsynced(&model.id) > 0)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::task::spawn_blocking(move || indexes.close()).await?;
+    eprintln!("{label}: built the graphs in {:?}", start.elapsed());
+    Ok(())
+}
+
+/// A new scratch store holding a copy of every file of the store in `template`.
+pub fn copy_store(template: &Path) -> anyhow::Result<ScratchDir> {
     let dir = ScratchDir::new()?;
-    let v1 = HashEmbedder::hash_v1();
-    fill_store(label, dir.path(), docs, words, "hash-v1", &v1).await?;
+    copy_files(template, dir.path())?;
     Ok(dir)
+}
+
+/// Copies every file of `from`, and of its folders, into `to`.
+fn copy_files(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_files(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the corpus with vectors of `model` straight into a new store in `data_dir`, in
