@@ -35,7 +35,7 @@ const DOCS_PER_TOPIC: usize = 100;
 /// The share of documents a filtered query matches: one bucket of ten.
 const BUCKETS: usize = 10;
 /// The efSearch values FAISS is swept over, to find the one matching reembed's recall.
-const PEER_EFS: &str = "10,16,24,32,48,64,96,128,192,256";
+const PEER_EFS: &str = "10,16,24,32,48,64,96,128,192,256,384,512";
 
 pub struct Sizes {
     corpora: Vec<usize>,
@@ -62,20 +62,19 @@ impl Sizes {
 fn settings() -> [(&'static str, GraphSettings); 3] {
     let default = GraphSettings::default();
     [
-        ("default (ef 64, 4 candidates per hit)", default),
+        ("default (ef 128, 8 candidates per hit)", default),
         (
-            "ef 32, 2 candidates per hit",
+            "ef 64, 4 candidates per hit",
             GraphSettings {
-                expansion_search: 32,
-                candidates_per_hit: 2,
+                expansion_search: 64,
+                candidates_per_hit: 4,
                 ..default
             },
         ),
         (
-            "ef 128, 8 candidates per hit",
+            "ef 256, 8 candidates per hit",
             GraphSettings {
-                expansion_search: 128,
-                candidates_per_hit: 8,
+                expansion_search: 256,
                 ..default
             },
         ),
@@ -89,10 +88,11 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
         Ok(server.memory()?.resident)
     })
     .await?;
+    let graph = GraphSettings::default();
     let mut out = format!(
         "## Approximate query\n\n\
          Top-{TOP_K} `POST /v1/query` on `{MODEL}` ({DIMS} dimensions) through the HNSW graph \
-         (usearch, i8, M = 16, efConstruction 64, candidates rescored from the f32 rows), by \
+         (usearch, i8, M = {}, efConstruction {}, candidates rescored from the f32 rows), by \
          the `reembed` binary as a child process, one request at a time; recall@{TOP_K} is \
          against the same server's `exact: true` answer to the same query, and in brackets \
          with ties counted (ann-benchmarks' rule: a hit scoring within {TIE} of the \
@@ -104,10 +104,12 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
          topic's 20-word vocabulary and 6 from a shared one of 50,000, so neighbours share \
          words and rank by how many; queries are 6 words of a topic's vocabulary and one \
          shared word. Filtered queries match one bucket of {BUCKETS} (metadata `bucket`). \
-         The peer is FAISS `IndexHNSWFlat` (M = 16, efConstruction 64, inner product on the \
+         The peer is FAISS `IndexHNSWFlat` (the same M and efConstruction, inner product on the \
          same unit vectors) swept over efSearch, one query at a time on one thread, against \
          reembed's own graph search in process (`IndexSet::search`) on the graph the server \
          saved. Fixed overhead: the server's resident memory on an empty store, {:.0} MB.\n\n",
+        graph.connectivity,
+        graph.expansion_add,
         fixed as f64 / 1e6
     );
     for &docs in &sizes.corpora {
@@ -285,7 +287,7 @@ fn in_process_rows(ours: &Answers, truth: &Answers, peer: Option<&[PeerPoint]>) 
         None => {
             let best = peer.last().map_or(0.0, |point| point.recall);
             out += &format!(
-                "| FAISS `IndexHNSWFlat` | never reached recall {recall:.3} (best {best:.3} at efSearch 256) | | | | |\n"
+                "| FAISS `IndexHNSWFlat` | never reached recall {recall:.3} (best {best:.3} at efSearch 512) | | | | |\n"
             );
         }
     }
@@ -651,6 +653,7 @@ struct PeerPoint {
 /// Runs the FAISS peer on `dir` with the Python `REEMBED_BENCH_PYTHON` names (bench/run.sh
 /// sets it); `None` without one.
 fn run_peer(dir: &Path) -> anyhow::Result<Option<Vec<PeerPoint>>> {
+    let graph = GraphSettings::default();
     let Some(python) = std::env::var_os("REEMBED_BENCH_PYTHON") else {
         return Ok(None);
     };
@@ -658,7 +661,13 @@ fn run_peer(dir: &Path) -> anyhow::Result<Option<Vec<PeerPoint>>> {
     let output = std::process::Command::new(python)
         .arg(script)
         .arg(dir)
-        .args([&DIMS.to_string(), &TOP_K.to_string(), "16", "64", PEER_EFS])
+        .args([
+            &DIMS.to_string(),
+            &TOP_K.to_string(),
+            &graph.connectivity.to_string(),
+            &graph.expansion_add.to_string(),
+            PEER_EFS,
+        ])
         .output()
         .context("cannot run the FAISS peer")?;
     anyhow::ensure!(
