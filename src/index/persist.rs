@@ -115,12 +115,13 @@ impl Files {
     }
 }
 
-/// What each node of `writer`'s graph holds, told by the model's `rows`: taken under the rows'
-/// lock, and valid for as long as the graph does not change (the caller is its only writer).
-pub fn node_list(writer: &GraphWriter, rows: &VectorIndex) -> Vec<Node> {
-    writer
-        .present()
-        .iter()
+/// What the nodes of `handles` in a graph hold, told by the model's `rows`; valid for as long
+/// as the graph does not change (the caller is its only writer). The rows may change between
+/// calls: a document that changed before its node is listed is listed as unknown, one that
+/// changes after with the version its node holds, and either way the next start replaces the
+/// node. So a caller may list a large graph in chunks, each under the rows' lock.
+pub fn node_list(handles: impl Iterator<Item = u32>, rows: &VectorIndex) -> Vec<Node> {
+    handles
         .map(|handle| Node {
             handle,
             document: rows
@@ -131,7 +132,7 @@ pub fn node_list(writer: &GraphWriter, rows: &VectorIndex) -> Vec<Node> {
 }
 
 /// Saves `writer`'s graph of `model` (of `dims` dimensions, built with `settings`) with its
-/// `nodes` (see [`node_list`]).
+/// `nodes` (see [`node_list`]), every node of the graph.
 pub fn save(
     files: &Files,
     model: &str,

@@ -419,6 +419,11 @@ const FEED_NICE: libc::c_int = 15;
 /// loses since is re-added from the rows at the next start.
 const SAVE_EVERY: Duration = Duration::from_secs(300);
 
+/// How many nodes a save lists under one hold of the rows' read lock: a writer waits for one
+/// such chunk at most, not for the whole list, which at a million nodes is a million lookups
+/// and allocations.
+const SAVE_CHUNK: usize = 4096;
+
 /// The thread that keeps one model's graph in step with its rows, and saves it.
 struct Feeder {
     model: String,
@@ -495,10 +500,14 @@ impl Feeder {
         let Some(files) = &self.files else {
             return;
         };
-        let (dims, nodes) = {
-            let rows = read(&self.index.rows);
-            (rows.dims(), persist::node_list(&self.writer, &rows))
-        };
+        let dims = read(&self.index.rows).dims();
+        let present = self.writer.present();
+        let mut nodes = Vec::with_capacity(present.len() as usize);
+        let mut handles = present.iter().peekable();
+        while handles.peek().is_some() {
+            let chunk = handles.by_ref().take(SAVE_CHUNK);
+            nodes.extend(persist::node_list(chunk, &read(&self.index.rows)));
+        }
         let settings = self.writer.settings();
         let started = Instant::now();
         match persist::save(files, &self.model, dims, settings, &self.writer, &nodes) {
