@@ -173,8 +173,9 @@ fn scaling_report(sizes: &Sizes, steps: &[Step]) -> String {
         "\nBackfill time per document: furthest from the smallest size at {worst:.2}×; goal {}. \
          The backfill includes feeding the `hash-v2` graph, which lags behind it on two cores \
          (queries scan exactly what a graph lacks). Queries search the `hash-v1` graph above \
-         the exact-scan size ({EXACT_BELOW} vectors); this corpus of random words has no neighbourhood structure, so \
-         the query columns show latency only (recall is measured in \"Approximate query\").\n",
+         the exact-scan size ({EXACT_BELOW} vectors); this corpus of random words has no \
+         neighbourhood structure, so the query columns show latency only (recall is measured \
+         in \"Approximate query\").\n",
         Goal::Flat(0.25).verdict(worst),
     );
     out

@@ -59,6 +59,8 @@ async fn refresh_gauges(state: &AppState) {
     for model in state.models.models() {
         gauge!("reembed_embed_throttled_seconds", "model" => model.id.clone())
             .set(state.models.throttled(&model.id).as_secs_f64());
+        gauge!("reembed_index_lag", "model" => model.id.clone())
+            .set(state.indexes.unsynced(&model.id) as f64);
     }
     for size in state.indexes.sizes() {
         let labels = [("model", size.model), ("kind", size.kind.to_owned())];

@@ -483,6 +483,18 @@ async fn metrics_cover_requests_migrations_embedders_and_routing() {
     let v1_index = ["model=\"hash-v1\"", "kind=\"exact\""];
     assert_eq!(expect("reembed_index_vectors", &v1_index), 300.0);
     assert_eq!(expect("reembed_index_filterable_documents", &[]), 0.0);
+    let v2 = ["model=\"hash-v2\""];
+    assert!(expect("reembed_index_lag", &v2) <= 300.0);
+    let mut lag = expect("reembed_index_lag", &v2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lag > 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lag = sample(&app.get("/metrics").await.body, "reembed_index_lag", &v2).unwrap();
+    }
+    assert_eq!(
+        lag, 0.0,
+        "the hash-v2 graph caught up with its 300 documents"
+    );
     let routed = ["operation=\"query\"", "route=\"target\""];
     assert!(expect("reembed_routing_decisions_total", &routed) >= 1.0);
     assert!(
