@@ -189,8 +189,8 @@ async fn measure(docs: usize, queries: usize, fixed: u64) -> anyhow::Result<Stri
     let mut out = format!(
         "### {docs} documents\n\n\
          Stored in {:.0} s; streaming the {docs} vectors from SQLite, read from disk, took \
-         {:.1} s. First start: serving after {:.1} s (queries exact until the graph caught up), graph built after \
-         {:.0} s ({:.0} vectors/s).\n\n\
+         {:.1} s. First start: serving after {:.1} s (queries exact until the graph caught \
+         up), graph built after {:.0} s ({:.0} vectors/s).\n\n\
          | measure | p50 | p99 | recall@{TOP_K} (with ties counted) | ratio | goal |\n|---|---|---|---|---|---|\n",
         filled.as_secs_f64(),
         streamed.as_secs_f64(),

@@ -8,7 +8,7 @@ use reembed::embed::ModelRegistry;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, corpus};
+use crate::helpers::{TestApp, corpus, eventually};
 use crate::probe::{HELD, Probe};
 
 const WRITE_TOKEN: &str = "write-secret";
@@ -485,16 +485,14 @@ async fn metrics_cover_requests_migrations_embedders_and_routing() {
     assert_eq!(expect("reembed_index_filterable_documents", &[]), 0.0);
     let v2 = ["model=\"hash-v2\""];
     assert!(expect("reembed_index_lag", &v2) <= 300.0);
-    let mut lag = expect("reembed_index_lag", &v2);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lag > 0.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        lag = sample(&app.get("/metrics").await.body, "reembed_index_lag", &v2).unwrap();
-    }
-    assert_eq!(
-        lag, 0.0,
-        "the hash-v2 graph caught up with its 300 documents"
-    );
+    let what = "the hash-v2 graph to catch up with its 300 documents";
+    eventually(Duration::from_secs(30), what, || async {
+        match sample(&app.get("/metrics").await.body, "reembed_index_lag", &v2) {
+            Some(0.0) => Ok(()),
+            other => Err(format!("lag {other:?}")),
+        }
+    })
+    .await;
     let routed = ["operation=\"query\"", "route=\"target\""];
     assert!(expect("reembed_routing_decisions_total", &routed) >= 1.0);
     assert!(
