@@ -12,7 +12,8 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 # The service's tests, then the benchmark suite's (its smoke run).
 cargo test --locked --workspace
 # Each Criterion micro-benchmark once, untimed, so they cannot rot (bench/run.sh times them).
-cargo test --locked --package reembed-bench --benches
+# `--workspace` as above, so features resolve the same and nothing is compiled twice.
+cargo test --locked --workspace --benches
 ./scripts/browser-test.sh
 # Schema-driven fuzzing of the live server against its own OpenAPI document (a bounded time).
 ./scripts/schemathesis.sh
