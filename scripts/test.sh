@@ -13,7 +13,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
 # Each Criterion micro-benchmark once, untimed, so they cannot rot (bench/run.sh times them).
 # `--workspace` as above, so features resolve the same and nothing is compiled twice.
-cargo test --locked --workspace --benches
+cargo test --locked --workspace --bench micro
 ./scripts/browser-test.sh
 # Schema-driven fuzzing of the live server against its own OpenAPI document (a bounded time).
 ./scripts/schemathesis.sh
