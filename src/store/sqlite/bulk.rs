@@ -102,10 +102,10 @@ pub fn column<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Resul
         .map_err(|e| StoreError::Corrupt(format!("column {index}: {e}")))
 }
 
-fn unavailable(error: rusqlite::Error) -> StoreError {
+pub(super) fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("reading the database: {error}"))
 }
 
-fn stopped() -> StoreError {
+pub(super) fn stopped() -> StoreError {
     StoreError::Unavailable("the thread reading the database stopped".to_owned())
 }

@@ -10,6 +10,7 @@
 //! The schema and its encodings are described in `migrations/0001_initial.sql`.
 
 mod bulk;
+mod lookup;
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -58,6 +59,8 @@ pub struct SqliteStore {
     /// committed snapshot without waiting for the writer, so reads never queue behind a
     /// backfill batch; being read-only, they cannot bypass the writer by mistake.
     reader: SqlitePool,
+    /// Read-only connections of rusqlite's for the documents a query returns.
+    lookups: lookup::Lookups,
     /// The directory holding the database, whose file system's free space readiness reads.
     data_dir: PathBuf,
     /// Why the latest write failed for want of disk space or a working disk; `None` once a
@@ -101,6 +104,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer,
             reader,
+            lookups: lookup::Lookups::new(data_dir.join(DB_FILE)),
             data_dir: data_dir.to_owned(),
             write_failure: Mutex::new(None),
         })
@@ -349,17 +353,7 @@ impl Store for SqliteStore {
     }
 
     async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
-        // One JSON array bind instead of one placeholder per id: no limit on the id count.
-        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let rows = sqlx::query(
-            "SELECT id, text, metadata, version FROM documents
-             WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(ids)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
-        rows.iter().map(decode_document).collect()
+        self.lookups.documents(ids).await
     }
 
     fn metadata(&self) -> BoxStream<'_, Result<StoredMetadata, StoreError>> {
@@ -619,6 +613,7 @@ impl Store for SqliteStore {
     async fn close(&self) {
         // Readers first: the last connection to close checkpoints the WAL into the database
         // file and removes it, which only a connection that may write can do.
+        self.lookups.close();
         close_pool(&self.reader).await;
         close_pool(&self.writer).await;
     }

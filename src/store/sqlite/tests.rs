@@ -334,6 +334,28 @@ async fn hit_documents_leave_out_missing_ids() {
 }
 
 #[tokio::test]
+async fn hit_documents_of_no_ids_are_none_and_none_are_read_once_closed() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    put(&store, vec![write_text("a", "alpha", &[SOURCE])]).await;
+    assert!(store.hit_documents(&[]).await.unwrap().is_empty());
+    let ids = vec!["a".to_owned()];
+    let reads = (0..8).map(|_| store.hit_documents(&ids));
+    for hits in futures_util::future::join_all(reads).await {
+        assert_eq!(hits.unwrap().len(), 1);
+    }
+    store.close().await;
+    assert!(
+        !dir.path().join("reembed.db-wal").exists(),
+        "the connections kept for lookups are closed before the writer checkpoints"
+    );
+    assert!(matches!(
+        store.hit_documents(&ids).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
 async fn metadata_streams_the_documents_that_have_any_at_their_version() {
     let (_dir, store) = open().await;
     let mut bare = write("bare", &[SOURCE]);
