@@ -206,6 +206,43 @@ fn a_filter_returns_only_matches_and_a_selective_one_is_answered_exactly() {
 }
 
 #[test]
+fn a_broad_filter_whose_matches_all_lie_away_from_the_query_still_finds_them() {
+    let set = set();
+    let mut corpus = Corpus::new(12);
+    let here = corpus.document();
+    let mut matching = HashMap::new();
+    // Every document near the query fails the filter and the 80% that pass are elsewhere:
+    // filtering the graph's unfiltered nearest nodes would find none of them.
+    for n in 0..DOCUMENTS {
+        let id = format!("d{n}");
+        let (vector, tenant) = if n < DOCUMENTS - EXACT_BELOW {
+            (corpus.near(&here, 0.1), "near")
+        } else {
+            (corpus.document(), "far")
+        };
+        set.upsert("m", &id, 1, &vector);
+        set.upsert_metadata(&id, 1, &json!({ "tenant": tenant }));
+        if tenant == "far" {
+            matching.insert(id, vector);
+        }
+    }
+    wait_for_graph(&set, "m");
+    let filter = Filter::parse(&json!({ "tenant": "far" })).unwrap();
+    let (mut total, queries) = (0.0, 20);
+    for _ in 0..queries {
+        let query = corpus.near(&here, 0.1);
+        let found = set.search("m", &query, 10, &filter, false);
+        let exact = set.search("m", &query, 10, &filter, true);
+        assert!(!found.exact);
+        assert_eq!(found.hits.len(), 10, "as many hits as asked for");
+        assert_truthful(&found.hits, &matching, &query);
+        total += recall(&found.hits, &exact.hits);
+    }
+    let recall = total / f64::from(queries);
+    assert!(recall >= 0.9, "filtered recall@10 {recall:.3}");
+}
+
+#[test]
 fn more_threads_searching_at_once_than_the_graph_has_slots_all_get_answers() {
     let set = set();
     let mut corpus = Corpus::new(9);
