@@ -32,7 +32,7 @@ const DIMS: usize = 384;
 const TOP_K: usize = 10;
 /// Documents per topic: each document has about this many that share its vocabulary.
 const DOCS_PER_TOPIC: usize = 100;
-/// The share of documents a filtered query matches: one bucket of ten.
+/// The share of documents a filtered query matches: one bucket of ten, in every topic alike.
 const BUCKETS: usize = 10;
 /// The efSearch values FAISS is swept over, to find the one matching reembed's recall.
 const PEER_EFS: &str = "10,16,24,32,48,64,96,128,192,256,384,512";
@@ -103,7 +103,10 @@ pub async fn run(sizes: &Sizes) -> anyhow::Result<String> {
          topical: {DOCS_PER_TOPIC} documents per topic, each of 30 words, 24 drawn from its \
          topic's 20-word vocabulary and 6 from a shared one of 50,000, so neighbours share \
          words and rank by how many; queries are 6 words of a topic's vocabulary and one \
-         shared word. Filtered queries match one bucket of {BUCKETS} (metadata `bucket`). \
+         shared word. Filtered queries match one bucket of {BUCKETS} (metadata `bucket`), which \
+         holds a tenth of every topic's documents, so the true filtered neighbours are the \
+         matching tenth of the query's topic, graded down to documents that share few words \
+         with it. \
          The peer is FAISS `IndexHNSWFlat` (the same M and efConstruction, inner product on the \
          same unit vectors) swept over efSearch, one query at a time on one thread, against \
          reembed's own graph search in process (`IndexSet::search`) on the graph the server \
@@ -310,7 +313,12 @@ fn topical(n: usize) -> impl Iterator<Item = (String, String, usize)> {
                 }
             })
             .collect();
-        (format!("doc-{i:08}"), words.join(" "), i % BUCKETS)
+        // The bucket is independent of the topic: each topic has documents in every bucket.
+        (
+            format!("doc-{i:08}"),
+            words.join(" "),
+            (i / topics) % BUCKETS,
+        )
     })
 }
 
