@@ -449,12 +449,11 @@ impl Documents {
         }
     }
 
-    /// Embeds `text` with the current query model and searches that model's index only. When
-    /// that model's provider is unreachable (it just failed, or fails now) and the routing
-    /// names a fallback, the fallback model embeds and answers instead (`reason: fallback`):
-    /// vectors of the two models still never meet.
-    /// Answers a query through the routing policy: the `top_k` documents nearest to `text`
-    /// in the query model's index among those `filter` matches.
+    /// Answers a query through the routing policy: embeds `text` with the current query model
+    /// and returns the `top_k` documents nearest to it in that model's index only, among those
+    /// `filter` matches. When that model's provider is unreachable (it just failed, or fails
+    /// now) and the routing names a fallback, the fallback model embeds and answers instead
+    /// (`reason: fallback`): vectors of the two models still never meet.
     pub async fn query(
         &self,
         text: &str,
