@@ -59,7 +59,7 @@ pub struct SqliteStore {
     /// committed snapshot without waiting for the writer, so reads never queue behind a
     /// backfill batch; being read-only, they cannot bypass the writer by mistake.
     reader: SqlitePool,
-    /// Read-only connections of rusqlite's for the documents a query returns.
+    /// Read-only rusqlite connections for the documents a query returns (see `lookup`).
     lookups: lookup::Lookups,
     /// The directory holding the database, whose file system's free space readiness reads.
     data_dir: PathBuf,
