@@ -71,9 +71,7 @@ fn read<T>(
     decode: fn(&Row<'_>) -> Result<T, StoreError>,
     pages: &mpsc::Sender<Result<Page<T>, StoreError>>,
 ) -> Result<(), StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    let connection = open_read_only(path)?;
     let mut statement = connection.prepare(sql).map_err(unavailable)?;
     let mut rows = statement
         .query(rusqlite::params_from_iter(params))
@@ -100,6 +98,15 @@ fn read<T>(
 pub fn column<T: rusqlite::types::FromSql>(row: &Row<'_>, index: usize) -> Result<T, StoreError> {
     row.get(index)
         .map_err(|e| StoreError::Corrupt(format!("column {index}: {e}")))
+}
+
+/// A read-only connection of rusqlite's to the database file at `path`, waiting for locks as
+/// the store's own connections do.
+pub(super) fn open_read_only(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    Ok(connection)
 }
 
 pub(super) fn unavailable(error: rusqlite::Error) -> StoreError {

@@ -8,10 +8,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
-use super::bulk::{column, stopped, unavailable};
-use super::{BUSY_TIMEOUT, parse_metadata, stored_u64};
+use super::bulk::{column, open_read_only, stopped, unavailable};
+use super::{parse_metadata, stored_u64};
 use crate::store::{StoreError, StoredDocument};
 
 /// Connections kept open between lookups: as many as lookups usually run at once.
@@ -75,7 +75,7 @@ impl Lookups {
             };
             let connection = match kept {
                 Some(connection) => connection,
-                None => open(&path)?,
+                None => open_read_only(&path)?,
             };
             let result = read(&connection);
             let mut idle = lock(&idle);
@@ -87,13 +87,6 @@ impl Lookups {
         .await
         .map_err(|_| stopped())?
     }
-}
-
-fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection = Connection::open_with_flags(path, flags).map_err(unavailable)?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
-    Ok(connection)
 }
 
 fn read_documents(connection: &Connection, ids: &str) -> Result<Vec<StoredDocument>, StoreError> {
