@@ -9,6 +9,7 @@ pub mod config;
 pub mod cpu_share;
 pub mod migration;
 pub mod progress;
+pub mod queue;
 pub mod retry;
 pub mod routing;
 pub mod throttle;
@@ -22,6 +23,7 @@ pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{
     Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,
 };
+pub use queue::{CountsDelta, QueueChange, QueueStep, QueueView, Refused};
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
 pub use routing::{Phase, QueryReason, Route, Routing, RoutingSnapshot, route};
 pub use throttle::{BackfillLimits, Bounds, Controller, ThrottleReason};

@@ -1,12 +1,13 @@
 //! Durable storage: documents, one vector per (model, document), migrations with their
 //! counts, the backfill queue and the skip list.
 //!
-//! The `Store` trait is what the rest of the crate sees; `sqlite.rs` is the embedded default.
+//! The `Store` trait is what the rest of the crate sees; `sqlite/` is the embedded default.
 //! Every method that acknowledges a change commits it before returning (invariant 5). Storage
-//! knows nothing of routing, but it does own one consistency rule that must be atomic with
+//! knows nothing of routing, but it carries out one consistency rule that must be atomic with
 //! each write: while a migration is backfilling, a document written without a current target
 //! vector is queued for the backfill in the same transaction (API.md, "Every write during a
-//! migration leaves the target index consistent").
+//! migration leaves the target index consistent"). The rule and its counts are decided by
+//! `domain::queue`; a backend only runs what it plans inside its own transaction.
 
 pub mod sqlite;
 
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
 
+pub use crate::domain::CountsDelta;
 use crate::domain::{Counts, Migration, MigrationState};
 
 /// A document as stored, with which models hold a vector for it and for which version.
@@ -62,49 +64,6 @@ pub type StoredMetadata = (String, u64, serde_json::Value);
 /// argument) embedded the text (second) truncated, being longer than its `max_input_tokens`
 /// (`ModelRegistry::is_over_input_limit`). Storage asks; the registry decides.
 pub type OverInputLimit<'a> = &'a (dyn Fn(&str, &str) -> bool + Send + Sync);
-
-/// How one committed transaction changed the counts of a migration, so the in-memory copy can
-/// follow the database without re-reading it. `total` is signed because a delete shrinks it,
-/// `skipped` because re-queueing the skipped documents takes them off the skip list, `failed`
-/// because a document whose attempt failed stops counting once it succeeds or leaves the queue.
-/// `truncated`, like `processed`, only grows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CountsDelta {
-    pub total: i64,
-    pub processed: u64,
-    pub skipped: i64,
-    pub failed: i64,
-    pub truncated: u64,
-}
-
-impl CountsDelta {
-    /// Whether the transaction changed nothing.
-    pub fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-
-    /// The effect of this transaction followed by `next`.
-    pub fn then(self, next: CountsDelta) -> CountsDelta {
-        CountsDelta {
-            total: self.total + next.total,
-            processed: self.processed + next.processed,
-            skipped: self.skipped + next.skipped,
-            failed: self.failed + next.failed,
-            truncated: self.truncated + next.truncated,
-        }
-    }
-
-    /// `counts` after this delta.
-    pub fn applied_to(&self, counts: Counts) -> Counts {
-        Counts {
-            total: counts.total.saturating_add_signed(self.total),
-            processed: counts.processed + self.processed,
-            skipped: counts.skipped.saturating_add_signed(self.skipped),
-            failed: counts.failed.saturating_add_signed(self.failed),
-            truncated: counts.truncated + self.truncated,
-        }
-    }
-}
 
 /// The result of a write or delete: per-document versions and the effect on the backfilling
 /// migration, if one was affected.

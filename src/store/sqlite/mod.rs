@@ -34,6 +34,7 @@ use super::{
     Store, StoreError, StoredDocument, StoredMetadata, StoredVector, VectorInfo, WriteOutcome,
     WriteReceipt,
 };
+use crate::domain::queue::{self, QueueChange, QueueStep, QueueView};
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
 
@@ -259,16 +260,17 @@ impl Store for SqliteStore {
         self.write(async {
             let mut tx = self.begin_write().await?;
             let latest = latest_migration(&mut tx).await?;
-            if let Some(latest) = &latest {
-                refuse_after_completion(latest, writes)?;
-            }
+            let steps = plan_writes(latest.as_ref(), writes)?;
             let backfilling = latest.as_ref().filter(|m| m.follows_writes());
             let mut delta = CountsDelta::default();
             let mut outcomes = Vec::with_capacity(writes.len());
-            for write in writes {
+            for (write, step) in writes.iter().zip(steps) {
                 let version = upsert_document(&mut tx, write).await?;
                 if let Some(migration) = backfilling {
-                    follow_write(&mut tx, migration, write, over_input_limit, &mut delta).await?;
+                    let change = follow_write(&mut tx, migration, write, step, over_input_limit);
+                    if let Some(change) = change.await? {
+                        delta = delta.then(change.delta());
+                    }
                 }
                 outcomes.push(WriteOutcome {
                     id: write.id.clone(),
@@ -295,13 +297,9 @@ impl Store for SqliteStore {
             let backfilling = latest.as_ref().filter(|m| m.follows_writes());
             let mut delta = CountsDelta::default();
             if let Some(migration) = backfilling
-                && let Some(left) = dequeue(&mut tx, &migration.id, id).await?
+                && let Some(had_failed) = dequeue(&mut tx, &migration.id, id).await?
             {
-                delta = CountsDelta {
-                    total: -1,
-                    processed: 0,
-                    ..left.delta()
-                };
+                delta = QueueChange::Deleted { had_failed }.delta();
             }
             remove_document(&mut tx, id, version).await?;
             let migration = record_delta(&mut tx, backfilling, delta).await?;
@@ -554,7 +552,8 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;
-                delta.failed += sql_int(flagged.rows_affected())?;
+                let newly = flagged.rows_affected() > 0;
+                delta = delta.then(QueueChange::Failed { newly }.delta());
             }
             if !delta.is_zero() {
                 apply_delta(&mut tx, migration_id, delta).await?;
@@ -596,11 +595,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(store_error)?
                 .rows_affected();
-            let delta = CountsDelta {
-                total: sql_int(requeued)? - sql_int(listed)?,
-                skipped: -sql_int(listed)?,
-                ..CountsDelta::default()
-            };
+            let delta = QueueChange::SkipsRequeued { listed, requeued }.delta();
             if !delta.is_zero() {
                 apply_delta(&mut tx, migration_id, delta).await?;
             }
@@ -621,25 +616,8 @@ impl Store for SqliteStore {
 
 // ---- Write path -------------------------------------------------------------------------
 
-/// What the write path needs to know about the latest migration.
-struct LatestMigration {
-    id: String,
-    target_model: String,
-    state: MigrationState,
-    /// Completed and its rollback window still open (`Migration::window_open`): a write
-    /// lacking the target vector is queued for repair rather than refused.
-    window_open: bool,
-}
-
-impl LatestMigration {
-    /// Whether a write's effect on the queue must be followed in its transaction: while the
-    /// backfill runs, and in the rollback window, where the queue holds the repairs.
-    fn follows_writes(&self) -> bool {
-        self.state.is_backfilling() || self.window_open
-    }
-}
-
-async fn latest_migration(tx: &mut Tx) -> Result<Option<LatestMigration>, StoreError> {
+/// The latest migration as the write path sees it, read inside the write's transaction.
+async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, StoreError> {
     let row = sqlx::query(
         "SELECT id, target_model, state, rollback_window_ends_at, total, processed, skipped
          FROM migrations ORDER BY seq DESC LIMIT 1",
@@ -650,38 +628,37 @@ async fn latest_migration(tx: &mut Tx) -> Result<Option<LatestMigration>, StoreE
     let Some(row) = row else { return Ok(None) };
     let state = decode_state(&column::<String>(&row, "state")?)?;
     let ends_at = decode_optional_time(&row, "rollback_window_ends_at")?;
-    let count = |name| column::<i64>(&row, name);
-    let repairs_pending = count("total")? > count("processed")? + count("skipped")?;
-    let window_open = state == MigrationState::Completed
-        && (repairs_pending || ends_at.is_some_and(|end| Utc::now() < end));
-    Ok(Some(LatestMigration {
-        id: column(&row, "id")?,
-        target_model: column(&row, "target_model")?,
+    let count = |name| stored_u64(column::<i64>(&row, name)?, name);
+    let counts = Counts {
+        total: count("total")?,
+        processed: count("processed")?,
+        skipped: count("skipped")?,
+        ..Counts::default()
+    };
+    Ok(Some(QueueView::new(
+        column(&row, "id")?,
+        column(&row, "target_model")?,
         state,
-        window_open,
-    }))
+        counts,
+        ends_at,
+        Utc::now(),
+    )))
 }
 
-/// Once a migration's rollback window has closed, every live document must keep a current
-/// target vector (invariant 2); a write routed before that would break it, so it is refused
-/// before anything is written. Inside the window such a write is queued for repair instead.
-fn refuse_after_completion(
-    latest: &LatestMigration,
+/// Each write's step on the queue (`domain::queue::plan`), all planned before any is written
+/// so that a refused write changes nothing.
+fn plan_writes(
+    latest: Option<&QueueView>,
     writes: &[DocumentWrite],
-) -> Result<(), StoreError> {
-    if latest.state != MigrationState::Completed || latest.window_open {
-        return Ok(());
-    }
-    match writes
+) -> Result<Vec<QueueStep>, StoreError> {
+    writes
         .iter()
-        .find(|w| !has_vector_of(w, &latest.target_model))
-    {
-        Some(write) => Err(StoreError::Conflict(format!(
-            "migration {} has completed and document {} lacks a {} vector",
-            latest.id, write.id, latest.target_model
-        ))),
-        None => Ok(()),
-    }
+        .map(|write| {
+            let carries = latest.is_some_and(|m| has_vector_of(write, &m.target_model));
+            queue::plan(latest, &write.id, carries)
+                .map_err(|refused| StoreError::Conflict(refused.to_string()))
+        })
+        .collect()
 }
 
 fn has_vector_of(write: &DocumentWrite, model: &str) -> bool {
@@ -748,27 +725,28 @@ async fn upsert_vector(
     Ok(())
 }
 
-/// Keeps the backfilling migration's queue consistent with a write: a target vector in the
-/// write satisfies a queued entry (processed + 1, and truncated + 1 when the target embedded
-/// the text truncated); without one, the document is queued so the backfill embeds its newest
-/// version (total + 1, once however often it is rewritten).
+/// Carries out a write's `step` on the backfilling migration's queue and reports the change:
+/// a satisfied entry is taken off (truncated when `over_input_limit` says the target embedded
+/// the text truncated); a document lacking a current target vector is queued.
 async fn follow_write(
     tx: &mut Tx,
-    migration: &LatestMigration,
+    migration: &QueueView,
     write: &DocumentWrite,
+    step: QueueStep,
     over_input_limit: OverInputLimit<'_>,
-    delta: &mut CountsDelta,
-) -> Result<(), StoreError> {
-    let target = migration.target_model.as_str();
-    if has_vector_of(write, target) {
-        if let Some(left) = dequeue(tx, &migration.id, &write.id).await? {
-            let truncated = over_input_limit(target, &write.text);
-            *delta = delta.then(left.delta()).then(truncated_delta(truncated));
-        }
-    } else {
-        delta.total += sql_int(enqueue(tx, &migration.id, &write.id).await?)?;
-    }
-    Ok(())
+) -> Result<Option<QueueChange>, StoreError> {
+    Ok(match step {
+        QueueStep::Leave => None,
+        QueueStep::Enqueue => Some(QueueChange::Queued {
+            newly: enqueue(tx, &migration.id, &write.id).await? > 0,
+        }),
+        QueueStep::Dequeue => dequeue(tx, &migration.id, &write.id)
+            .await?
+            .map(|had_failed| QueueChange::Embedded {
+                had_failed,
+                truncated: over_input_limit(&migration.target_model, &write.text),
+            }),
+    })
 }
 
 /// Queues a document; returns 1 if it was not queued yet, else 0.
@@ -783,37 +761,13 @@ async fn enqueue(tx: &mut Tx, migration_id: &str, doc_id: &str) -> Result<u64, S
     Ok(done.rows_affected())
 }
 
-/// A queue entry that was taken off the queue.
-struct Dequeued {
-    /// Whether its latest attempt had failed.
-    had_failed: bool,
-}
-
-impl Dequeued {
-    /// The count change of a document done with: processed + 1, and no longer failed.
-    fn delta(&self) -> CountsDelta {
-        CountsDelta {
-            processed: 1,
-            failed: -i64::from(self.had_failed),
-            ..CountsDelta::default()
-        }
-    }
-}
-
-/// The count change of a processed document that was (or was not) embedded truncated.
-fn truncated_delta(truncated: bool) -> CountsDelta {
-    CountsDelta {
-        truncated: u64::from(truncated),
-        ..CountsDelta::default()
-    }
-}
-
-/// Takes a document off the queue; `None` if it was not queued.
+/// Takes a document off the queue: whether its latest attempt had failed, or `None` if it was
+/// not queued.
 async fn dequeue(
     tx: &mut Tx,
     migration_id: &str,
     doc_id: &str,
-) -> Result<Option<Dequeued>, StoreError> {
+) -> Result<Option<bool>, StoreError> {
     let failed: Option<i64> = sqlx::query_scalar(
         "DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2 RETURNING failed",
     )
@@ -822,15 +776,13 @@ async fn dequeue(
     .fetch_optional(&mut **tx)
     .await
     .map_err(store_error)?;
-    Ok(failed.map(|failed| Dequeued {
-        had_failed: failed != 0,
-    }))
+    Ok(failed.map(|failed| failed != 0))
 }
 
 /// Persists a non-zero delta on the backfilling migration and reports it for the receipt.
 async fn record_delta(
     tx: &mut Tx,
-    migration: Option<&LatestMigration>,
+    migration: Option<&QueueView>,
     delta: CountsDelta,
 ) -> Result<Option<(String, CountsDelta)>, StoreError> {
     let Some(migration) = migration.filter(|_| !delta.is_zero()) else {
@@ -1023,21 +975,21 @@ async fn commit_item(
             vector,
             truncated,
         } => {
-            if let Some(left) = dequeue_if_current(tx, batch.migration_id, id, *version).await? {
+            let dequeued = dequeue_if_current(tx, batch.migration_id, id, *version).await?;
+            if let Some(had_failed) = dequeued {
                 upsert_vector(tx, batch.target_model, id, *version, vector).await?;
                 receipt.written.push((id.clone(), *version));
-                let counted = left.delta().then(truncated_delta(*truncated));
-                receipt.delta = receipt.delta.then(counted);
+                let change = QueueChange::Embedded {
+                    had_failed,
+                    truncated: *truncated,
+                };
+                receipt.delta = receipt.delta.then(change.delta());
             }
         }
         BatchItem::Skipped { id, reason } => {
-            if let Some(left) = dequeue(tx, batch.migration_id, id).await? {
+            if let Some(had_failed) = dequeue(tx, batch.migration_id, id).await? {
                 insert_skip(tx, batch, id, reason).await?;
-                receipt.delta = receipt.delta.then(CountsDelta {
-                    processed: 0,
-                    skipped: 1,
-                    ..left.delta()
-                });
+                receipt.delta = receipt.delta.then(QueueChange::Skipped { had_failed }.delta());
             }
         }
     }
@@ -1053,7 +1005,7 @@ async fn dequeue_if_current(
     migration_id: &str,
     doc_id: &str,
     version: u64,
-) -> Result<Option<Dequeued>, StoreError> {
+) -> Result<Option<bool>, StoreError> {
     let failed: Option<i64> = sqlx::query_scalar(
         "DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2
            AND EXISTS (SELECT 1 FROM documents WHERE id = ?2 AND version = ?3)
@@ -1065,9 +1017,7 @@ async fn dequeue_if_current(
     .fetch_optional(&mut **tx)
     .await
     .map_err(store_error)?;
-    Ok(failed.map(|failed| Dequeued {
-        had_failed: failed != 0,
-    }))
+    Ok(failed.map(|failed| failed != 0))
 }
 
 async fn insert_skip(
