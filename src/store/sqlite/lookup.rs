@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::Connection;
 
 use super::bulk::{column, open_read_only, stopped, unavailable};
-use super::{parse_metadata, stored_u64};
+use super::codec::{parse_metadata, stored_u64};
 use crate::store::{StoreError, StoredDocument};
 
 /// Connections kept open between lookups: as many as lookups usually run at once.

@@ -1,0 +1,304 @@
+//! The backfill queue in SQLite: reading queued documents, committing a batch with its
+//! compare-and-set, recording failed attempts and skips, and the queue operations the write
+//! path shares; every count change comes from `domain::queue` and moves in the same
+//! transaction as the rows it counts.
+
+use chrono::{DateTime, Utc};
+
+use super::codec::{decode_claimed, decode_skip, encode_time, sql_int, store_error};
+use super::documents::upsert_vector;
+use super::{SqliteStore, Tx};
+use crate::domain::{QueueChange, QueueView};
+use crate::store::{BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, Skip, StoreError};
+
+/// [`Store::queued_documents`](crate::store::Store::queued_documents) on SQLite.
+pub(super) async fn queued_documents(
+    store: &SqliteStore,
+    migration_id: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<ClaimedDocument>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.text, d.version FROM backfill_queue q JOIN documents d ON d.id = q.doc_id
+         WHERE q.migration_id = ?1 AND q.doc_id > ?2 ORDER BY q.doc_id LIMIT ?3",
+    )
+    .bind(migration_id)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(&store.reader)
+    .await
+    .map_err(store_error)?;
+    rows.iter().map(decode_claimed).collect()
+}
+
+/// [`Store::commit_batch_until`](crate::store::Store::commit_batch_until) on SQLite.
+pub(super) async fn commit_batch_until(
+    store: &SqliteStore,
+    migration_id: &str,
+    target_model: &str,
+    items: &[BatchItem],
+    stop: &(dyn Fn(usize) -> bool + Send + Sync),
+) -> Result<(BatchReceipt, usize), StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let batch = Batch {
+                migration_id,
+                target_model,
+                now: Utc::now(),
+            };
+            let mut receipt = BatchReceipt::default();
+            let mut committed = 0;
+            for item in items {
+                if committed > 0 && stop(committed) {
+                    break;
+                }
+                commit_item(&mut tx, batch, item, &mut receipt).await?;
+                committed += 1;
+            }
+            if !receipt.delta.is_zero() {
+                apply_delta(&mut tx, migration_id, receipt.delta).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok((receipt, committed))
+        })
+        .await
+}
+
+/// [`Store::record_failures`](crate::store::Store::record_failures) on SQLite.
+pub(super) async fn record_failures(
+    store: &SqliteStore,
+    migration_id: &str,
+    doc_ids: &[String],
+) -> Result<CountsDelta, StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let mut delta = CountsDelta::default();
+            for doc_id in doc_ids {
+                let flagged = sqlx::query(
+                    "UPDATE backfill_queue SET failed = 1
+                 WHERE migration_id = ?1 AND doc_id = ?2 AND failed = 0",
+                )
+                .bind(migration_id)
+                .bind(doc_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                let newly = flagged.rows_affected() > 0;
+                delta = delta.then(QueueChange::Failed { newly }.delta());
+            }
+            if !delta.is_zero() {
+                apply_delta(&mut tx, migration_id, delta).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok(delta)
+        })
+        .await
+}
+
+/// [`Store::skips`](crate::store::Store::skips) on SQLite.
+pub(super) async fn skips(
+    store: &SqliteStore,
+    migration_id: &str,
+) -> Result<Vec<Skip>, StoreError> {
+    let rows =
+        sqlx::query("SELECT doc_id, reason, at FROM skips WHERE migration_id = ?1 ORDER BY seq")
+            .bind(migration_id)
+            .fetch_all(&store.reader)
+            .await
+            .map_err(store_error)?;
+    rows.iter().map(decode_skip).collect()
+}
+
+/// [`Store::requeue_skips`](crate::store::Store::requeue_skips) on SQLite.
+pub(super) async fn requeue_skips(
+    store: &SqliteStore,
+    migration_id: &str,
+) -> Result<CountsDelta, StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let requeued = sqlx::query(
+                "INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id)
+             SELECT DISTINCT s.migration_id, s.doc_id FROM skips s
+             JOIN documents d ON d.id = s.doc_id
+             WHERE s.migration_id = ?1",
+            )
+            .bind(migration_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+            let listed = sqlx::query("DELETE FROM skips WHERE migration_id = ?1")
+                .bind(migration_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+            let delta = QueueChange::SkipsRequeued { listed, requeued }.delta();
+            if !delta.is_zero() {
+                apply_delta(&mut tx, migration_id, delta).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok(delta)
+        })
+        .await
+}
+
+/// The fixed context of one `commit_batch` call.
+#[derive(Clone, Copy)]
+pub(super) struct Batch<'a> {
+    migration_id: &'a str,
+    target_model: &'a str,
+    now: DateTime<Utc>,
+}
+
+pub(super) async fn commit_item(
+    tx: &mut Tx,
+    batch: Batch<'_>,
+    item: &BatchItem,
+    receipt: &mut BatchReceipt,
+) -> Result<(), StoreError> {
+    match item {
+        BatchItem::Embedded {
+            id,
+            version,
+            vector,
+            truncated,
+        } => {
+            let dequeued = dequeue_if_current(tx, batch.migration_id, id, *version).await?;
+            if let Some(had_failed) = dequeued {
+                upsert_vector(tx, batch.target_model, id, *version, vector).await?;
+                receipt.written.push((id.clone(), *version));
+                let change = QueueChange::Embedded {
+                    had_failed,
+                    truncated: *truncated,
+                };
+                receipt.delta = receipt.delta.then(change.delta());
+            }
+        }
+        BatchItem::Skipped { id, reason } => {
+            if let Some(had_failed) = dequeue(tx, batch.migration_id, id).await? {
+                insert_skip(tx, batch, id, reason).await?;
+                receipt.delta = receipt
+                    .delta
+                    .then(QueueChange::Skipped { had_failed }.delta());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The compare-and-set of a backfilled vector (invariant 3): takes the document off the queue
+/// only if it is still queued and still at `version`. If the version moved on, the newer write
+/// either carried the target vector (and already dequeued and counted the document) or left it
+/// queued for a later batch to embed the newer text.
+pub(super) async fn dequeue_if_current(
+    tx: &mut Tx,
+    migration_id: &str,
+    doc_id: &str,
+    version: u64,
+) -> Result<Option<bool>, StoreError> {
+    let failed: Option<i64> = sqlx::query_scalar(
+        "DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2
+           AND EXISTS (SELECT 1 FROM documents WHERE id = ?2 AND version = ?3)
+         RETURNING failed",
+    )
+    .bind(migration_id)
+    .bind(doc_id)
+    .bind(sql_int(version)?)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(failed.map(|failed| failed != 0))
+}
+
+pub(super) async fn insert_skip(
+    tx: &mut Tx,
+    batch: Batch<'_>,
+    doc_id: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO skips (migration_id, doc_id, reason, at) VALUES (?1, ?2, ?3, ?4)")
+        .bind(batch.migration_id)
+        .bind(doc_id)
+        .bind(reason)
+        .bind(encode_time(batch.now))
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Queues a document; returns 1 if it was not queued yet, else 0.
+pub(super) async fn enqueue(
+    tx: &mut Tx,
+    migration_id: &str,
+    doc_id: &str,
+) -> Result<u64, StoreError> {
+    let done =
+        sqlx::query("INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id) VALUES (?1, ?2)")
+            .bind(migration_id)
+            .bind(doc_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    Ok(done.rows_affected())
+}
+
+/// Takes a document off the queue: whether its latest attempt had failed, or `None` if it was
+/// not queued.
+pub(super) async fn dequeue(
+    tx: &mut Tx,
+    migration_id: &str,
+    doc_id: &str,
+) -> Result<Option<bool>, StoreError> {
+    let failed: Option<i64> = sqlx::query_scalar(
+        "DELETE FROM backfill_queue WHERE migration_id = ?1 AND doc_id = ?2 RETURNING failed",
+    )
+    .bind(migration_id)
+    .bind(doc_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(failed.map(|failed| failed != 0))
+}
+
+/// Persists a non-zero delta on the backfilling migration and reports it for the receipt.
+pub(super) async fn record_delta(
+    tx: &mut Tx,
+    migration: Option<&QueueView>,
+    delta: CountsDelta,
+) -> Result<Option<(String, CountsDelta)>, StoreError> {
+    let Some(migration) = migration.filter(|_| !delta.is_zero()) else {
+        return Ok(None);
+    };
+    apply_delta(tx, &migration.id, delta).await?;
+    Ok(Some((migration.id.clone(), delta)))
+}
+
+pub(super) async fn apply_delta(
+    tx: &mut Tx,
+    migration_id: &str,
+    delta: CountsDelta,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE migrations SET total = total + ?2, processed = processed + ?3,
+                skipped = skipped + ?4, failed = failed + ?5, truncated = truncated + ?6
+         WHERE id = ?1",
+    )
+    .bind(migration_id)
+    .bind(delta.total)
+    .bind(sql_int(delta.processed)?)
+    .bind(delta.skipped)
+    .bind(delta.failed)
+    .bind(sql_int(delta.truncated)?)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!("no migration {migration_id}")));
+    }
+    Ok(())
+}

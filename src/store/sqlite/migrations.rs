@@ -1,0 +1,259 @@
+//! Migrations in SQLite: one row each, its state and config changed only in transactions that
+//! check the state they expect, and starting one queues every document lacking a current
+//! target vector in the same transaction.
+
+use sqlx::SqlitePool;
+
+use super::codec::{
+    column, decode_migration, decode_state, encode_config, encode_time, sql_int, store_error,
+    stored_u64,
+};
+use super::{SqliteStore, Tx};
+use crate::domain::{Counts, Migration, MigrationState};
+use crate::store::StoreError;
+
+/// [`Store::backfill_estimate`](crate::store::Store::backfill_estimate) on SQLite.
+pub(super) async fn backfill_estimate(
+    store: &SqliteStore,
+    target_model: &str,
+) -> Result<(u64, u64), StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS documents, COALESCE(SUM(LENGTH(d.text)), 0) AS chars
+         FROM documents d
+         LEFT JOIN vectors v ON v.model = ?1 AND v.doc_id = d.id
+         WHERE v.doc_id IS NULL OR v.version < d.version",
+    )
+    .bind(target_model)
+    .fetch_one(&store.reader)
+    .await
+    .map_err(store_error)?;
+    let documents = stored_u64(column(&row, "documents")?, "document count")?;
+    let chars = stored_u64(column(&row, "chars")?, "text length")?;
+    Ok((documents, chars))
+}
+
+/// [`Store::insert_migration`](crate::store::Store::insert_migration) on SQLite.
+pub(super) async fn insert_migration(
+    store: &SqliteStore,
+    migration: &Migration,
+) -> Result<(), StoreError> {
+    store
+        .write(async { insert_migration_row(&store.writer, migration).await })
+        .await
+}
+
+/// [`Store::start_migration`](crate::store::Store::start_migration) on SQLite.
+pub(super) async fn start_migration(
+    store: &SqliteStore,
+    migration: &Migration,
+) -> Result<Counts, StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            persist_lifecycle(&mut tx, migration, MigrationState::Planned).await?;
+            let queued = enqueue_stale(&mut tx, migration).await?;
+            let counts = Counts {
+                total: queued,
+                ..Counts::default()
+            };
+            sqlx::query(
+            "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0, truncated = 0
+             WHERE id = ?1",
+        )
+        .bind(&migration.id)
+        .bind(sql_int(queued)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(counts)
+        })
+        .await
+}
+
+/// [`Store::update_migration`](crate::store::Store::update_migration) on SQLite.
+pub(super) async fn update_migration(
+    store: &SqliteStore,
+    migration: &Migration,
+    expected: MigrationState,
+) -> Result<(), StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            persist_lifecycle(&mut tx, migration, expected).await?;
+            if matches!(
+                migration.state,
+                MigrationState::Cancelled | MigrationState::RolledBack
+            ) {
+                sqlx::query("DELETE FROM backfill_queue WHERE migration_id = ?1")
+                    .bind(&migration.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                // Nothing waits any more, so nothing is waiting after a failure.
+                sqlx::query("UPDATE migrations SET failed = 0 WHERE id = ?1")
+                    .bind(&migration.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            }
+            tx.commit().await.map_err(store_error)
+        })
+        .await
+}
+
+/// [`Store::complete_migration`](crate::store::Store::complete_migration) on SQLite.
+pub(super) async fn complete_migration(
+    store: &SqliteStore,
+    migration: &Migration,
+) -> Result<bool, StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let queued: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM backfill_queue WHERE migration_id = ?1)",
+            )
+            .bind(&migration.id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if queued {
+                return Ok(false);
+            }
+            persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(true)
+        })
+        .await
+}
+
+/// [`Store::migrations`](crate::store::Store::migrations) on SQLite.
+pub(super) async fn migrations(store: &SqliteStore) -> Result<Vec<Migration>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM migrations ORDER BY seq DESC")
+        .fetch_all(&store.reader)
+        .await
+        .map_err(store_error)?;
+    rows.iter().map(decode_migration).collect()
+}
+
+/// [`Store::migration`](crate::store::Store::migration) on SQLite.
+pub(super) async fn migration(
+    store: &SqliteStore,
+    id: &str,
+) -> Result<Option<Migration>, StoreError> {
+    let row = sqlx::query("SELECT * FROM migrations WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&store.reader)
+        .await
+        .map_err(store_error)?;
+    row.as_ref().map(decode_migration).transpose()
+}
+
+pub(super) async fn insert_migration_row(
+    pool: &SqlitePool,
+    m: &Migration,
+) -> Result<(), StoreError> {
+    let counts = &m.counts;
+    sqlx::query(
+        "INSERT INTO migrations (id, source_model, target_model, config, state, created_at,
+             started_at, completed_at, rollback_window_ends_at, error, pause_reason,
+             total, processed, skipped, failed, truncated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )
+    .bind(&m.id)
+    .bind(&m.source_model)
+    .bind(&m.target_model)
+    .bind(encode_config(m)?)
+    .bind(m.state.as_str())
+    .bind(encode_time(m.created_at))
+    .bind(m.started_at.map(encode_time))
+    .bind(m.completed_at.map(encode_time))
+    .bind(m.rollback_window_ends_at.map(encode_time))
+    .bind(&m.error)
+    .bind(&m.pause_reason)
+    .bind(sql_int(counts.total)?)
+    .bind(sql_int(counts.processed)?)
+    .bind(sql_int(counts.skipped)?)
+    .bind(sql_int(counts.failed)?)
+    .bind(sql_int(counts.truncated)?)
+    .execute(pool)
+    .await
+    .map_err(|e| insert_error(e, &m.id))?;
+    Ok(())
+}
+
+/// A duplicate id is a client-visible conflict, not an outage.
+pub(super) fn insert_error(error: sqlx::Error, id: &str) -> StoreError {
+    match error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("migration {id} already exists"))
+        }
+        other => store_error(other),
+    }
+}
+
+/// Writes every lifecycle field of `m` (never its counts, which only the write path and
+/// batches move) if the stored state is still `expected`; otherwise `Conflict`.
+pub(super) async fn persist_lifecycle(
+    tx: &mut Tx,
+    m: &Migration,
+    expected: MigrationState,
+) -> Result<(), StoreError> {
+    check_state(tx, &m.id, expected).await?;
+    sqlx::query(
+        "UPDATE migrations SET config = ?2, state = ?3, started_at = ?4, completed_at = ?5,
+             rollback_window_ends_at = ?6, error = ?7, pause_reason = ?8
+         WHERE id = ?1",
+    )
+    .bind(&m.id)
+    .bind(encode_config(m)?)
+    .bind(m.state.as_str())
+    .bind(m.started_at.map(encode_time))
+    .bind(m.completed_at.map(encode_time))
+    .bind(m.rollback_window_ends_at.map(encode_time))
+    .bind(&m.error)
+    .bind(&m.pause_reason)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+pub(super) async fn check_state(
+    tx: &mut Tx,
+    id: &str,
+    expected: MigrationState,
+) -> Result<(), StoreError> {
+    let stored: Option<String> = sqlx::query_scalar("SELECT state FROM migrations WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    let Some(stored) = stored else {
+        return Err(StoreError::Conflict(format!("no migration {id}")));
+    };
+    let stored = decode_state(&stored)?;
+    if stored != expected {
+        return Err(StoreError::Conflict(format!(
+            "migration {id} is {stored}, expected {expected}"
+        )));
+    }
+    Ok(())
+}
+
+/// Queues every document whose target vector is missing or older than the document; returns
+/// how many.
+pub(super) async fn enqueue_stale(tx: &mut Tx, m: &Migration) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO backfill_queue (migration_id, doc_id)
+         SELECT ?1, d.id FROM documents d
+         LEFT JOIN vectors v ON v.model = ?2 AND v.doc_id = d.id
+         WHERE v.doc_id IS NULL OR v.version < d.version",
+    )
+    .bind(&m.id)
+    .bind(&m.target_model)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(done.rows_affected())
+}
