@@ -9,6 +9,8 @@
 //! migration leaves the target index consistent"). The rule and its counts are decided by
 //! `domain::queue`; a backend only runs what it plans inside its own transaction.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod sqlite;
 
 use async_trait::async_trait;

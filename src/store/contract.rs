@@ -1,0 +1,1022 @@
+//! The contract every `Store` backend keeps, as one suite of tests that each backend runs
+//! against a real database of its own (`contract_tests!`): the write path's queue rule, the
+//! backfill's compare-and-set, lifecycle conflicts, counts under concurrency, and what survives
+//! a reopen — invariants 2 to 5 of DESIGN.md. What only one backend has (its pragmas, its
+//! files, how it reports corrupt rows) is tested beside that backend.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use futures_util::{FutureExt, TryStreamExt};
+use serde_json::json;
+
+use crate::domain::{BackfillConfig, Counts, Event, Migration, MigrationState};
+use crate::store::{
+    BatchItem, CountsDelta, DocumentWrite, Store, StoreError, StoredVector, VectorInfo,
+};
+
+/// A backend under test, with a database of its own.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync {
+    /// Opens the backend's database: empty the first time, and afterwards as the previous
+    /// handle left it when it was closed, as a restarted process finds it.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// Runs each contract test named after `=>` against the backend that `$backend` (a future of a
+/// [`Backend`]) makes, as one `#[tokio::test]` per name. A contract test left out of the list
+/// is dead code, which the lints refuse.
+macro_rules! contract_tests {
+    ($backend:expr => $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let backend = $backend.await;
+                $crate::store::contract::$name(&backend).await;
+            }
+        )+
+    };
+}
+pub(crate) use contract_tests;
+
+pub(crate) const SOURCE: &str = "hash-v1";
+
+const TARGET: &str = "hash-v2";
+
+/// The target of a second migration, after `SOURCE` → `TARGET` completed.
+const THIRD: &str = "hash-v3";
+
+/// Every vector of `model`, as the index loads them.
+pub(crate) async fn all_vectors(
+    store: &dyn Store,
+    model: &str,
+) -> Result<Vec<StoredVector>, StoreError> {
+    store.vectors(model).try_collect().await
+}
+
+/// A write of `id` with the given text, embedded with `models`.
+pub(crate) fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite {
+    DocumentWrite {
+        id: id.to_owned(),
+        text: text.to_owned(),
+        metadata: json!({ "source": "test" }),
+        vectors: models
+            .iter()
+            .map(|m| ((*m).to_owned(), vector_of(m, text)))
+            .collect(),
+    }
+}
+
+pub(crate) fn write(id: &str, models: &[&str]) -> DocumentWrite {
+    write_text(id, &format!("text of {id}"), models)
+}
+
+/// A vector that differs by model and text, so tests can tell which write produced it.
+fn vector_of(model: &str, text: &str) -> Vec<f32> {
+    let seed = (model.len() * 31 + text.len()) as f32;
+    vec![seed, -seed / 3.0, 0.25]
+}
+
+pub(crate) async fn put(store: &dyn Store, writes: Vec<DocumentWrite>) {
+    store.write_documents(&writes).await.expect("write");
+}
+
+/// A timestamp with nanoseconds, to show they survive storage.
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 123_456_789)
+        .single()
+        .expect("valid time")
+}
+
+pub(crate) fn planned(id: &str) -> Migration {
+    Migration::plan(
+        id.to_owned(),
+        SOURCE.to_owned(),
+        TARGET.to_owned(),
+        BackfillConfig::default(),
+        at(0),
+    )
+}
+
+/// Inserts and starts a migration; returns it as the store now holds it.
+async fn started(store: &dyn Store, id: &str) -> Migration {
+    let plan = planned(id);
+    store.insert_migration(&plan).await.expect("insert");
+    let running = plan.apply(Event::Start, at(1)).expect("start");
+    let counts = store.start_migration(&running).await.expect("start");
+    Migration { counts, ..running }
+}
+
+async fn stored(store: &dyn Store, id: &str) -> Migration {
+    store.migration(id).await.expect("read").expect("exists")
+}
+
+async fn queued(store: &dyn Store, migration_id: &str) -> Vec<(String, u64)> {
+    let claimed = store.queued_documents(migration_id, "", 1000).await;
+    claimed
+        .expect("queue")
+        .into_iter()
+        .map(|d| (d.id, d.version))
+        .collect()
+}
+
+fn embedded(id: &str, version: u64) -> BatchItem {
+    embedded_from(id, version, false)
+}
+
+/// `embedded`, from a text longer than the target's `max_input_tokens`.
+fn embedded_truncated(id: &str, version: u64) -> BatchItem {
+    embedded_from(id, version, true)
+}
+
+fn embedded_from(id: &str, version: u64, truncated: bool) -> BatchItem {
+    BatchItem::Embedded {
+        id: id.to_owned(),
+        version,
+        vector: vector_of(TARGET, "from the backfill"),
+        truncated,
+    }
+}
+
+/// Counts with no truncated document.
+fn counts(total: u64, processed: u64, skipped: u64, failed: u64) -> Counts {
+    Counts {
+        total,
+        processed,
+        skipped,
+        failed,
+        truncated: 0,
+    }
+}
+
+/// Texts over this many characters count as over the target's input limit in these tests.
+const TARGET_LIMIT_CHARS: usize = 32;
+
+/// The `over_input_limit` of `write_documents_with`: only the target has a limit.
+fn target_limit(model: &str, text: &str) -> bool {
+    model == TARGET && text.chars().count() > TARGET_LIMIT_CHARS
+}
+
+async fn version_of(store: &dyn Store, id: &str) -> Option<u64> {
+    let document = store.get_document(id).await.expect("read");
+    document.map(|d| d.version)
+}
+
+/// A client that hangs up drops its request's future wherever it stands, also inside `BEGIN`.
+/// Whatever point that is, the write is rolled back and the next write finds the store as
+/// writable as before.
+pub(crate) async fn a_write_dropped_at_any_await_leaves_the_store_writable(backend: &dyn Backend) {
+    let store = backend.open().await;
+    for polls in 1..=12 {
+        for pause_micros in [0, 20, 50, 100, 200, 500] {
+            let dropped = [write(&format!("dropped-{polls}-{pause_micros}"), &[SOURCE])];
+            let mut pending = Box::pin(store.write_documents(&dropped));
+            for _ in 0..polls {
+                if (&mut pending).now_or_never().is_some() {
+                    break;
+                }
+                // The connection's worker is a thread of its own: let it get ahead.
+                std::thread::sleep(std::time::Duration::from_micros(pause_micros));
+                tokio::task::yield_now().await;
+            }
+            drop(pending);
+            let next = format!("next-{polls}-{pause_micros}");
+            store
+                .write_documents(&[write(&next, &[SOURCE])])
+                .await
+                .unwrap_or_else(|e| panic!("write after a drop at poll {polls}: {e}"));
+        }
+    }
+}
+
+// ---- Opening ------------------------------------------------------------------------------
+
+pub(crate) async fn active_model_starts_unset_and_can_be_replaced(backend: &dyn Backend) {
+    let store = backend.open().await;
+    assert_eq!(store.active_model().await.unwrap(), None);
+    store.set_active_model(SOURCE).await.unwrap();
+    store.set_active_model(TARGET).await.unwrap();
+    assert_eq!(store.active_model().await.unwrap().as_deref(), Some(TARGET));
+}
+
+// ---- Documents ----------------------------------------------------------------------------
+
+pub(crate) async fn each_write_of_an_id_grows_its_version_by_one(backend: &dyn Backend) {
+    let store = backend.open().await;
+    for expected in 1..=3 {
+        let receipt = store.write_documents(&[write("a", &[SOURCE])]).await;
+        let receipt = receipt.unwrap();
+        assert_eq!(receipt.outcomes[0].version, expected);
+        assert_eq!(receipt.migration, None);
+    }
+    assert_eq!(version_of(&*store, "a").await, Some(3));
+}
+
+pub(crate) async fn a_bulk_write_applies_a_repeated_id_in_order(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let writes = vec![
+        write_text("a", "first", &[SOURCE]),
+        write("b", &[SOURCE]),
+        write_text("a", "second", &[SOURCE]),
+    ];
+    let receipt = store.write_documents(&writes).await.unwrap();
+    let versions: Vec<(&str, u64)> = receipt
+        .outcomes
+        .iter()
+        .map(|o| (o.id.as_str(), o.version))
+        .collect();
+    assert_eq!(versions, [("a", 1), ("b", 1), ("a", 2)]);
+    let a = store.get_document("a").await.unwrap().unwrap();
+    assert_eq!((a.text.as_str(), a.version), ("second", 2));
+}
+
+pub(crate) async fn vectors_round_trip_bit_exactly(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let values = vec![
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7fc0_0001),
+        0.1,
+        -1.0 / 3.0,
+    ];
+    let doc = DocumentWrite {
+        vectors: vec![(SOURCE.to_owned(), values.clone())],
+        ..write("a", &[])
+    };
+    put(&*store, vec![doc]).await;
+    let stored = all_vectors(&*store, SOURCE).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    let (id, version, vector) = &stored[0];
+    assert_eq!((id.as_str(), *version), ("a", 1));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(vector), bits(&values));
+    assert!(all_vectors(&*store, TARGET).await.unwrap().is_empty());
+}
+
+pub(crate) async fn a_document_lists_its_embeddings_by_model_with_their_versions(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[TARGET, SOURCE])]).await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let a = store.get_document("a").await.unwrap().unwrap();
+    assert_eq!(a.metadata, json!({ "source": "test" }));
+    let info = |model: &str, version| VectorInfo {
+        model: model.to_owned(),
+        version,
+        dimensions: 3,
+    };
+    assert_eq!(a.embeddings, [info(SOURCE, 2), info(TARGET, 1)]);
+    assert_eq!(store.get_document("missing").await.unwrap(), None);
+}
+
+pub(crate) async fn documents_are_listed_in_pages_of_id_order(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        ["c", "a", "d", "b"].map(|id| write(id, &[SOURCE])).to_vec(),
+    )
+    .await;
+    let first = store.list_documents(None, 3).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(first[0].embeddings.len(), 1);
+    let rest = store.list_documents(Some("c"), 3).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!((rest[0].id.as_str(), rest[0].embeddings.len()), ("d", 1));
+}
+
+pub(crate) async fn hit_documents_leave_out_missing_ids(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write_text("a", "alpha", &[SOURCE])]).await;
+    let ids = vec!["a".to_owned(), "zzz".to_owned()];
+    let hits = store.hit_documents(&ids).await.unwrap();
+    let found: Vec<_> = hits
+        .iter()
+        .map(|d| (d.id.as_str(), d.text.as_str()))
+        .collect();
+    assert_eq!(found, [("a", "alpha")]);
+    assert_eq!(hits[0].metadata, json!({ "source": "test" }));
+}
+
+pub(crate) async fn metadata_streams_the_documents_that_have_any_at_their_version(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let mut bare = write("bare", &[SOURCE]);
+    bare.metadata = json!({});
+    put(&*store, vec![write("a", &[SOURCE]), bare]).await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let streamed: Vec<_> = store.metadata().try_collect().await.unwrap();
+    assert_eq!(streamed, [("a".to_owned(), 2, json!({ "source": "test" }))]);
+}
+
+pub(crate) async fn delete_removes_the_document_and_its_vectors(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE, TARGET])]).await;
+    let receipt = store.delete_document("a").await.unwrap();
+    assert_eq!(receipt.map(|r| r.migration), Some(None));
+    assert_eq!(store.get_document("a").await.unwrap(), None);
+    assert!(all_vectors(&*store, SOURCE).await.unwrap().is_empty());
+    assert!(store.delete_document("a").await.unwrap().is_none());
+}
+
+pub(crate) async fn a_recreated_document_continues_its_version_so_an_old_claim_fails(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    store.delete_document("a").await.unwrap();
+    let receipt = store.write_documents(&[write("a", &[SOURCE])]).await;
+    assert_eq!(receipt.unwrap().outcomes[0].version, 2);
+    let batch = vec![embedded("a", claim[0].version)];
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    assert!(receipt.written.is_empty());
+    assert_eq!(queued(&*store, "m1").await, [("a".to_owned(), 2)]);
+}
+
+// ---- Writes during a migration ------------------------------------------------------------
+
+pub(crate) async fn start_queues_exactly_the_documents_lacking_a_current_target_vector(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("missing", &[SOURCE])]).await;
+    put(&*store, vec![write("stale", &[SOURCE, TARGET])]).await;
+    put(&*store, vec![write("stale", &[SOURCE])]).await;
+    put(&*store, vec![write("current", &[SOURCE, TARGET])]).await;
+    let m = started(&*store, "m1").await;
+    assert_eq!(m.counts, counts(2, 0, 0, 0));
+    let expected = [("missing".to_owned(), 1), ("stale".to_owned(), 2)];
+    assert_eq!(queued(&*store, "m1").await, expected);
+    assert_eq!(stored(&*store, "m1").await, m);
+}
+
+pub(crate) async fn start_is_refused_unless_the_migration_is_planned(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let m = started(&*store, "m1").await;
+    let again = store.start_migration(&m).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+pub(crate) async fn a_write_with_the_target_vector_dequeues_and_counts_processed(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    started(&*store, "m1").await;
+    let receipt = store
+        .write_documents(&[write("a", &[SOURCE, TARGET])])
+        .await;
+    let processed = CountsDelta {
+        processed: 1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(
+        receipt.unwrap().migration,
+        Some(("m1".to_owned(), processed))
+    );
+    assert!(queued(&*store, "m1").await.is_empty());
+    let again = store
+        .write_documents(&[write("a", &[SOURCE, TARGET])])
+        .await;
+    assert_eq!(again.unwrap().migration, None, "no longer queued");
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 1, 0, 0));
+}
+
+pub(crate) async fn a_write_without_the_target_vector_queues_and_counts_total_once(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    started(&*store, "m1").await;
+    let receipt = store.write_documents(&[write("new", &[SOURCE])]).await;
+    let one_more = CountsDelta {
+        total: 1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(
+        receipt.unwrap().migration,
+        Some(("m1".to_owned(), one_more))
+    );
+    let again = store.write_documents(&[write("new", &[SOURCE])]).await;
+    assert_eq!(again.unwrap().migration, None, "already queued");
+    assert_eq!(queued(&*store, "m1").await, [("new".to_owned(), 2)]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 0));
+}
+
+pub(crate) async fn a_paused_or_failed_migration_still_follows_writes(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let m = started(&*store, "m1").await;
+    let paused = m.apply(Event::Pause { reason: None }, at(2)).unwrap();
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    assert_eq!(stored(&*store, "m1").await.counts.total, 1);
+}
+
+pub(crate) async fn deleting_a_queued_document_shrinks_the_total(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        vec![write("a", &[SOURCE]), write("b", &[SOURCE, TARGET])],
+    )
+    .await;
+    started(&*store, "m1").await;
+    let receipt = store.delete_document("a").await.unwrap().unwrap();
+    let one_less = CountsDelta {
+        total: -1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(receipt.migration, Some(("m1".to_owned(), one_less)));
+    let unqueued = store.delete_document("b").await.unwrap().unwrap();
+    assert_eq!(unqueued.migration, None);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(0, 0, 0, 0));
+    assert!(queued(&*store, "m1").await.is_empty());
+}
+
+pub(crate) async fn after_completion_a_write_lacking_the_target_conflicts_and_changes_nothing(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE, TARGET])]).await;
+    let m = started(&*store, "m1").await;
+    let done = m.apply(Event::Complete, at(5)).unwrap();
+    assert!(store.complete_migration(&done).await.unwrap());
+    let writes = vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])];
+    let refused = store.write_documents(&writes).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(version_of(&*store, "a").await, Some(1));
+    assert_eq!(version_of(&*store, "b").await, None);
+    let accepted = store
+        .write_documents(&[write("b", &[SOURCE, TARGET])])
+        .await;
+    assert_eq!(accepted.unwrap().outcomes[0].version, 1);
+}
+
+pub(crate) async fn a_dual_write_satisfying_a_queued_long_document_counts_it_truncated(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let long = "a long text ".repeat(10);
+    put(
+        &*store,
+        vec![
+            write_text("long", &long, &[SOURCE]),
+            write("short", &[SOURCE]),
+        ],
+    )
+    .await;
+    started(&*store, "m1").await;
+    let writes = [
+        write_text("long", &long, &[SOURCE, TARGET]),
+        write("short", &[SOURCE, TARGET]),
+    ];
+    let receipt = store.write_documents_with(&writes, &target_limit).await;
+    let processed = CountsDelta {
+        processed: 2,
+        truncated: 1,
+        ..CountsDelta::default()
+    };
+    assert_eq!(
+        receipt.unwrap().migration,
+        Some(("m1".to_owned(), processed))
+    );
+    let again = store
+        .write_documents_with(&writes[..1], &target_limit)
+        .await;
+    assert_eq!(
+        again.unwrap().migration,
+        None,
+        "no longer queued, not recounted"
+    );
+    let expected = Counts {
+        truncated: 1,
+        ..counts(2, 2, 0, 0)
+    };
+    assert_eq!(stored(&*store, "m1").await.counts, expected);
+}
+
+pub(crate) async fn a_long_write_counts_truncated_only_when_it_satisfies_a_queued_target_entry(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let long = "a long text ".repeat(10);
+    put(&*store, vec![write_text("queued", &long, &[SOURCE])]).await;
+    started(&*store, "m1").await;
+    // Over the source's limit only: the target embedded it whole.
+    let source_limit = |model: &str, text: &str| model == SOURCE && !text.is_empty();
+    let source_only = [write_text("queued", &long, &[SOURCE, TARGET])];
+    let receipt = store
+        .write_documents_with(&source_only, &source_limit)
+        .await;
+    assert_eq!(receipt.unwrap().migration.unwrap().1.truncated, 0);
+    // Not queued, or queued by a write without the target vector: nothing is processed.
+    let fresh = [write_text("fresh", &long, &[SOURCE, TARGET])];
+    let receipt = store.write_documents_with(&fresh, &target_limit).await;
+    assert_eq!(receipt.unwrap().migration, None);
+    let unembedded = [write_text("later", &long, &[SOURCE])];
+    let receipt = store.write_documents_with(&unembedded, &target_limit).await;
+    assert_eq!(receipt.unwrap().migration.unwrap().1.truncated, 0);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(2, 1, 0, 0));
+}
+
+// ---- Backfill batches ---------------------------------------------------------------------
+
+pub(crate) async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_them(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE]), write("b", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let claim = store.queued_documents(&m.id, "a", 10).await.unwrap();
+    assert_eq!(claim.len(), 1, "after = a leaves only b");
+    let batch = vec![embedded("a", 1), embedded("b", 1), embedded("b", 1)];
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
+    assert_eq!(receipt.delta.processed, 2);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(2, 2, 0, 0));
+    let target = all_vectors(&*store, TARGET).await.unwrap();
+    assert_eq!(target[0].2, vector_of(TARGET, "from the backfill"));
+}
+
+pub(crate) async fn a_batch_item_marked_truncated_counts_once_when_written(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&*store, docs).await;
+    let m = started(&*store, "m1").await;
+    // c moves on before its batch commits: its truncated vector fails compare-and-set.
+    put(&*store, vec![write_text("c", "rewritten", &[SOURCE])]).await;
+    let batch = vec![
+        embedded_truncated("a", 1),
+        embedded("b", 1),
+        embedded_truncated("a", 1),
+        embedded_truncated("c", 1),
+    ];
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    assert_eq!((receipt.delta.processed, receipt.delta.truncated), (2, 1));
+    let expected = Counts {
+        truncated: 1,
+        ..counts(3, 2, 0, 0)
+    };
+    assert_eq!(stored(&*store, "m1").await.counts, expected);
+    let retry = store
+        .commit_batch(&m.id, TARGET, &[embedded_truncated("c", 2)])
+        .await
+        .unwrap();
+    assert_eq!(retry.delta.truncated, 1, "the current version counts");
+    assert_eq!(stored(&*store, "m1").await.counts.truncated, 2);
+}
+
+pub(crate) async fn a_batch_told_to_stop_commits_the_items_so_far_and_leaves_the_rest_queued(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        vec![
+            write("a", &[SOURCE]),
+            write("b", &[SOURCE]),
+            write("c", &[SOURCE]),
+        ],
+    )
+    .await;
+    let m = started(&*store, "m1").await;
+    let batch = vec![embedded("a", 1), embedded("b", 1), embedded("c", 1)];
+    let asked = std::sync::Mutex::new(Vec::new());
+    let stop_after_two = |so_far| {
+        asked.lock().unwrap().push(so_far);
+        so_far == 2
+    };
+    let (receipt, committed) = store
+        .commit_batch_until(&m.id, TARGET, &batch, &stop_after_two)
+        .await
+        .unwrap();
+    assert_eq!(committed, 2);
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [1, 2],
+        "asked before each item after the first"
+    );
+    assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
+    assert_eq!(queued(&*store, "m1").await, [("c".to_owned(), 1)]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(3, 2, 0, 0));
+
+    let (receipt, committed) = store
+        .commit_batch_until(&m.id, TARGET, &batch[2..], &|_| true)
+        .await
+        .unwrap();
+    assert_eq!(committed, 1, "the first item always commits");
+    assert_eq!(receipt.written, [("c".to_owned(), 1)]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(3, 3, 0, 0));
+}
+
+pub(crate) async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let batch = vec![embedded("a", claim[0].version)];
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    assert!(receipt.written.is_empty());
+    assert!(receipt.delta.is_zero());
+    assert!(all_vectors(&*store, TARGET).await.unwrap().is_empty());
+    assert_eq!(queued(&*store, "m1").await, [("a".to_owned(), 2)]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 0));
+}
+
+pub(crate) async fn a_batch_does_not_overwrite_or_recount_a_dual_written_document(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    put(&*store, vec![write_text("a", "newer", &[SOURCE, TARGET])]).await;
+    let batch = vec![embedded("a", claim[0].version)];
+    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    assert!(receipt.written.is_empty());
+    let target = all_vectors(&*store, TARGET).await.unwrap();
+    assert_eq!(target, [("a".to_owned(), 2, vector_of(TARGET, "newer"))]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 1, 0, 0));
+}
+
+pub(crate) async fn a_skip_leaves_the_queue_for_the_skip_list_once(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let skip = || BatchItem::Skipped {
+        id: "a".to_owned(),
+        reason: "input too long".to_owned(),
+    };
+    let receipt = store.commit_batch(&m.id, TARGET, &[skip(), skip()]).await;
+    let delta = receipt.unwrap().delta;
+    assert_eq!((delta.processed, delta.skipped, delta.failed), (0, 1, 0));
+    let skips = store.skips(&m.id).await.unwrap();
+    assert_eq!(skips.len(), 1);
+    assert_eq!(
+        (skips[0].document_id.as_str(), skips[0].reason.as_str()),
+        ("a", "input too long")
+    );
+    assert!(queued(&*store, "m1").await.is_empty());
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 1, 0));
+}
+
+fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|&id| id.to_owned()).collect()
+}
+
+pub(crate) async fn a_failed_attempt_counts_each_queued_document_once(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE]), write("b", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let delta = store
+        .record_failures(&m.id, &ids(&["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(delta.failed, 2);
+    let again = store
+        .record_failures(&m.id, &ids(&["a", "gone"]))
+        .await
+        .unwrap();
+    assert!(
+        again.is_zero(),
+        "a fails again, gone is not queued: {again:?}"
+    );
+    assert_eq!(
+        queued(&*store, "m1").await.len(),
+        2,
+        "failed documents stay queued"
+    );
+    assert_eq!(stored(&*store, "m1").await.counts, counts(2, 0, 0, 2));
+}
+
+pub(crate) async fn failed_goes_down_as_documents_leave_the_queue_by_any_way(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let docs = ["embedded", "skipped", "deleted", "rewritten", "waiting"];
+    put(
+        &*store,
+        docs.iter().map(|id| write(id, &[SOURCE])).collect(),
+    )
+    .await;
+    let m = started(&*store, "m1").await;
+    store.record_failures(&m.id, &ids(&docs)).await.unwrap();
+    assert_eq!(stored(&*store, "m1").await.counts, counts(5, 0, 0, 5));
+
+    let skip = BatchItem::Skipped {
+        id: "skipped".to_owned(),
+        reason: "too long".to_owned(),
+    };
+    let receipt = store
+        .commit_batch(&m.id, TARGET, &[embedded("embedded", 1), skip])
+        .await
+        .unwrap();
+    assert_eq!(receipt.delta.failed, -2);
+    let deleted = store.delete_document("deleted").await.unwrap().unwrap();
+    assert_eq!(deleted.migration.unwrap().1.failed, -1);
+    let rewritten = store
+        .write_documents(&[write("rewritten", &[SOURCE, TARGET])])
+        .await
+        .unwrap();
+    let delta = rewritten.migration.unwrap().1;
+    assert_eq!((delta.processed, delta.failed), (1, -1));
+    assert_eq!(stored(&*store, "m1").await.counts, counts(4, 2, 1, 1));
+}
+
+// ---- Lifecycle ----------------------------------------------------------------------------
+
+pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let mut done = m.clone();
+    done.state = MigrationState::Completed;
+    done.completed_at = Some(at(5));
+    assert!(!store.complete_migration(&done).await.unwrap());
+    assert_eq!(
+        stored(&*store, "m1").await.state,
+        MigrationState::InProgress
+    );
+    store
+        .commit_batch(&m.id, TARGET, &[embedded("a", 1)])
+        .await
+        .unwrap();
+    assert!(store.complete_migration(&done).await.unwrap());
+    let completed = stored(&*store, "m1").await;
+    assert_eq!(completed.state, MigrationState::Completed);
+    assert_eq!(completed.completed_at, Some(at(5)));
+}
+
+pub(crate) async fn an_update_from_the_wrong_state_conflicts_and_changes_nothing(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let m = started(&*store, "m1").await;
+    let paused = m
+        .apply(
+            Event::Pause {
+                reason: Some("slow down".to_owned()),
+            },
+            at(2),
+        )
+        .unwrap();
+    let wrong = store
+        .update_migration(&paused, MigrationState::Planned)
+        .await;
+    assert!(matches!(wrong, Err(StoreError::Conflict(_))), "{wrong:?}");
+    assert_eq!(stored(&*store, "m1").await, m);
+    let unknown = Migration {
+        id: "nope".to_owned(),
+        ..paused.clone()
+    };
+    let missing = store
+        .update_migration(&unknown, MigrationState::InProgress)
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::Conflict(_))),
+        "{missing:?}"
+    );
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    assert_eq!(stored(&*store, "m1").await, paused);
+}
+
+pub(crate) async fn cancel_clears_the_queue_and_later_writes_are_not_queued(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let cancelled = m.apply(Event::Cancel, at(3)).unwrap();
+    store
+        .update_migration(&cancelled, MigrationState::InProgress)
+        .await
+        .unwrap();
+    assert!(queued(&*store, "m1").await.is_empty());
+    let receipt = store.write_documents(&[write("b", &[SOURCE])]).await;
+    assert_eq!(receipt.unwrap().migration, None);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 0));
+}
+
+pub(crate) async fn a_duplicate_migration_id_conflicts(backend: &dyn Backend) {
+    let store = backend.open().await;
+    store.insert_migration(&planned("m1")).await.unwrap();
+    let again = store.insert_migration(&planned("m1")).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+pub(crate) async fn migrations_are_listed_newest_first(backend: &dyn Backend) {
+    let store = backend.open().await;
+    for id in ["m1", "m2", "m3"] {
+        store.insert_migration(&planned(id)).await.unwrap();
+    }
+    let ids: Vec<String> = store
+        .migrations()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, ["m3", "m2", "m1"]);
+}
+
+pub(crate) async fn timestamps_round_trip_exactly(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let times = [
+        Utc.timestamp_opt(0, 0).unwrap(),
+        Utc.timestamp_opt(-86_400 * 365, 1).unwrap(),
+        Utc.timestamp_opt(1_700_000_000, 999_999_999).unwrap(),
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+    ];
+    for (i, time) in times.into_iter().enumerate() {
+        let m = Migration {
+            started_at: Some(time),
+            completed_at: Some(time),
+            rollback_window_ends_at: Some(time),
+            ..Migration::plan(
+                format!("m{i}"),
+                SOURCE.into(),
+                TARGET.into(),
+                BackfillConfig::default(),
+                time,
+            )
+        };
+        store.insert_migration(&m).await.unwrap();
+        assert_eq!(stored(&*store, &m.id).await, m);
+    }
+}
+
+// ---- Durability ---------------------------------------------------------------------------
+
+/// A completed migration with every timestamp set, then a running one with a queue, a skip,
+/// a processed document embedded truncated, a failure and a pause reason.
+async fn populate(store: &dyn Store) -> (Migration, Migration) {
+    store.set_active_model(SOURCE).await.unwrap();
+    put(
+        store,
+        vec![
+            write("a", &[SOURCE]),
+            write("b", &[SOURCE]),
+            write("c", &[SOURCE]),
+        ],
+    )
+    .await;
+    let first = started(store, "m1").await;
+    let items = ["a", "b", "c"].map(|id| embedded(id, 1)).to_vec();
+    let receipt = store.commit_batch("m1", TARGET, &items).await.unwrap();
+    let first = Migration {
+        counts: receipt.delta.applied_to(first.counts),
+        ..first
+    };
+    let first = first.apply(Event::Complete, at(4)).unwrap();
+    assert!(store.complete_migration(&first).await.unwrap());
+    let second = Migration {
+        source_model: TARGET.to_owned(),
+        target_model: THIRD.to_owned(),
+        ..planned("m2")
+    };
+    store.insert_migration(&second).await.unwrap();
+    let second = second.apply(Event::Start, at(10)).unwrap();
+    let second = Migration {
+        counts: store.start_migration(&second).await.unwrap(),
+        ..second
+    };
+    let skip = BatchItem::Skipped {
+        id: "a".to_owned(),
+        reason: "rejected".to_owned(),
+    };
+    let batch = vec![
+        skip,
+        BatchItem::Embedded {
+            id: "b".to_owned(),
+            version: 1,
+            vector: vec![1.0],
+            truncated: true,
+        },
+    ];
+    let failures = store.record_failures("m2", &ids(&["c"])).await.unwrap();
+    let receipt = store.commit_batch("m2", THIRD, &batch).await.unwrap();
+    let second = Migration {
+        counts: receipt.delta.then(failures).applied_to(second.counts),
+        ..second
+    };
+    let paused = second
+        .apply(
+            Event::Pause {
+                reason: Some("night".to_owned()),
+            },
+            at(11),
+        )
+        .unwrap();
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    (first, paused)
+}
+
+pub(crate) async fn everything_survives_a_reopen(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let (first, second) = populate(&*store).await;
+    let with_truncated = Counts {
+        truncated: 1,
+        ..counts(3, 1, 1, 1)
+    };
+    assert_eq!(second.counts, with_truncated);
+    let skips = store.skips("m2").await.unwrap();
+    let documents = store.list_documents(None, 10).await.unwrap();
+    store.close().await;
+
+    let store = backend.open().await;
+    assert_eq!(store.migrations().await.unwrap(), [second, first]);
+    assert_eq!(
+        stored(&*store, "m2").await.counts.truncated,
+        1,
+        "truncated is durable"
+    );
+    assert_eq!(store.active_model().await.unwrap().as_deref(), Some(SOURCE));
+    assert_eq!(queued(&*store, "m2").await, [("c".to_owned(), 1)]);
+    assert_eq!(store.skips("m2").await.unwrap(), skips);
+    assert_eq!(store.list_documents(None, 10).await.unwrap(), documents);
+    assert_eq!(all_vectors(&*store, TARGET).await.unwrap().len(), 3);
+    store.close().await;
+}
+
+// ---- Concurrency --------------------------------------------------------------------------
+
+/// Every document off the queue has a target vector for its current version, and the counts
+/// balance: total = processed + skipped + still queued.
+async fn assert_consistent(store: &dyn Store, migration_id: &str) {
+    let queue = queued(store, migration_id).await;
+    let c = stored(store, migration_id).await.counts;
+    assert_eq!(
+        c.total,
+        c.processed + c.skipped + queue.len() as u64,
+        "{c:?}"
+    );
+    let target = all_vectors(store, TARGET).await.unwrap();
+    for document in store.list_documents(None, 1000).await.unwrap() {
+        if queue.iter().any(|(id, _)| *id == document.id) {
+            continue;
+        }
+        let vector = target.iter().find(|(id, ..)| *id == document.id);
+        assert_eq!(
+            vector.map(|v| v.1),
+            Some(document.version),
+            "{}",
+            document.id
+        );
+    }
+}
+
+pub(crate) async fn concurrent_writes_and_batches_keep_counts_and_vectors_consistent(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ids: Vec<String> = (0..40).map(|i| format!("doc-{i:02}")).collect();
+    put(&*store, ids.iter().map(|id| write(id, &[SOURCE])).collect()).await;
+    started(&*store, "m1").await;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for (i, id) in ids.iter().cycle().take(120).enumerate() {
+                let models: &[&str] = if i % 3 == 0 {
+                    &[SOURCE, TARGET]
+                } else {
+                    &[SOURCE]
+                };
+                put(&*store, vec![write_text(id, &format!("edit {i}"), models)]).await;
+            }
+        })
+    };
+    for _ in 0..60 {
+        let claim = store.queued_documents("m1", "", 7).await.unwrap();
+        let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
+        store.commit_batch("m1", TARGET, &items).await.unwrap();
+    }
+    writer.await.unwrap();
+    assert_consistent(&*store, "m1").await;
+    while !queued(&*store, "m1").await.is_empty() {
+        let claim = store.queued_documents("m1", "", 7).await.unwrap();
+        let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
+        store.commit_batch("m1", TARGET, &items).await.unwrap();
+    }
+    assert_consistent(&*store, "m1").await;
+}
