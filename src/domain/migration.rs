@@ -264,9 +264,7 @@ impl Migration {
     /// Completed, and `now` is before the end of the rollback window or documents still wait
     /// for repair (`repairs_pending`).
     pub fn window_open(&self, now: DateTime<Utc>) -> bool {
-        self.state == MigrationState::Completed
-            && (self.rollback_window_ends_at.is_some_and(|end| now < end)
-                || self.repairs_pending() > 0)
+        window_open(self.state, &self.counts, self.rollback_window_ends_at, now)
     }
 
     /// Documents written during the rollback window while the target was unreachable, queued
@@ -321,6 +319,21 @@ fn window_end(now: DateTime<Utc>, config: BackfillConfig) -> DateTime<Utc> {
         .and_then(Duration::try_seconds)
         .and_then(|window| now.checked_add_signed(window))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Whether the rollback window of a migration in `state`, with `counts` and a window ending at
+/// `window_ends_at`, is open at `now`: completed, and before the end or with documents still
+/// waiting for repair (their count is what `counts` has left to embed). The one rule behind
+/// `Migration::window_open` and the write path's view of the latest migration
+/// (`queue::QueueView`), which has only the stored row.
+pub fn window_open(
+    state: MigrationState,
+    counts: &Counts,
+    window_ends_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    state == MigrationState::Completed
+        && (window_ends_at.is_some_and(|end| now < end) || counts.remaining() > 0)
 }
 
 #[cfg(test)]

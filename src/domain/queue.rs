@@ -19,7 +19,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::migration::{Counts, MigrationState};
+use super::migration::{self, Counts, MigrationState};
 
 /// The latest migration as a write's transaction reads it: all the queue rule needs to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,14 +44,11 @@ impl QueueView {
         window_ends_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Self {
-        let repairs_pending = counts.remaining() > 0;
-        let window_open = state == MigrationState::Completed
-            && (repairs_pending || window_ends_at.is_some_and(|end| now < end));
         Self {
             id,
             target_model,
             state,
-            window_open,
+            window_open: migration::window_open(state, &counts, window_ends_at, now),
         }
     }
 
