@@ -148,13 +148,13 @@ pub(super) async fn requeue_skips(
 
 /// The fixed context of one `commit_batch` call.
 #[derive(Clone, Copy)]
-pub(super) struct Batch<'a> {
+struct Batch<'a> {
     migration_id: &'a str,
     target_model: &'a str,
     now: DateTime<Utc>,
 }
 
-pub(super) async fn commit_item(
+async fn commit_item(
     tx: &mut Tx,
     batch: Batch<'_>,
     item: &BatchItem,
@@ -194,7 +194,7 @@ pub(super) async fn commit_item(
 /// only if it is still queued and still at `version`. If the version moved on, the newer write
 /// either carried the target vector (and already dequeued and counted the document) or left it
 /// queued for a later batch to embed the newer text.
-pub(super) async fn dequeue_if_current(
+async fn dequeue_if_current(
     tx: &mut Tx,
     migration_id: &str,
     doc_id: &str,
@@ -214,7 +214,7 @@ pub(super) async fn dequeue_if_current(
     Ok(failed.map(|failed| failed != 0))
 }
 
-pub(super) async fn insert_skip(
+async fn insert_skip(
     tx: &mut Tx,
     batch: Batch<'_>,
     doc_id: &str,
@@ -231,12 +231,12 @@ pub(super) async fn insert_skip(
     Ok(())
 }
 
-/// Queues a document; returns 1 if it was not queued yet, else 0.
+/// Queues a document; whether it was not queued yet.
 pub(super) async fn enqueue(
     tx: &mut Tx,
     migration_id: &str,
     doc_id: &str,
-) -> Result<u64, StoreError> {
+) -> Result<bool, StoreError> {
     let done =
         sqlx::query("INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id) VALUES (?1, ?2)")
             .bind(migration_id)
@@ -244,7 +244,7 @@ pub(super) async fn enqueue(
             .execute(&mut **tx)
             .await
             .map_err(store_error)?;
-    Ok(done.rows_affected())
+    Ok(done.rows_affected() > 0)
 }
 
 /// Takes a document off the queue: whether its latest attempt had failed, or `None` if it was
@@ -278,7 +278,7 @@ pub(super) async fn record_delta(
     Ok(Some((migration.id.clone(), delta)))
 }
 
-pub(super) async fn apply_delta(
+async fn apply_delta(
     tx: &mut Tx,
     migration_id: &str,
     delta: CountsDelta,

@@ -19,8 +19,8 @@ use crate::store::{
 /// Decoding failures mean the stored data is not what this code wrote; anything else means the
 /// database could not do its job.
 /// SQLite's primary result codes for a full disk and for a failing one.
-pub(super) const SQLITE_FULL: i32 = 13;
-pub(super) const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_IOERR: i32 = 10;
 
 pub(super) fn store_error(error: sqlx::Error) -> StoreError {
     if is_disk_failure(&error) {
@@ -54,7 +54,7 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// Whether SQLite failed for want of disk space or a working disk (an extended result code
 /// keeps its primary code in the low byte).
-pub(super) fn is_disk_failure(error: &sqlx::Error) -> bool {
+fn is_disk_failure(error: &sqlx::Error) -> bool {
     let sqlx::Error::Database(database) = error else {
         return false;
     };
@@ -84,7 +84,7 @@ pub(super) fn stored_u64(value: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
 }
 
-pub(super) fn stored_usize(value: i64) -> Result<usize, StoreError> {
+fn stored_usize(value: i64) -> Result<usize, StoreError> {
     usize::try_from(value).map_err(|_| StoreError::Corrupt(format!("bad dimensions: {value}")))
 }
 
@@ -92,7 +92,7 @@ pub(super) fn encode_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-pub(super) fn decode_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
+fn decode_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| StoreError::Corrupt(format!("bad timestamp {text:?}: {e}")))
@@ -126,7 +126,7 @@ pub(super) fn encode_vector(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-pub(super) fn decode_vector(data: &[u8], dimensions: usize) -> Result<Vec<f32>, StoreError> {
+fn decode_vector(data: &[u8], dimensions: usize) -> Result<Vec<f32>, StoreError> {
     if data.len() != dimensions * 4 {
         return Err(StoreError::Corrupt(format!(
             "vector blob of {} bytes for {dimensions} dimensions",
@@ -183,7 +183,7 @@ pub(super) fn decode_document(row: &SqliteRow) -> Result<StoredDocument, StoreEr
 }
 
 /// The `metadata` column of a document row, as the JSON it was written as.
-pub(super) fn decode_metadata(row: &SqliteRow) -> Result<serde_json::Value, StoreError> {
+fn decode_metadata(row: &SqliteRow) -> Result<serde_json::Value, StoreError> {
     parse_metadata(&column::<String>(row, "metadata")?)
 }
 
@@ -226,7 +226,7 @@ pub(super) fn decode_migration(row: &SqliteRow) -> Result<Migration, StoreError>
     })
 }
 
-pub(super) fn decode_counts(row: &SqliteRow) -> Result<Counts, StoreError> {
+fn decode_counts(row: &SqliteRow) -> Result<Counts, StoreError> {
     let count = |name: &str| stored_u64(column(row, name)?, name);
     Ok(Counts {
         total: count("total")?,

@@ -131,7 +131,7 @@ pub(super) async fn list_documents(
 }
 
 /// The latest migration as the write path sees it, read inside the write's transaction.
-pub(super) async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, StoreError> {
+async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, StoreError> {
     let row = sqlx::query(
         "SELECT id, target_model, state, rollback_window_ends_at, total, processed, skipped
          FROM migrations ORDER BY seq DESC LIMIT 1",
@@ -161,7 +161,7 @@ pub(super) async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, S
 
 /// Each write's step on the queue (`domain::queue::plan`), all planned before any is written
 /// so that a refused write changes nothing.
-pub(super) fn plan_writes(
+fn plan_writes(
     latest: Option<&QueueView>,
     writes: &[DocumentWrite],
 ) -> Result<Vec<QueueStep>, StoreError> {
@@ -175,12 +175,12 @@ pub(super) fn plan_writes(
         .collect()
 }
 
-pub(super) fn has_vector_of(write: &DocumentWrite, model: &str) -> bool {
+fn has_vector_of(write: &DocumentWrite, model: &str) -> bool {
     write.vectors.iter().any(|(m, _)| m == model)
 }
 
 /// Upserts the document one version up and stores its vectors at that version; returns it.
-pub(super) async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, StoreError> {
+async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, StoreError> {
     let version = next_version(tx, &write.id).await?;
     sqlx::query(
         "INSERT INTO documents (id, text, metadata, version) VALUES (?1, ?2, ?3, ?4)
@@ -202,7 +202,7 @@ pub(super) async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Resul
 
 /// One more than the stored version, or than the version the document had when it was
 /// deleted (see `document_tombstones` in the schema), or 1.
-pub(super) async fn next_version(tx: &mut Tx, id: &str) -> Result<u64, StoreError> {
+async fn next_version(tx: &mut Tx, id: &str) -> Result<u64, StoreError> {
     let current: i64 = sqlx::query_scalar(
         "SELECT COALESCE(
              (SELECT version FROM documents WHERE id = ?1),
@@ -242,7 +242,7 @@ pub(super) async fn upsert_vector(
 /// Carries out a write's `step` on the backfilling migration's queue and reports the change:
 /// a satisfied entry is taken off (truncated when `over_input_limit` says the target embedded
 /// the text truncated); a document lacking a current target vector is queued.
-pub(super) async fn follow_write(
+async fn follow_write(
     tx: &mut Tx,
     migration: &QueueView,
     write: &DocumentWrite,
@@ -252,7 +252,7 @@ pub(super) async fn follow_write(
     Ok(match step {
         QueueStep::Leave => None,
         QueueStep::Enqueue => Some(QueueChange::Queued {
-            newly: enqueue(tx, &migration.id, &write.id).await? > 0,
+            newly: enqueue(tx, &migration.id, &write.id).await?,
         }),
         QueueStep::Dequeue => dequeue(tx, &migration.id, &write.id)
             .await?
@@ -263,7 +263,7 @@ pub(super) async fn follow_write(
     })
 }
 
-pub(super) async fn document_version(tx: &mut Tx, id: &str) -> Result<Option<u64>, StoreError> {
+async fn document_version(tx: &mut Tx, id: &str) -> Result<Option<u64>, StoreError> {
     let version: Option<i64> = sqlx::query_scalar("SELECT version FROM documents WHERE id = ?1")
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -276,7 +276,7 @@ pub(super) async fn document_version(tx: &mut Tx, id: &str) -> Result<Option<u64
 
 /// Deletes the document (its vectors and any queue entry follow by cascade) and remembers its
 /// last version.
-pub(super) async fn remove_document(tx: &mut Tx, id: &str, version: u64) -> Result<(), StoreError> {
+async fn remove_document(tx: &mut Tx, id: &str, version: u64) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO document_tombstones (id, version) VALUES (?1, ?2)
          ON CONFLICT (id) DO UPDATE SET version = excluded.version",
@@ -295,7 +295,7 @@ pub(super) async fn remove_document(tx: &mut Tx, id: &str, version: u64) -> Resu
 }
 
 /// One document's embeddings, sorted by model.
-pub(super) async fn document_embeddings(
+async fn document_embeddings(
     conn: &mut SqliteConnection,
     id: &str,
 ) -> Result<Vec<VectorInfo>, StoreError> {
@@ -311,7 +311,7 @@ pub(super) async fn document_embeddings(
 
 /// The embeddings of a `list_documents` page (same `after` and `limit`) in one query, grouped
 /// by document and sorted by model.
-pub(super) async fn page_embeddings(
+async fn page_embeddings(
     conn: &mut SqliteConnection,
     after: Option<&str>,
     limit: u32,

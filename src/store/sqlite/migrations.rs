@@ -149,10 +149,7 @@ pub(super) async fn migration(
     row.as_ref().map(decode_migration).transpose()
 }
 
-pub(super) async fn insert_migration_row(
-    pool: &SqlitePool,
-    m: &Migration,
-) -> Result<(), StoreError> {
+async fn insert_migration_row(pool: &SqlitePool, m: &Migration) -> Result<(), StoreError> {
     let counts = &m.counts;
     sqlx::query(
         "INSERT INTO migrations (id, source_model, target_model, config, state, created_at,
@@ -183,7 +180,7 @@ pub(super) async fn insert_migration_row(
 }
 
 /// A duplicate id is a client-visible conflict, not an outage.
-pub(super) fn insert_error(error: sqlx::Error, id: &str) -> StoreError {
+fn insert_error(error: sqlx::Error, id: &str) -> StoreError {
     match error {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict(format!("migration {id} already exists"))
@@ -194,7 +191,7 @@ pub(super) fn insert_error(error: sqlx::Error, id: &str) -> StoreError {
 
 /// Writes every lifecycle field of `m` (never its counts, which only the write path and
 /// batches move) if the stored state is still `expected`; otherwise `Conflict`.
-pub(super) async fn persist_lifecycle(
+async fn persist_lifecycle(
     tx: &mut Tx,
     m: &Migration,
     expected: MigrationState,
@@ -219,11 +216,7 @@ pub(super) async fn persist_lifecycle(
     Ok(())
 }
 
-pub(super) async fn check_state(
-    tx: &mut Tx,
-    id: &str,
-    expected: MigrationState,
-) -> Result<(), StoreError> {
+async fn check_state(tx: &mut Tx, id: &str, expected: MigrationState) -> Result<(), StoreError> {
     let stored: Option<String> = sqlx::query_scalar("SELECT state FROM migrations WHERE id = ?1")
         .bind(id)
         .fetch_optional(&mut **tx)
@@ -243,7 +236,7 @@ pub(super) async fn check_state(
 
 /// Queues every document whose target vector is missing or older than the document; returns
 /// how many.
-pub(super) async fn enqueue_stale(tx: &mut Tx, m: &Migration) -> Result<u64, StoreError> {
+async fn enqueue_stale(tx: &mut Tx, m: &Migration) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "INSERT INTO backfill_queue (migration_id, doc_id)
          SELECT ?1, d.id FROM documents d
