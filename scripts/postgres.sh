@@ -14,7 +14,8 @@
 # `start_postgres` checks that `CREATE EXTENSION vector` works before it returns.
 
 pg_version=0.1.6
-pg_root=target/pgserver
+# Absolute, so that the binaries run from the cluster's directory; sourced from the repository root.
+pg_root=$PWD/target/pgserver
 pg_bin=$pg_root/pgserver/pginstall/bin
 pg_user=reembed-pg
 
@@ -42,8 +43,7 @@ as_owner() {
 prepare_owner() {
     [ "$(id -u)" -eq 0 ] || return 0
     id -u "$pg_user" >/dev/null 2>&1 || useradd --system --no-create-home "$pg_user"
-    local dir
-    dir=$(cd "$pg_root" && pwd)
+    local dir=$pg_root
     while [ "$dir" != / ]; do
         chmod o+x "$dir"
         dir=$(dirname "$dir")
@@ -56,31 +56,27 @@ start_postgres() {
     local name=$1
     install_postgres
     prepare_owner
-    local bin
-    bin=$(cd "$pg_bin" && pwd)
     pg_dir=$(mktemp -d "/tmp/reembed-pg-$name.XXXXXX")
     chmod 0755 "$pg_dir"
     [ "$(id -u)" -ne 0 ] || chown "$pg_user" "$pg_dir"
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     # From a directory the owner may enter: initdb and pg_ctl refuse to start elsewhere.
-    (cd "$pg_dir" && as_owner "$bin/initdb" --no-locale -E UTF8 -U postgres -A trust \
+    (cd "$pg_dir" && as_owner "$pg_bin/initdb" --no-locale -E UTF8 -U postgres -A trust \
         -D "$pg_dir/data" >"$pg_dir/initdb.log")
-    (cd "$pg_dir" && as_owner "$bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" \
+    (cd "$pg_dir" && as_owner "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" \
         -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$pg_dir" \
         -w start >/dev/null)
     database_url="postgres://postgres@127.0.0.1:$port/postgres"
-    "$bin/psql" --quiet --no-psqlrc -v ON_ERROR_STOP=1 "$database_url" \
+    "$pg_bin/psql" --quiet --no-psqlrc -v ON_ERROR_STOP=1 "$database_url" \
         -c "CREATE EXTENSION IF NOT EXISTS vector" >/dev/null
-    echo "postgres ($name): $database_url, pgvector $("$bin/psql" --no-psqlrc -tA "$database_url" \
+    echo "postgres ($name): $database_url, pgvector $("$pg_bin/psql" --no-psqlrc -tA "$database_url" \
         -c "SELECT extversion FROM pg_extension WHERE extname = 'vector'")"
 }
 
 # Stops the cluster started last and removes it.
 stop_postgres() {
     [ -n "${pg_dir:-}" ] && [ -d "$pg_dir/data" ] || return 0
-    local bin
-    bin=$(cd "$pg_bin" && pwd)
-    (cd "$pg_dir" && as_owner "$bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null) || true
+    (cd "$pg_dir" && as_owner "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null) || true
     rm -rf "$pg_dir"
 }
