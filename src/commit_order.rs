@@ -4,9 +4,9 @@
 //! A backfill at full speed always has a commit waiting; in plain FIFO order, a client's `PUT`
 //! would queue behind every worker's batch. Here a backfill commit first lets every waiting
 //! document write go ahead, for at most `MAX_YIELD`, then takes its turn in FIFO order. So a
-//! write waits for at most the one backfill commit in progress (which ends its transaction
-//! early when it sees a write waiting, `writes_waiting`), and the backfill still commits at
-//! least once per `MAX_YIELD` however busy the writers are.
+//! write waits for at most the one backfill commit in progress (whose transactions are
+//! bounded, and smaller while it sees writes waiting, `writes_waiting`), and the backfill still
+//! commits at least once per `MAX_YIELD` however busy the writers are.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,7 +45,7 @@ impl CommitOrder {
     }
 
     /// Whether a document write is waiting for its turn: a backfill commit holding the turn
-    /// asks, to end its transaction early.
+    /// asks, to keep its next transaction small.
     pub(crate) fn writes_waiting(&self) -> bool {
         self.waiting_writes.load(Ordering::SeqCst) > 0
     }

@@ -29,6 +29,12 @@ pub struct Config {
     pub tokens: Option<Tokens>,
     /// Request size and time limits.
     pub limits: Limits,
+    /// This process's name among the replicas sharing a store (progress `replicas`); `None`
+    /// names it by host and listening port once it listens.
+    pub replica_id: Option<String>,
+    /// How long a backfill claim holds without renewal: a replica that dies mid-batch loses
+    /// its documents to another after this long. Batches renew every third of it.
+    pub backfill_lease: Duration,
 }
 
 /// The API tokens: `write` may do everything, `read` only GET and HEAD.
@@ -90,6 +96,10 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// so the proxy closes first and never sends on a connection reembed is closing.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
+/// Default of `--backfill-lease-secs`: long enough that a renewal (every third of it) is
+/// never late under load, short enough that a replica's death delays its batches by seconds.
+pub const DEFAULT_BACKFILL_LEASE_SECS: u64 = 30;
+
 /// Default of `--provider-patience-secs`: five minutes rides out a provider's restart, a
 /// deployment or a short network outage without anyone having to resume the migration.
 pub const DEFAULT_PROVIDER_PATIENCE_SECS: u64 = 300;
@@ -104,6 +114,8 @@ impl Config {
             registry_names_active_model: false,
             tokens: None,
             limits: Limits::default(),
+            replica_id: None,
+            backfill_lease: Duration::from_secs(DEFAULT_BACKFILL_LEASE_SECS),
         }
     }
 }
@@ -161,6 +173,16 @@ pub struct ServeArgs {
           default_value_t = DEFAULT_MIN_PERCENT,
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub backfill_min_cpu_percent: u8,
+    /// This replica's name in migration progress, among the replicas sharing a database.
+    /// Default: the host name and listening port.
+    #[arg(long, env = "REEMBED_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Seconds a backfill batch holds its documents without renewing its lease (it renews
+    /// every third of it): after a replica dies, its batches are redone by others this late.
+    #[arg(long, env = "REEMBED_BACKFILL_LEASE_SECS",
+          default_value_t = DEFAULT_BACKFILL_LEASE_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub backfill_lease_secs: u64,
     /// File holding the API token (one line). `REEMBED_API_TOKEN` gives it directly instead.
     #[arg(long, env = "REEMBED_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
@@ -224,6 +246,8 @@ impl ServeArgs {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             },
+            replica_id: self.replica_id.clone(),
+            backfill_lease: Duration::from_secs(self.backfill_lease_secs),
         })
     }
 

@@ -28,7 +28,7 @@ use crate::domain::{
     Routing, RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
-use crate::store::{CountsDelta, Store, StoreError};
+use crate::store::{CountsDelta, ReplicaProgress, Store, StoreError};
 
 /// Why a lifecycle request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,10 @@ impl Live {
 pub struct Progress {
     pub migration: Migration,
     pub snapshot: ProgressSnapshot,
+    /// Batches under an unexpired lease, across every replica.
     pub in_flight_batches: u32,
+    /// Each replica's share of the backfill, as the store records it.
+    pub replicas: Vec<ReplicaProgress>,
     /// The provider the backfill waits for, while it is unreachable.
     pub waiting: Option<Waiting>,
     /// The backfill's current concurrency and batch size, while it runs.
@@ -230,6 +233,8 @@ impl Coordinator {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Progress, CoordinatorError> {
+        let replicas = self.store.backfill_replicas(id).await?;
+        let in_flight_batches = replicas.iter().map(|r| r.in_flight_batches).sum();
         let live_report = {
             let live = self.live();
             live.latest
@@ -238,7 +243,8 @@ impl Coordinator {
                 .map(|m| Progress {
                     migration: m.clone(),
                     snapshot: ProgressSnapshot::new(m.counts, running_rate(m, &live.meter, now)),
-                    in_flight_batches: live.in_flight_batches,
+                    in_flight_batches,
+                    replicas: replicas.clone(),
                     waiting: live.waiting.clone(),
                     limits: live
                         .limits
@@ -253,7 +259,8 @@ impl Coordinator {
         let migration = self.migration(id).await?;
         Ok(Progress {
             snapshot: ProgressSnapshot::new(migration.counts, None),
-            in_flight_batches: 0,
+            in_flight_batches,
+            replicas,
             waiting: None,
             limits: None,
             routing: route(&migration.source_model, Some(&migration), now),

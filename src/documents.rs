@@ -5,14 +5,14 @@
 //! order, or a late index update could resurrect a deleted document or undo a newer version.
 //! `commit_order` serialises "commit, then apply to the index" for every writer. It costs
 //! nothing on SQLite, whose single writer connection serialises commits anyway, and it lets
-//! client writes go ahead of backfill commits (`CommitOrder`); a backfill batch's transaction
-//! ends early when a client write starts waiting, so a write never waits behind a long one.
+//! client writes go ahead of backfill commits (`CommitOrder`); a backfill batch commits in
+//! bounded parts, smaller while client writes wait, so a write never waits behind a long one.
 //! Each "commit, then apply" section runs to its end even if its caller is dropped (a client
 //! that hangs up): see `run_to_end`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -25,17 +25,21 @@ use crate::index::IndexSet;
 use crate::index::filter::Filter;
 use crate::run_to_end::run_to_end;
 use crate::store::{
-    BatchItem, BatchReceipt, DocumentWrite, Store, StoreError, StoredDocument, WriteOutcome,
-    WriteReceipt,
+    AfterCommit, BatchItem, BatchReceipt, Claim, DocumentWrite, Store, StoreError, StoredDocument,
+    WriteOutcome, WriteReceipt,
 };
 
 /// How many times a write is re-routed when it raced a migration completing.
 const MAX_WRITE_ATTEMPTS: usize = 3;
 
-/// The fewest documents a backfill transaction commits before it ends early for a waiting
-/// client write: the write waits a few milliseconds at most, and under a steady stream of
-/// writes the backfill still commits this many per turn (`CommitOrder`) instead of one.
+/// The documents a backfill transaction commits when client writes wait for their turn: the
+/// write waits a few milliseconds at most, and under a steady stream of writes the backfill
+/// still commits this many per turn (`CommitOrder`) instead of one.
 const MIN_BACKFILL_PART: usize = 100;
+
+/// The most documents one backfill transaction commits: a write that starts waiting during it
+/// waits for this many at most, and a large batch still pays for one sync per this many.
+const MAX_BACKFILL_PART: usize = 500;
 
 /// A document as a client sent it.
 #[derive(Debug, Clone)]
@@ -348,43 +352,39 @@ impl Documents {
         Ok(true)
     }
 
-    /// Commits one backfill batch and applies the vectors that passed compare-and-set.
+    /// Commits the backfill work of `claim` and applies the vectors that passed
+    /// compare-and-set, then releases the claim.
     ///
-    /// The batch commits in one transaction, unless a client write starts waiting for its
-    /// turn: then the transaction ends after the current document (and at least
-    /// `MIN_BACKFILL_PART`), the write goes, and the rest of the batch commits in a new
-    /// transaction. Each part is a complete compare-and-set commit, applied to the indexes
-    /// and counts before the next, so an error after some parts leaves those done and the
-    /// rest queued: nothing is skipped or counted twice. Once begun, the batch is carried to
-    /// the end even if the caller is dropped (`run_to_end`).
+    /// A batch commits in transactions of at most `MAX_BACKFILL_PART` documents, and of
+    /// `MIN_BACKFILL_PART` while client writes wait for their turn, so a write never waits
+    /// long behind a large batch. Each part is a complete compare-and-set commit under the
+    /// claim's lease, applied to the indexes and counts before the next, so an error after
+    /// some parts leaves those done and the rest queued (claimable again once the lease
+    /// expires): nothing is skipped or counted twice. Once begun, the batch is carried to the
+    /// end even if the caller is dropped (`run_to_end`).
     pub async fn commit_batch(
         self: &Arc<Self>,
-        migration_id: &str,
-        target_model: &str,
+        claim: Claim,
         items: Vec<BatchItem>,
     ) -> Result<BatchReceipt, StoreError> {
         let this = Arc::clone(self);
-        let (migration_id, target_model) = (migration_id.to_owned(), target_model.to_owned());
-        run_to_end(async move {
-            this.commit_batch_now(&migration_id, &target_model, items)
-                .await
-        })
-        .await
+        run_to_end(async move { this.commit_batch_now(&claim, items).await }).await
     }
 
-    /// Records that the latest attempt of the queued documents `doc_ids` failed (they stay
-    /// queued), and follows the count; to the end once begun, like every commit.
-    pub async fn record_failures(
+    /// Releases a claim whose attempt failed: its documents stay queued, count as failed (once
+    /// each) and wait `retry_after` before a claim takes them again; follows the count. To the
+    /// end once begun, like every commit.
+    pub async fn release_failed(
         self: &Arc<Self>,
-        migration_id: &str,
-        doc_ids: Vec<String>,
+        claim: Claim,
+        retry_after: Duration,
     ) -> Result<(), StoreError> {
-        let (this, migration_id) = (Arc::clone(self), migration_id.to_owned());
+        let this = Arc::clone(self);
         run_to_end(async move {
             let _turn = this.commit_order.for_backfill().await;
-            let delta = this.store.record_failures(&migration_id, &doc_ids).await?;
+            let delta = this.store.release_failed(&claim, retry_after).await?;
             this.coordinator
-                .apply_delta(&migration_id, delta, Utc::now());
+                .apply_delta(&claim.migration_id, delta, Utc::now());
             Ok(())
         })
         .await
@@ -392,40 +392,45 @@ impl Documents {
 
     async fn commit_batch_now(
         &self,
-        migration_id: &str,
-        target_model: &str,
+        claim: &Claim,
         items: Vec<BatchItem>,
     ) -> Result<BatchReceipt, StoreError> {
         let mut receipt = BatchReceipt::default();
         let mut rest = items.as_slice();
         loop {
-            let (part, committed) = self.commit_part(migration_id, target_model, rest).await?;
-            receipt.written.extend(part.written);
-            receipt.delta = receipt.delta.then(part.delta);
-            rest = &rest[committed..];
+            let turn = self.commit_order.for_backfill().await;
+            let part_size = if self.commit_order.writes_waiting() {
+                MIN_BACKFILL_PART
+            } else {
+                MAX_BACKFILL_PART
+            };
+            let (part, after) = rest.split_at(part_size.min(rest.len()));
+            let last = if after.is_empty() {
+                AfterCommit::Release
+            } else {
+                AfterCommit::KeepLease
+            };
+            let done = self.commit_part(turn, claim, part, last).await?;
+            receipt.written.extend(done.written);
+            receipt.delta = receipt.delta.then(done.delta);
+            rest = after;
             if rest.is_empty() {
                 return Ok(receipt);
             }
         }
     }
 
-    /// Commits the first items of `items` in one transaction, until a client write waits
-    /// (after at least `MIN_BACKFILL_PART` items); returns the receipt and how many items it
-    /// committed.
+    /// Commits `items` of `claim` in one transaction during `_turn`, and applies what it wrote
+    /// to the indexes and counts.
     async fn commit_part(
         &self,
-        migration_id: &str,
-        target_model: &str,
+        _turn: Turn,
+        claim: &Claim,
         items: &[BatchItem],
-    ) -> Result<(BatchReceipt, usize), StoreError> {
-        let _turn = self.commit_order.for_backfill().await;
-        let write_waits =
-            |committed| committed >= MIN_BACKFILL_PART && self.commit_order.writes_waiting();
-        let (receipt, committed) = self
-            .store
-            .commit_batch_until(migration_id, target_model, items, &write_waits)
-            .await?;
-        let vectors: HashMap<&str, &[f32]> = items[..committed]
+        after: AfterCommit,
+    ) -> Result<BatchReceipt, StoreError> {
+        let receipt = self.store.commit_claimed(claim, items, after).await?;
+        let vectors: HashMap<&str, &[f32]> = items
             .iter()
             .filter_map(|item| match item {
                 BatchItem::Embedded { id, vector, .. } => Some((id.as_str(), vector.as_slice())),
@@ -434,12 +439,13 @@ impl Documents {
             .collect();
         for (id, version) in &receipt.written {
             if let Some(vector) = vectors.get(id.as_str()) {
-                self.indexes.upsert(target_model, id, *version, vector);
+                self.indexes
+                    .upsert(&claim.target_model, id, *version, vector);
             }
         }
         self.coordinator
-            .apply_delta(migration_id, receipt.delta, Utc::now());
-        Ok((receipt, committed))
+            .apply_delta(&claim.migration_id, receipt.delta, Utc::now());
+        Ok(receipt)
     }
 
     fn follow_counts(&self, receipt: &WriteReceipt) {

@@ -52,8 +52,8 @@ use documents::Documents;
 use embed::ModelRegistry;
 use index::IndexSet;
 use load::RequestCount;
-use store::Store;
 use store::sqlite::SqliteStore;
+use store::{LeaseRequest, Store};
 
 /// The service's object graph, assembled once by `App::build` for the binary, the tests and
 /// the benchmarks alike, so none of them wires the parts its own way.
@@ -124,12 +124,17 @@ impl App {
         } = self;
         let workers = TaskTracker::new();
         let stopping = CancellationToken::new();
+        let lease = LeaseRequest {
+            replica: replica_id(&config, listener.local_addr()?),
+            duration: config.backfill_lease,
+        };
         Backfill::new(
             coordinator.clone(),
             store.clone(),
             documents.clone(),
             requests.clone(),
             &config,
+            lease,
         )
         .spawn(&workers, stopping.clone());
         window::spawn(coordinator.clone(), &workers, stopping.clone());
@@ -173,6 +178,19 @@ impl App {
         tracing::info!("stopped cleanly");
         Ok(())
     }
+}
+
+/// This process's replica id: `config.replica_id`, or the host name and the port it listens on.
+fn replica_id(config: &Config, listening: std::net::SocketAddr) -> String {
+    if let Some(id) = &config.replica_id {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| listening.ip().to_string());
+    format!("{host}:{}", listening.port())
 }
 
 /// Builds the `App` and serves it on `listener` until `shutdown` (see `App::serve`).

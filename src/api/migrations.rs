@@ -107,7 +107,11 @@ pub struct ProgressView {
     pub throughput_per_sec: Option<f64>,
     /// Seconds left at that rate; 0 when nothing remains, null while the rate is unknown or 0.
     pub eta_secs: Option<f64>,
+    /// Batches claimed and not yet committed, across every replica sharing the store; never
+    /// more than the config's `max_concurrent`.
     pub in_flight_batches: u32,
+    /// Each replica that claimed batches of this migration (one entry on SQLite).
+    pub replicas: Vec<ReplicaView>,
     pub query_route: Route,
     /// Seconds callers of the target model have spent held back by its pacing and back-offs
     /// in this process (summed over concurrent batches).
@@ -125,6 +129,17 @@ pub struct ProgressView {
     /// Why `concurrency` or `batch_size` is below the configured bounds; null at the bounds.
     pub throttle_reason: Option<ThrottleReason>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// One replica's share of a migration's backfill (progress `replicas`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplicaView {
+    /// The replica's `--replica-id` (by default its host name and port).
+    pub id: String,
+    /// Its batches claimed under a lease that has not expired.
+    pub in_flight_batches: u32,
+    /// Target vectors its batches wrote.
+    pub processed: u64,
 }
 
 /// A provider the backfill waits for (progress `waiting`).
@@ -201,6 +216,15 @@ impl ProgressView {
             throughput_per_sec: p.snapshot.throughput_per_sec,
             eta_secs: p.snapshot.eta_secs,
             in_flight_batches: p.in_flight_batches,
+            replicas: p
+                .replicas
+                .into_iter()
+                .map(|r| ReplicaView {
+                    id: r.id,
+                    in_flight_batches: r.in_flight_batches,
+                    processed: r.processed,
+                })
+                .collect(),
             query_route: p.routing.query_route,
             throttled_secs,
             waiting: p.waiting.map(|w| WaitingView {

@@ -14,9 +14,8 @@ use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
 use crate::documents::{Documents, ServiceError};
-use crate::domain::Migration;
 use crate::embed::{EmbedError, Lane};
-use crate::store::{BatchItem, ClaimedDocument};
+use crate::store::{BatchItem, Claim, ClaimedDocument, LeaseRequest, Store};
 
 use super::share::Share;
 use crate::run_to_end::until;
@@ -38,6 +37,10 @@ pub struct BatchRunner {
     patience: Duration,
     /// How much of this process's CPU the backfill may use; a batch rests after its work.
     share: Arc<Share>,
+    /// Renews the leases of the batches in flight.
+    store: Arc<dyn Store>,
+    /// Who this process's claims are for, and how long their leases last.
+    lease: LeaseRequest,
 }
 
 /// What a batch did, for its log line.
@@ -51,8 +54,9 @@ pub enum BatchOutcome {
         skipped: u64,
         local_work: Duration,
     },
-    /// The provider or the store failed; the documents stay queued.
-    Failed,
+    /// The provider or the store failed; the documents stay queued, and the batch's slot
+    /// rests for `back_off`.
+    Failed { back_off: Duration },
 }
 
 /// Marks a batch in flight for as long as it lives, so a panicking batch still frees its slot.
@@ -73,12 +77,15 @@ impl Drop for InFlight {
 
 impl BatchRunner {
     /// A runner with no failures recorded, failing a migration once its provider has been
-    /// unreachable for longer than `patience`, and keeping to its `share` of the CPU.
+    /// unreachable for longer than `patience`, keeping to its `share` of the CPU, and renewing
+    /// each batch's `lease` in `store` while the batch runs.
     pub fn new(
         coordinator: Arc<Coordinator>,
         documents: Arc<Documents>,
         share: Arc<Share>,
         patience: Duration,
+        store: Arc<dyn Store>,
+        lease: LeaseRequest,
     ) -> Self {
         Self {
             coordinator,
@@ -86,30 +93,35 @@ impl BatchRunner {
             consecutive_failures: Arc::new(AtomicU32::new(0)),
             patience,
             share,
+            store,
+            lease,
         }
     }
 
-    /// Marks the batch in flight now and runs it as a task on `tracker`. After its commit the
-    /// batch keeps its slot for the rest its CPU share asks for, after a failure for the
-    /// back-off. `shutdown` abandons the batch wherever it waits (for the provider, its
-    /// retries, its rest or back-off): its documents stay queued in the store, so the next
-    /// start claims them again. A commit that has begun finishes first (`run_to_end::until`).
-    pub fn spawn(
-        &self,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
-        migration: &Migration,
-        claimed: Vec<ClaimedDocument>,
-    ) {
+    /// Marks the batch in flight now and runs it as a task on `tracker`, renewing its lease
+    /// until it commits. After its commit the batch keeps its slot for the rest its CPU share
+    /// asks for, after a failure for the back-off. `shutdown` abandons the batch wherever it
+    /// waits (for the provider, its retries, its rest or back-off): its documents stay queued
+    /// in the store, claimable again when the lease expires (at once after a restart on
+    /// SQLite). A commit that has begun finishes first (`run_to_end::until`).
+    pub fn spawn(&self, tracker: &TaskTracker, shutdown: &CancellationToken, claim: Claim) {
         let in_flight = InFlight::enter(&self.coordinator);
         let runner = self.clone();
-        let migration_id = migration.id.clone();
-        let target = migration.target_model.clone();
         let shutdown = shutdown.clone();
-        let span = tracing::info_span!("batch", migration = %migration_id, size = claimed.len());
+        let span = tracing::info_span!(
+            "batch",
+            migration = %claim.migration_id,
+            size = claim.documents.len()
+        );
         tracker.spawn(
             async move {
-                let batch = runner.run(&migration_id, &target, claimed);
+                let lease = lease_of(&claim);
+                let batch = async {
+                    tokio::select! {
+                        outcome = runner.run(claim) => outcome,
+                        never = runner.keep_leased(&lease) => match never {},
+                    }
+                };
                 let Some(outcome) = until(shutdown.cancelled(), batch).await else {
                     tracing::debug!("batch abandoned at shutdown; its documents stay queued");
                     return;
@@ -117,7 +129,7 @@ impl BatchRunner {
                 tracing::debug!(?outcome, "batch done");
                 let pause = match outcome {
                     BatchOutcome::Committed { local_work, .. } => runner.rest_after(local_work),
-                    BatchOutcome::Failed => runner.back_off(),
+                    BatchOutcome::Failed { back_off } => back_off,
                 };
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
@@ -127,6 +139,26 @@ impl BatchRunner {
             }
             .instrument(span),
         );
+    }
+
+    /// Renews `claim`'s lease every third of its duration, for as long as it is polled; stops
+    /// renewing (and waits forever) once the lease is lost, when the batch's commit will write
+    /// nothing and another batch may take its documents.
+    async fn keep_leased(&self, claim: &Claim) -> std::convert::Infallible {
+        let period = self.lease.duration / 3;
+        loop {
+            tokio::time::sleep(period).await;
+            match self.store.renew_claim(claim, &self.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "a backfill batch lost its lease; its commit will write nothing"
+                    );
+                    return std::future::pending().await;
+                }
+                Err(error) => tracing::warn!(%error, "could not renew a backfill lease"),
+            }
+        }
     }
 
     /// The rest after `local_work` that the backfill's CPU share asks for (none at the whole
@@ -141,36 +173,24 @@ impl BatchRunner {
         backoff(failures)
     }
 
-    /// Embeds and commits one batch.
-    pub async fn run(
-        &self,
-        migration_id: &str,
-        target: &str,
-        claimed: Vec<ClaimedDocument>,
-    ) -> BatchOutcome {
+    /// Embeds and commits one claimed batch.
+    pub async fn run(&self, claim: Claim) -> BatchOutcome {
         let started = Instant::now();
-        let items = match self.embed_isolating(target, &claimed).await {
+        let target = claim.target_model.clone();
+        let items = match self.embed_isolating(&target, &claim.documents).await {
             Ok(items) => items,
-            Err(error) => {
-                return self
-                    .embedding_failed(migration_id, target, claimed, error)
-                    .await;
-            }
+            Err(error) => return self.embedding_failed(claim, error).await,
         };
-        self.coordinator.provider_reachable(target);
+        self.coordinator.provider_reachable(&target);
         let embedded = started.elapsed();
         let skipped = items
             .iter()
             .filter(|i| matches!(i, BatchItem::Skipped { .. }))
             .count() as u64;
-        match self
-            .documents
-            .commit_batch(migration_id, target, items)
-            .await
-        {
+        match self.documents.commit_batch(claim, items).await {
             Ok(receipt) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
-                let local_work = if self.documents.embeds_on_this_machine(target) {
+                let local_work = if self.documents.embeds_on_this_machine(&target) {
                     started.elapsed()
                 } else {
                     started.elapsed() - embedded
@@ -182,10 +202,12 @@ impl BatchRunner {
                 }
             }
             Err(error) => {
-                // The documents stay queued; a later sweep claims them again. A store that
-                // stays broken shows on /readyz, not as a provider failure.
+                // The documents stay queued; a later claim takes them once the lease expires.
+                // A store that stays broken shows on /readyz, not as a provider failure.
                 tracing::warn!(%error, "could not commit a backfill batch; its documents stay queued");
-                BatchOutcome::Failed
+                BatchOutcome::Failed {
+                    back_off: self.back_off(),
+                }
             }
         }
     }
@@ -237,19 +259,18 @@ impl BatchRunner {
     /// failed until they succeed. A misconfiguration fails the migration at once; a transient
     /// failure waits the provider out (`Coordinator::provider_unreachable`) and fails the
     /// migration only once it has been unreachable for longer than the patience.
-    async fn embedding_failed(
-        &self,
-        migration_id: &str,
-        target: &str,
-        claimed: Vec<ClaimedDocument>,
-        error: ServiceError,
-    ) -> BatchOutcome {
+    async fn embedding_failed(&self, claim: Claim, error: ServiceError) -> BatchOutcome {
         let error_text = error.to_string();
         tracing::warn!(error = %error_text, "backfill batch failed; its documents stay queued");
-        metrics::counter!("reembed_backfill_failed_attempts_total", "migration" => migration_id.to_owned())
-            .increment(claimed.len() as u64);
-        let ids = claimed.into_iter().map(|doc| doc.id).collect();
-        if let Err(store_error) = self.documents.record_failures(migration_id, ids).await {
+        let migration_id = claim.migration_id.clone();
+        let target = claim.target_model.clone();
+        metrics::counter!("reembed_backfill_failed_attempts_total", "migration" => migration_id.clone())
+            .increment(claim.documents.len() as u64);
+        let back_off = self.back_off();
+        // Longer than the slot's rest, so that the next claim moves on to other documents: one
+        // that always fails cannot hold the backfill at the head of the queue.
+        let retry_after = back_off.saturating_mul(2);
+        if let Err(store_error) = self.documents.release_failed(claim, retry_after).await {
             tracing::warn!(%store_error, "could not record the failed attempts");
         }
         let now = Utc::now();
@@ -258,7 +279,7 @@ impl BatchRunner {
         } else {
             let since = self
                 .coordinator
-                .provider_unreachable(target, &error_text, now);
+                .provider_unreachable(&target, &error_text, now);
             let waited = (now - since).to_std().unwrap_or_default();
             (waited > self.patience).then(|| {
                 format!(
@@ -270,12 +291,12 @@ impl BatchRunner {
             })
         };
         if let Some(reason) = reason {
-            if let Err(fail_error) = self.coordinator.fail(migration_id, reason, now).await {
+            if let Err(fail_error) = self.coordinator.fail(&migration_id, reason, now).await {
                 tracing::debug!(%fail_error, "migration already left in_progress");
             }
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        BatchOutcome::Failed
+        BatchOutcome::Failed { back_off }
     }
 }
 
@@ -290,6 +311,16 @@ fn is_misconfiguration(error: &ServiceError) -> bool {
                 ..
             }
     )
+}
+
+/// What renewing `claim`'s lease needs of it: its identity, not its documents' texts.
+fn lease_of(claim: &Claim) -> Claim {
+    Claim {
+        migration_id: claim.migration_id.clone(),
+        target_model: claim.target_model.clone(),
+        token: claim.token.clone(),
+        documents: Vec::new(),
+    }
 }
 
 /// Exponential back-off for the `failures`-th consecutive failure, capped.

@@ -2,15 +2,17 @@
 //! batches, as tokio tasks.
 //!
 //! One supervisor task claims batches and spawns one task per batch; `step` is the unit of
-//! work and returns what happened. The bounds are read live from the migration's config on
-//! every claim, so a PATCH applies to the next batch: never more than `max_concurrent` batches
-//! in flight, never more than `batch_size` documents in one.
+//! work and returns what happened. The bounds are read live on every claim, so a PATCH applies
+//! to the next batch: never more than `batch_size` documents in one, and never more than
+//! `max_concurrent` batches in flight — a bound the store keeps across every process that
+//! shares it (`Store::claim` reads it from the migration's row), and this process keeps for
+//! its own provider's limits too.
 //!
 //! The durable checkpoint is the store's backfill queue: a document leaves it in the same
 //! transaction that writes its vector and counts it, so a restart resumes from the queue
-//! without skipping or double-counting. The in-memory cursor only spreads claims so that
-//! concurrent batches never overlap; it restarts from the beginning whenever the batches in
-//! flight drain, which also picks up documents re-queued behind it.
+//! without skipping or double-counting. A claim holds its documents under a lease that the
+//! batch renews while it runs; a batch whose process dies loses its lease, and another claim
+//! takes its documents once it expires.
 
 mod batch;
 mod share;
@@ -27,32 +29,32 @@ use crate::coordinator::Coordinator;
 use crate::documents::Documents;
 use crate::domain::{BackfillLimits, Bounds, Migration, MigrationState, ThrottleReason};
 use crate::load::RequestCount;
-use crate::store::Store;
+use crate::store::{ClaimOutcome, LeaseRequest, Store};
 use crate::supervise::spawn_supervised;
 use share::Share;
 
 /// Pause after the store refused a claim or a completion, so a broken database is not spun on.
 const STORE_RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// How often to claim again while every lease slot or queued document is held, when no change
+/// in this process says one came free (another process's batch ended, or a lease expired).
+const BUSY_POLL: Duration = Duration::from_millis(250);
+
 /// What one supervisor step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// A batch was claimed and spawned; claim again at once.
     Claimed,
-    /// `max_concurrent` batches are in flight, or the queue is drained but batches are still
-    /// committing: wait for a change.
+    /// This process runs as many batches as it may, or the queue is drained but batches are
+    /// still committing: wait for a change.
     Saturated,
+    /// The store holds `max_concurrent` claims, or every queued document is under a lease
+    /// (perhaps of another process): wait for a change or poll.
+    Busy,
     /// Nothing is running (no migration in progress, or it just completed): wait for a change.
     Idle,
     /// The store failed; wait a moment and try again.
     Retry,
-}
-
-/// Where the next claim starts, for one migration.
-#[derive(Debug, Default)]
-pub struct Cursor {
-    migration_id: String,
-    after: String,
 }
 
 /// The worker pool of one process; its clones share every handle.
@@ -65,19 +67,22 @@ pub struct Backfill {
     /// The backfill's share of this process's CPU while requests keep it busy.
     share: Arc<Share>,
     requests: Arc<RequestCount>,
+    /// Who this process's claims are for, and how long their leases last.
+    lease: LeaseRequest,
 }
 
 impl Backfill {
     /// Wires the pool; nothing runs until `spawn`. A migration fails once its provider has
     /// been unreachable for longer than `config.provider_patience`; the backfill yields CPU
     /// to the `requests` when they keep the process busy, down to
-    /// `config.backfill_min_cpu_share`.
+    /// `config.backfill_min_cpu_share`. Its claims are held under `lease`.
     pub fn new(
         coordinator: Arc<Coordinator>,
         store: Arc<dyn Store>,
         documents: Arc<Documents>,
         requests: Arc<RequestCount>,
         config: &Config,
+        lease: LeaseRequest,
     ) -> Self {
         let share = Arc::new(Share::new(config.backfill_min_cpu_share));
         let batches = batch::BatchRunner::new(
@@ -85,6 +90,8 @@ impl Backfill {
             documents.clone(),
             share.clone(),
             config.provider_patience,
+            store.clone(),
+            lease.clone(),
         );
         Self {
             coordinator,
@@ -93,6 +100,7 @@ impl Backfill {
             batches,
             share,
             requests,
+            lease,
         }
     }
 
@@ -118,18 +126,24 @@ impl Backfill {
 
     async fn supervise(self, tracker: TaskTracker, shutdown: CancellationToken) {
         let mut changes = self.coordinator.subscribe();
-        let mut cursor = Cursor::default();
         while !shutdown.is_cancelled() {
             changes.borrow_and_update();
-            let wait_for_change = match self.step(&mut cursor, &tracker, &shutdown).await {
+            let (wait_for_change, poll) = match self.step(&tracker, &shutdown).await {
                 Step::Claimed => continue,
-                Step::Saturated | Step::Idle => true,
-                Step::Retry => false,
+                Step::Saturated | Step::Idle => (true, None),
+                Step::Busy => (true, Some(BUSY_POLL)),
+                Step::Retry => (false, Some(STORE_RETRY_DELAY)),
+            };
+            let polled = async {
+                match poll {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = changes.changed(), if wait_for_change => {}
-                _ = tokio::time::sleep(STORE_RETRY_DELAY), if !wait_for_change => {}
+                _ = polled => {}
             }
         }
         tracing::info!("backfill supervisor stopped; batches in flight will finish");
@@ -137,48 +151,33 @@ impl Backfill {
 
     /// Claims and spawns at most one batch of the migration in progress, or of the repairs
     /// a completed migration's rollback window waits for; `shutdown` ends its rest.
-    pub async fn step(
-        &self,
-        cursor: &mut Cursor,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
-    ) -> Step {
-        let Some(migration) = self
-            .coordinator
-            .latest()
-            .filter(|m| m.state == MigrationState::InProgress || m.repairs_pending() > 0)
-        else {
+    pub async fn step(&self, tracker: &TaskTracker, shutdown: &CancellationToken) -> Step {
+        let Some(migration) = self.coordinator.latest().filter(Migration::takes_claims) else {
             return Step::Idle;
         };
-        if cursor.migration_id != migration.id {
-            *cursor = Cursor {
-                migration_id: migration.id.clone(),
-                after: String::new(),
-            };
-        }
         let limits = self.limits(&migration);
         self.coordinator.set_backfill_limits(limits);
         let in_flight = self.coordinator.in_flight_batches();
         if in_flight >= limits.concurrency {
             return Step::Saturated;
         }
-        let claimed = match self
+        let claimed = self
             .store
-            .queued_documents(&migration.id, &cursor.after, limits.batch_size)
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                tracing::warn!(%error, "could not read the backfill queue");
-                return Step::Retry;
+            .claim(&migration.id, limits.batch_size, &self.lease)
+            .await;
+        match claimed {
+            Ok(ClaimOutcome::Claimed(claim)) => {
+                self.batches.spawn(tracker, shutdown, claim);
+                Step::Claimed
             }
-        };
-        let Some(last) = claimed.last() else {
-            return self.drained(&migration, cursor, in_flight).await;
-        };
-        cursor.after = last.id.clone();
-        self.batches.spawn(tracker, shutdown, &migration, claimed);
-        Step::Claimed
+            Ok(ClaimOutcome::Busy) => Step::Busy,
+            Ok(ClaimOutcome::Drained) => self.drained(&migration, in_flight).await,
+            Ok(ClaimOutcome::Closed) => Step::Idle,
+            Err(error) => {
+                tracing::warn!(%error, "could not claim a backfill batch");
+                Step::Retry
+            }
+        }
     }
 
     /// The concurrency and batch size the target model's controller allows within the
@@ -206,16 +205,12 @@ impl Backfill {
         }
     }
 
-    /// Nothing queued after the cursor: wait for the batches in flight, then sweep again from
-    /// the start, and complete once a sweep from the start finds nothing (repairs are done
-    /// then, and the counts already say so).
-    async fn drained(&self, migration: &Migration, cursor: &mut Cursor, in_flight: u32) -> Step {
+    /// Nothing is queued: once this process's batches have committed, complete the migration
+    /// if it is in progress (the store refuses if documents were queued meanwhile); a
+    /// completed migration's repairs are done then, and the counts already say so.
+    async fn drained(&self, migration: &Migration, in_flight: u32) -> Step {
         if in_flight > 0 {
             return Step::Saturated;
-        }
-        if !cursor.after.is_empty() {
-            cursor.after.clear();
-            return Step::Claimed;
         }
         if migration.state != MigrationState::InProgress {
             return Step::Idle;

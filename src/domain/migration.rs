@@ -267,6 +267,13 @@ impl Migration {
         window_open(self.state, &self.counts, self.rollback_window_ends_at, now)
     }
 
+    /// Whether backfill batches may claim its queued documents: while it is in progress, and
+    /// while it is completed with repairs queued (`repairs_pending`). A paused or failed
+    /// migration keeps its queue but takes no claims.
+    pub fn takes_claims(&self) -> bool {
+        self.state == MigrationState::InProgress || self.repairs_pending() > 0
+    }
+
     /// Documents written during the rollback window while the target was unreachable, queued
     /// until the target has embedded them: the window cannot end before, or the target would
     /// become active without them.

@@ -23,7 +23,7 @@ pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{
     Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,
 };
-pub use queue::{CountsDelta, QueueChange, QueueStep, QueueView, Refused};
+pub use queue::{CountsDelta, QueueChange, QueueStep, QueueView, Refused, free_slot};
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
 pub use routing::{Phase, QueryReason, Route, Routing, RoutingSnapshot, route};
 pub use throttle::{BackfillLimits, Bounds, Controller, ThrottleReason};

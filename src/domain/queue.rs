@@ -221,6 +221,17 @@ impl QueueChange {
     }
 }
 
+/// The lease slot a new backfill claim takes, given the slots whose leases have not expired:
+/// the lowest free one below `max_concurrent`, or `None` when `max_concurrent` are held. Slots
+/// held above a lowered `max_concurrent` still count, so the batches in flight never exceed
+/// the new bound once the old ones end.
+pub fn free_slot(held: &[u32], max_concurrent: u32) -> Option<u32> {
+    if held.len() >= max_concurrent as usize {
+        return None;
+    }
+    (0..max_concurrent).find(|slot| !held.contains(slot))
+}
+
 /// A count as a signed delta; counts never come near `i64::MAX`.
 fn signed(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)

@@ -140,3 +140,20 @@ fn deltas_compose_and_apply_without_running_counts_below_zero() {
         .applied_to(Counts::default());
     assert_eq!(counts, Counts::default());
 }
+
+#[test]
+fn a_claim_takes_the_lowest_free_slot_below_max_concurrent() {
+    assert_eq!(free_slot(&[], 4), Some(0));
+    assert_eq!(free_slot(&[0, 2], 4), Some(1));
+    assert_eq!(free_slot(&[0, 1, 2], 4), Some(3));
+    assert_eq!(free_slot(&[0, 1, 2, 3], 4), None);
+}
+
+#[test]
+fn slots_held_above_a_lowered_max_concurrent_still_count() {
+    assert_eq!(free_slot(&[3], 2), Some(0));
+    assert_eq!(free_slot(&[2, 3], 2), None, "two held, two allowed");
+    assert_eq!(free_slot(&[0, 3], 2), None, "slot 3 counts against the two");
+    assert_eq!(free_slot(&[1], 2), Some(0));
+    assert_eq!(free_slot(&[], 0), None);
+}

@@ -5,6 +5,7 @@
 //! files, how it reports corrupt rows) is tested beside that backend.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -13,7 +14,8 @@ use serde_json::json;
 
 use crate::domain::{BackfillConfig, Counts, Event, Migration, MigrationState};
 use crate::store::{
-    BatchItem, CountsDelta, DocumentWrite, Store, StoreError, StoredVector, VectorInfo,
+    AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, LeaseRequest,
+    ReplicaProgress, Store, StoreError, StoredVector, VectorInfo,
 };
 
 /// A backend under test, with a database of its own.
@@ -22,6 +24,9 @@ pub(crate) trait Backend: Send + Sync {
     /// Opens the backend's database: empty the first time, and afterwards as the previous
     /// handle left it when it was closed, as a restarted process finds it.
     async fn open(&self) -> Arc<dyn Store>;
+    /// The migration's backfill queue as (document id, document version) in id order, read
+    /// straight from the database: leased or not, whatever the migration's state.
+    async fn queued(&self, migration_id: &str) -> Vec<(String, u64)>;
 }
 
 /// Runs each contract test named after `=>` against the backend that `$backend` (a future of a
@@ -100,7 +105,7 @@ pub(crate) fn planned(id: &str) -> Migration {
 }
 
 /// Inserts and starts a migration; returns it as the store now holds it.
-async fn started(store: &dyn Store, id: &str) -> Migration {
+pub(crate) async fn started(store: &dyn Store, id: &str) -> Migration {
     let plan = planned(id);
     store.insert_migration(&plan).await.expect("insert");
     let running = plan.apply(Event::Start, at(1)).expect("start");
@@ -112,13 +117,44 @@ async fn stored(store: &dyn Store, id: &str) -> Migration {
     store.migration(id).await.expect("read").expect("exists")
 }
 
-async fn queued(store: &dyn Store, migration_id: &str) -> Vec<(String, u64)> {
-    let claimed = store.queued_documents(migration_id, "", 1000).await;
-    claimed
-        .expect("queue")
-        .into_iter()
-        .map(|d| (d.id, d.version))
-        .collect()
+/// A lease held by `replica` for `duration`.
+fn lease_for(replica: &str, duration: Duration) -> LeaseRequest {
+    LeaseRequest {
+        replica: replica.to_owned(),
+        duration,
+    }
+}
+
+/// The lease of most tests' claims: long enough never to expire during a test.
+fn lease() -> LeaseRequest {
+    lease_for("replica-a", Duration::from_secs(600))
+}
+
+/// Claims up to `limit` queued documents under `lease`; panics unless it gets a batch.
+async fn claim_under(
+    store: &dyn Store,
+    migration_id: &str,
+    limit: u32,
+    lease: &LeaseRequest,
+) -> Claim {
+    match store
+        .claim(migration_id, limit, lease)
+        .await
+        .expect("claim")
+    {
+        ClaimOutcome::Claimed(claim) => claim,
+        other => panic!("expected a batch to claim, got {other:?}"),
+    }
+}
+
+/// Claims every queued document of the migration that no lease holds.
+pub(crate) async fn claim_all(store: &dyn Store, migration_id: &str) -> Claim {
+    claim_under(store, migration_id, 1000, &lease()).await
+}
+
+/// The ids a claim holds, in its order.
+fn claimed_ids(claim: &Claim) -> Vec<&str> {
+    claim.documents.iter().map(|d| d.id.as_str()).collect()
 }
 
 fn embedded(id: &str, version: u64) -> BatchItem {
@@ -333,14 +369,14 @@ pub(crate) async fn a_recreated_document_continues_its_version_so_an_old_claim_f
     let store = backend.open().await;
     put(&*store, vec![write("a", &[SOURCE])]).await;
     let m = started(&*store, "m1").await;
-    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    let claim = claim_all(&*store, &m.id).await;
     store.delete_document("a").await.unwrap();
     let receipt = store.write_documents(&[write("a", &[SOURCE])]).await;
     assert_eq!(receipt.unwrap().outcomes[0].version, 2);
-    let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    let batch = vec![embedded("a", claim.documents[0].version)];
+    let receipt = store.commit_batch(&claim, &batch).await.unwrap();
     assert!(receipt.written.is_empty());
-    assert_eq!(queued(&*store, "m1").await, [("a".to_owned(), 2)]);
+    assert_eq!(backend.queued("m1").await, [("a".to_owned(), 2)]);
 }
 
 // ---- Writes during a migration ------------------------------------------------------------
@@ -356,7 +392,7 @@ pub(crate) async fn start_queues_exactly_the_documents_lacking_a_current_target_
     let m = started(&*store, "m1").await;
     assert_eq!(m.counts, counts(2, 0, 0, 0));
     let expected = [("missing".to_owned(), 1), ("stale".to_owned(), 2)];
-    assert_eq!(queued(&*store, "m1").await, expected);
+    assert_eq!(backend.queued("m1").await, expected);
     assert_eq!(stored(&*store, "m1").await, m);
 }
 
@@ -384,7 +420,7 @@ pub(crate) async fn a_write_with_the_target_vector_dequeues_and_counts_processed
         receipt.unwrap().migration,
         Some(("m1".to_owned(), processed))
     );
-    assert!(queued(&*store, "m1").await.is_empty());
+    assert!(backend.queued("m1").await.is_empty());
     let again = store
         .write_documents(&[write("a", &[SOURCE, TARGET])])
         .await;
@@ -408,7 +444,7 @@ pub(crate) async fn a_write_without_the_target_vector_queues_and_counts_total_on
     );
     let again = store.write_documents(&[write("new", &[SOURCE])]).await;
     assert_eq!(again.unwrap().migration, None, "already queued");
-    assert_eq!(queued(&*store, "m1").await, [("new".to_owned(), 2)]);
+    assert_eq!(backend.queued("m1").await, [("new".to_owned(), 2)]);
     assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 0));
 }
 
@@ -441,7 +477,7 @@ pub(crate) async fn deleting_a_queued_document_shrinks_the_total(backend: &dyn B
     let unqueued = store.delete_document("b").await.unwrap().unwrap();
     assert_eq!(unqueued.migration, None);
     assert_eq!(stored(&*store, "m1").await.counts, counts(0, 0, 0, 0));
-    assert!(queued(&*store, "m1").await.is_empty());
+    assert!(backend.queued("m1").await.is_empty());
 }
 
 pub(crate) async fn after_completion_a_write_lacking_the_target_conflicts_and_changes_nothing(
@@ -541,10 +577,10 @@ pub(crate) async fn a_batch_writes_vectors_of_unchanged_documents_and_counts_the
     let store = backend.open().await;
     put(&*store, vec![write("a", &[SOURCE]), write("b", &[SOURCE])]).await;
     let m = started(&*store, "m1").await;
-    let claim = store.queued_documents(&m.id, "a", 10).await.unwrap();
-    assert_eq!(claim.len(), 1, "after = a leaves only b");
+    let claim = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&claim), ["a", "b"]);
     let batch = vec![embedded("a", 1), embedded("b", 1), embedded("b", 1)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    let receipt = store.commit_batch(&claim, &batch).await.unwrap();
     assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
     assert_eq!(receipt.delta.processed, 2);
     assert_eq!(stored(&*store, "m1").await.counts, counts(2, 2, 0, 0));
@@ -557,6 +593,7 @@ pub(crate) async fn a_batch_item_marked_truncated_counts_once_when_written(backe
     let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
     put(&*store, docs).await;
     let m = started(&*store, "m1").await;
+    let claim = claim_all(&*store, &m.id).await;
     // c moves on before its batch commits: its truncated vector fails compare-and-set.
     put(&*store, vec![write_text("c", "rewritten", &[SOURCE])]).await;
     let batch = vec![
@@ -565,62 +602,45 @@ pub(crate) async fn a_batch_item_marked_truncated_counts_once_when_written(backe
         embedded_truncated("a", 1),
         embedded_truncated("c", 1),
     ];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    let receipt = store.commit_batch(&claim, &batch).await.unwrap();
     assert_eq!((receipt.delta.processed, receipt.delta.truncated), (2, 1));
     let expected = Counts {
         truncated: 1,
         ..counts(3, 2, 0, 0)
     };
     assert_eq!(stored(&*store, "m1").await.counts, expected);
+    let claim = claim_all(&*store, &m.id).await;
     let retry = store
-        .commit_batch(&m.id, TARGET, &[embedded_truncated("c", 2)])
+        .commit_batch(&claim, &[embedded_truncated("c", 2)])
         .await
         .unwrap();
     assert_eq!(retry.delta.truncated, 1, "the current version counts");
     assert_eq!(stored(&*store, "m1").await.counts.truncated, 2);
 }
 
-pub(crate) async fn a_batch_told_to_stop_commits_the_items_so_far_and_leaves_the_rest_queued(
+pub(crate) async fn a_part_commit_keeps_the_lease_and_the_release_frees_the_rest(
     backend: &dyn Backend,
 ) {
     let store = backend.open().await;
-    put(
-        &*store,
-        vec![
-            write("a", &[SOURCE]),
-            write("b", &[SOURCE]),
-            write("c", &[SOURCE]),
-        ],
-    )
-    .await;
+    let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&*store, docs).await;
     let m = started(&*store, "m1").await;
-    let batch = vec![embedded("a", 1), embedded("b", 1), embedded("c", 1)];
-    let asked = std::sync::Mutex::new(Vec::new());
-    let stop_after_two = |so_far| {
-        asked.lock().unwrap().push(so_far);
-        so_far == 2
-    };
-    let (receipt, committed) = store
-        .commit_batch_until(&m.id, TARGET, &batch, &stop_after_two)
+    let claim = claim_all(&*store, &m.id).await;
+    let receipt = store
+        .commit_claimed(&claim, &[embedded("a", 1)], AfterCommit::KeepLease)
         .await
         .unwrap();
-    assert_eq!(committed, 2);
-    assert_eq!(
-        *asked.lock().unwrap(),
-        [1, 2],
-        "asked before each item after the first"
-    );
-    assert_eq!(receipt.written, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
-    assert_eq!(queued(&*store, "m1").await, [("c".to_owned(), 1)]);
+    assert_eq!(receipt.written, [("a".to_owned(), 1)]);
+    let held = store.claim(&m.id, 10, &lease()).await.unwrap();
+    assert_eq!(held, ClaimOutcome::Busy, "b and c stay under the lease");
+    let receipt = store
+        .commit_claimed(&claim, &[embedded("b", 1)], AfterCommit::Release)
+        .await
+        .unwrap();
+    assert_eq!(receipt.written, [("b".to_owned(), 1)]);
     assert_eq!(stored(&*store, "m1").await.counts, counts(3, 2, 0, 0));
-
-    let (receipt, committed) = store
-        .commit_batch_until(&m.id, TARGET, &batch[2..], &|_| true)
-        .await
-        .unwrap();
-    assert_eq!(committed, 1, "the first item always commits");
-    assert_eq!(receipt.written, [("c".to_owned(), 1)]);
-    assert_eq!(stored(&*store, "m1").await.counts, counts(3, 3, 0, 0));
+    let rest = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&rest), ["c"], "released with the last part");
 }
 
 pub(crate) async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target(
@@ -629,14 +649,14 @@ pub(crate) async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_
     let store = backend.open().await;
     put(&*store, vec![write("a", &[SOURCE])]).await;
     let m = started(&*store, "m1").await;
-    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    let claim = claim_all(&*store, &m.id).await;
     put(&*store, vec![write("a", &[SOURCE])]).await;
-    let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    let batch = vec![embedded("a", claim.documents[0].version)];
+    let receipt = store.commit_batch(&claim, &batch).await.unwrap();
     assert!(receipt.written.is_empty());
     assert!(receipt.delta.is_zero());
     assert!(all_vectors(&*store, TARGET).await.unwrap().is_empty());
-    assert_eq!(queued(&*store, "m1").await, [("a".to_owned(), 2)]);
+    assert_eq!(backend.queued("m1").await, [("a".to_owned(), 2)]);
     assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 0));
 }
 
@@ -646,10 +666,10 @@ pub(crate) async fn a_batch_does_not_overwrite_or_recount_a_dual_written_documen
     let store = backend.open().await;
     put(&*store, vec![write("a", &[SOURCE])]).await;
     let m = started(&*store, "m1").await;
-    let claim = store.queued_documents(&m.id, "", 10).await.unwrap();
+    let claim = claim_all(&*store, &m.id).await;
     put(&*store, vec![write_text("a", "newer", &[SOURCE, TARGET])]).await;
-    let batch = vec![embedded("a", claim[0].version)];
-    let receipt = store.commit_batch(&m.id, TARGET, &batch).await.unwrap();
+    let batch = vec![embedded("a", claim.documents[0].version)];
+    let receipt = store.commit_batch(&claim, &batch).await.unwrap();
     assert!(receipt.written.is_empty());
     let target = all_vectors(&*store, TARGET).await.unwrap();
     assert_eq!(target, [("a".to_owned(), 2, vector_of(TARGET, "newer"))]);
@@ -664,7 +684,8 @@ pub(crate) async fn a_skip_leaves_the_queue_for_the_skip_list_once(backend: &dyn
         id: "a".to_owned(),
         reason: "input too long".to_owned(),
     };
-    let receipt = store.commit_batch(&m.id, TARGET, &[skip(), skip()]).await;
+    let claim = claim_all(&*store, &m.id).await;
+    let receipt = store.commit_batch(&claim, &[skip(), skip()]).await;
     let delta = receipt.unwrap().delta;
     assert_eq!((delta.processed, delta.skipped, delta.failed), (0, 1, 0));
     let skips = store.skips(&m.id).await.unwrap();
@@ -673,37 +694,31 @@ pub(crate) async fn a_skip_leaves_the_queue_for_the_skip_list_once(backend: &dyn
         (skips[0].document_id.as_str(), skips[0].reason.as_str()),
         ("a", "input too long")
     );
-    assert!(queued(&*store, "m1").await.is_empty());
+    assert!(backend.queued("m1").await.is_empty());
     assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 1, 0));
-}
-
-fn ids(ids: &[&str]) -> Vec<String> {
-    ids.iter().map(|&id| id.to_owned()).collect()
 }
 
 pub(crate) async fn a_failed_attempt_counts_each_queued_document_once(backend: &dyn Backend) {
     let store = backend.open().await;
     put(&*store, vec![write("a", &[SOURCE]), write("b", &[SOURCE])]).await;
     let m = started(&*store, "m1").await;
-    let delta = store
-        .record_failures(&m.id, &ids(&["a", "b"]))
-        .await
-        .unwrap();
+    let claim = claim_all(&*store, &m.id).await;
+    let delta = store.release_failed(&claim, Duration::ZERO).await.unwrap();
     assert_eq!(delta.failed, 2);
-    let again = store
-        .record_failures(&m.id, &ids(&["a", "gone"]))
-        .await
-        .unwrap();
+    let claim = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&claim), ["a", "b"], "released, claimable again");
+    store.delete_document("b").await.unwrap();
+    let again = store.release_failed(&claim, Duration::ZERO).await.unwrap();
     assert!(
         again.is_zero(),
-        "a fails again, gone is not queued: {again:?}"
+        "a fails again, b is no longer queued: {again:?}"
     );
     assert_eq!(
-        queued(&*store, "m1").await.len(),
-        2,
+        backend.queued("m1").await,
+        [("a".to_owned(), 1)],
         "failed documents stay queued"
     );
-    assert_eq!(stored(&*store, "m1").await.counts, counts(2, 0, 0, 2));
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 1));
 }
 
 pub(crate) async fn failed_goes_down_as_documents_leave_the_queue_by_any_way(
@@ -717,15 +732,17 @@ pub(crate) async fn failed_goes_down_as_documents_leave_the_queue_by_any_way(
     )
     .await;
     let m = started(&*store, "m1").await;
-    store.record_failures(&m.id, &ids(&docs)).await.unwrap();
+    let claim = claim_all(&*store, &m.id).await;
+    store.release_failed(&claim, Duration::ZERO).await.unwrap();
     assert_eq!(stored(&*store, "m1").await.counts, counts(5, 0, 0, 5));
 
     let skip = BatchItem::Skipped {
         id: "skipped".to_owned(),
         reason: "too long".to_owned(),
     };
+    let claim = claim_all(&*store, &m.id).await;
     let receipt = store
-        .commit_batch(&m.id, TARGET, &[embedded("embedded", 1), skip])
+        .commit_batch(&claim, &[embedded("embedded", 1), skip])
         .await
         .unwrap();
     assert_eq!(receipt.delta.failed, -2);
@@ -738,6 +755,215 @@ pub(crate) async fn failed_goes_down_as_documents_leave_the_queue_by_any_way(
     let delta = rewritten.migration.unwrap().1;
     assert_eq!((delta.processed, delta.failed), (1, -1));
     assert_eq!(stored(&*store, "m1").await.counts, counts(4, 2, 1, 1));
+}
+
+// ---- Claims and leases --------------------------------------------------------------------
+
+pub(crate) async fn claims_never_overlap_and_take_the_lowest_ids_first(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let docs = ["e", "d", "c", "b", "a"]
+        .map(|id| write(id, &[SOURCE]))
+        .to_vec();
+    put(&*store, docs).await;
+    let m = started(&*store, "m1").await;
+    let first = claim_under(&*store, &m.id, 2, &lease()).await;
+    let second = claim_under(
+        &*store,
+        &m.id,
+        2,
+        &lease_for("replica-b", Duration::from_secs(600)),
+    )
+    .await;
+    let third = claim_under(&*store, &m.id, 2, &lease()).await;
+    assert_eq!(claimed_ids(&first), ["a", "b"]);
+    assert_eq!(claimed_ids(&second), ["c", "d"]);
+    assert_eq!(claimed_ids(&third), ["e"]);
+    assert_ne!(first.token, second.token);
+    let none_left = store.claim(&m.id, 2, &lease()).await.unwrap();
+    assert_eq!(none_left, ClaimOutcome::Busy, "all queued, all leased");
+    let items = ["a", "b"].map(|id| embedded(id, 1)).to_vec();
+    store.commit_batch(&first, &items).await.unwrap();
+    for claim in [&second, &third] {
+        store.commit_batch(claim, &[]).await.unwrap();
+    }
+    let again = claim_all(&*store, &m.id).await;
+    assert_eq!(
+        claimed_ids(&again),
+        ["c", "d", "e"],
+        "released, not written"
+    );
+    store.commit_batch(&again, &[]).await.unwrap();
+    assert_eq!(stored(&*store, "m1").await.counts, counts(5, 2, 0, 0));
+}
+
+pub(crate) async fn at_most_max_concurrent_claims_are_held_and_a_lowered_bound_applies_next(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        (0..6).map(|i| write(&format!("d{i}"), &[SOURCE])).collect(),
+    )
+    .await;
+    let m = started(&*store, "m1").await;
+    assert_eq!(m.config.max_concurrent, 4);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(claim_under(&*store, &m.id, 1, &lease()).await);
+    }
+    let fifth = store.claim(&m.id, 1, &lease()).await.unwrap();
+    assert_eq!(fifth, ClaimOutcome::Busy, "four slots held");
+    let mut lowered = m.clone();
+    lowered.config.max_concurrent = 2;
+    store
+        .update_migration(&lowered, MigrationState::InProgress)
+        .await
+        .unwrap();
+    for claim in held.drain(..2) {
+        store.commit_batch(&claim, &[]).await.unwrap();
+    }
+    let third = store.claim(&m.id, 1, &lease()).await.unwrap();
+    assert_eq!(third, ClaimOutcome::Busy, "two still held, two allowed");
+    store.commit_batch(&held.remove(0), &[]).await.unwrap();
+    claim_under(&*store, &m.id, 1, &lease()).await;
+}
+
+pub(crate) async fn an_expired_lease_is_claimed_again_and_its_holder_commits_nothing(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let short = lease_for("replica-a", Duration::from_millis(300));
+    let lost = claim_under(&*store, &m.id, 10, &short).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = claim_under(
+        &*store,
+        &m.id,
+        10,
+        &lease_for("replica-b", Duration::from_secs(600)),
+    )
+    .await;
+    assert_eq!(claimed_ids(&taken), ["a"], "the expired claim's document");
+    assert!(!store.renew_claim(&lost, &short).await.unwrap());
+    let late = store
+        .commit_batch(&lost, &[embedded("a", 1)])
+        .await
+        .unwrap();
+    assert!(late.written.is_empty() && late.delta.is_zero(), "{late:?}");
+    let failed = store.release_failed(&lost, Duration::ZERO).await.unwrap();
+    assert!(failed.is_zero(), "an expired claim marks nothing failed");
+    assert_eq!(backend.queued("m1").await, [("a".to_owned(), 1)]);
+    let receipt = store
+        .commit_batch(&taken, &[embedded("a", 1)])
+        .await
+        .unwrap();
+    assert_eq!(receipt.written, [("a".to_owned(), 1)]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 1, 0, 0));
+}
+
+pub(crate) async fn a_failed_document_waits_its_retry_while_claims_move_on(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&*store, docs).await;
+    let m = started(&*store, "m1").await;
+    let poisoned = claim_under(&*store, &m.id, 1, &lease()).await;
+    let retry_after = Duration::from_millis(500);
+    let delta = store.release_failed(&poisoned, retry_after).await.unwrap();
+    assert_eq!(delta.failed, 1);
+    let next = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&next), ["b", "c"], "a waits for its retry");
+    let items = ["b", "c"].map(|id| embedded(id, 1)).to_vec();
+    store.commit_batch(&next, &items).await.unwrap();
+    let waiting = store.claim(&m.id, 10, &lease()).await.unwrap();
+    assert_eq!(waiting, ClaimOutcome::Busy, "queued, not claimable yet");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let retried = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&retried), ["a"]);
+}
+
+pub(crate) async fn a_renewed_lease_holds_past_its_first_end(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let short = lease_for("replica-a", Duration::from_millis(600));
+    let claim = claim_under(&*store, &m.id, 10, &short).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(store.renew_claim(&claim, &short).await.unwrap());
+    }
+    let other = store.claim(&m.id, 10, &lease()).await.unwrap();
+    assert_eq!(other, ClaimOutcome::Busy, "still held after 750 ms");
+    let receipt = store
+        .commit_batch(&claim, &[embedded("a", 1)])
+        .await
+        .unwrap();
+    assert_eq!(receipt.written.len(), 1);
+}
+
+pub(crate) async fn only_a_running_migration_or_its_repairs_take_claims(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let plan = planned("m1");
+    store.insert_migration(&plan).await.unwrap();
+    assert_eq!(
+        store.claim("m1", 10, &lease()).await.unwrap(),
+        ClaimOutcome::Closed
+    );
+    assert_eq!(
+        store.claim("nope", 10, &lease()).await.unwrap(),
+        ClaimOutcome::Closed
+    );
+    let m = started(&*store, "m2").await;
+    let paused = m.apply(Event::Pause { reason: None }, at(2)).unwrap();
+    store
+        .update_migration(&paused, MigrationState::InProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim("m2", 10, &lease()).await.unwrap(),
+        ClaimOutcome::Closed
+    );
+    let resumed = paused.apply(Event::Resume, at(3)).unwrap();
+    store
+        .update_migration(&resumed, MigrationState::Paused)
+        .await
+        .unwrap();
+    let claim = claim_all(&*store, "m2").await;
+    store
+        .commit_batch(&claim, &[embedded("a", 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim("m2", 10, &lease()).await.unwrap(),
+        ClaimOutcome::Drained
+    );
+}
+
+pub(crate) async fn replicas_report_their_leases_and_what_they_wrote(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&*store, docs).await;
+    let m = started(&*store, "m1").await;
+    let b_lease = lease_for("replica-b", Duration::from_secs(600));
+    let by_a = claim_under(&*store, &m.id, 2, &lease()).await;
+    let by_b = claim_under(&*store, &m.id, 2, &b_lease).await;
+    let replica = |id: &str, in_flight_batches, processed| ReplicaProgress {
+        id: id.to_owned(),
+        in_flight_batches,
+        processed,
+    };
+    assert_eq!(
+        store.backfill_replicas(&m.id).await.unwrap(),
+        [replica("replica-a", 1, 0), replica("replica-b", 1, 0)]
+    );
+    let items = ["a", "b"].map(|id| embedded(id, 1)).to_vec();
+    store.commit_batch(&by_a, &items).await.unwrap();
+    store.release_failed(&by_b, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        store.backfill_replicas(&m.id).await.unwrap(),
+        [replica("replica-a", 0, 2), replica("replica-b", 0, 0)]
+    );
 }
 
 // ---- Lifecycle ----------------------------------------------------------------------------
@@ -754,8 +980,9 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
         stored(&*store, "m1").await.state,
         MigrationState::InProgress
     );
+    let claim = claim_all(&*store, &m.id).await;
     store
-        .commit_batch(&m.id, TARGET, &[embedded("a", 1)])
+        .commit_batch(&claim, &[embedded("a", 1)])
         .await
         .unwrap();
     assert!(store.complete_migration(&done).await.unwrap());
@@ -809,7 +1036,7 @@ pub(crate) async fn cancel_clears_the_queue_and_later_writes_are_not_queued(back
         .update_migration(&cancelled, MigrationState::InProgress)
         .await
         .unwrap();
-    assert!(queued(&*store, "m1").await.is_empty());
+    assert!(backend.queued("m1").await.is_empty());
     let receipt = store.write_documents(&[write("b", &[SOURCE])]).await;
     assert_eq!(receipt.unwrap().migration, None);
     assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 0, 0));
@@ -880,7 +1107,8 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
     .await;
     let first = started(store, "m1").await;
     let items = ["a", "b", "c"].map(|id| embedded(id, 1)).to_vec();
-    let receipt = store.commit_batch("m1", TARGET, &items).await.unwrap();
+    let claim = claim_all(store, "m1").await;
+    let receipt = store.commit_batch(&claim, &items).await.unwrap();
     let first = Migration {
         counts: receipt.delta.applied_to(first.counts),
         ..first
@@ -911,8 +1139,12 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
             truncated: true,
         },
     ];
-    let failures = store.record_failures("m2", &ids(&["c"])).await.unwrap();
-    let receipt = store.commit_batch("m2", THIRD, &batch).await.unwrap();
+    let claim = claim_all(store, "m2").await;
+    let receipt = store
+        .commit_claimed(&claim, &batch, AfterCommit::KeepLease)
+        .await
+        .unwrap();
+    let failures = store.release_failed(&claim, Duration::ZERO).await.unwrap();
     let second = Migration {
         counts: receipt.delta.then(failures).applied_to(second.counts),
         ..second
@@ -952,19 +1184,32 @@ pub(crate) async fn everything_survives_a_reopen(backend: &dyn Backend) {
         "truncated is durable"
     );
     assert_eq!(store.active_model().await.unwrap().as_deref(), Some(SOURCE));
-    assert_eq!(queued(&*store, "m2").await, [("c".to_owned(), 1)]);
+    assert_eq!(backend.queued("m2").await, [("c".to_owned(), 1)]);
     assert_eq!(store.skips("m2").await.unwrap(), skips);
     assert_eq!(store.list_documents(None, 10).await.unwrap(), documents);
     assert_eq!(all_vectors(&*store, TARGET).await.unwrap().len(), 3);
     store.close().await;
 }
 
+/// Claims up to seven queued documents and commits each embedded at its claimed version.
+async fn embed_one_batch(store: &dyn Store, migration_id: &str) {
+    let ClaimOutcome::Claimed(claim) = store.claim(migration_id, 7, &lease()).await.unwrap() else {
+        return;
+    };
+    let items: Vec<BatchItem> = claim
+        .documents
+        .iter()
+        .map(|d| embedded(&d.id, d.version))
+        .collect();
+    store.commit_batch(&claim, &items).await.unwrap();
+}
+
 // ---- Concurrency --------------------------------------------------------------------------
 
 /// Every document off the queue has a target vector for its current version, and the counts
 /// balance: total = processed + skipped + still queued.
-async fn assert_consistent(store: &dyn Store, migration_id: &str) {
-    let queue = queued(store, migration_id).await;
+async fn assert_consistent(backend: &dyn Backend, store: &dyn Store, migration_id: &str) {
+    let queue = backend.queued(migration_id).await;
     let c = stored(store, migration_id).await.counts;
     assert_eq!(
         c.total,
@@ -1007,16 +1252,12 @@ pub(crate) async fn concurrent_writes_and_batches_keep_counts_and_vectors_consis
         })
     };
     for _ in 0..60 {
-        let claim = store.queued_documents("m1", "", 7).await.unwrap();
-        let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
-        store.commit_batch("m1", TARGET, &items).await.unwrap();
+        embed_one_batch(&*store, "m1").await;
     }
     writer.await.unwrap();
-    assert_consistent(&*store, "m1").await;
-    while !queued(&*store, "m1").await.is_empty() {
-        let claim = store.queued_documents("m1", "", 7).await.unwrap();
-        let items: Vec<BatchItem> = claim.iter().map(|d| embedded(&d.id, d.version)).collect();
-        store.commit_batch("m1", TARGET, &items).await.unwrap();
+    assert_consistent(backend, &*store, "m1").await;
+    while !backend.queued("m1").await.is_empty() {
+        embed_one_batch(&*store, "m1").await;
     }
-    assert_consistent(&*store, "m1").await;
+    assert_consistent(backend, &*store, "m1").await;
 }

@@ -75,12 +75,66 @@ pub struct WriteReceipt {
     pub migration: Option<(String, CountsDelta)>,
 }
 
-/// A document handed to a backfill batch, with the version its text belongs to.
+/// A document claimed by a backfill batch, with the version its text belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedDocument {
     pub id: String,
     pub text: String,
     pub version: u64,
+}
+
+/// Who claims backfill work, and for how long a claim holds before another may take it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRequest {
+    /// The claiming replica (`--replica-id`), reported in progress.
+    pub replica: String,
+    /// How long a claim holds unless renewed: a replica that dies mid-batch loses it then.
+    pub duration: std::time::Duration,
+}
+
+/// A batch of queued documents that one backfill batch holds until its lease expires: no
+/// other claim gets them meanwhile, and only this claim may commit them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub migration_id: String,
+    /// The model the batch embeds with (the migration's target).
+    pub target_model: String,
+    /// Unique to this claim; the queued documents and the lease slot it holds carry it.
+    pub token: String,
+    pub documents: Vec<ClaimedDocument>,
+}
+
+/// What a [`Store::claim`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// A batch to embed.
+    Claimed(Claim),
+    /// `max_concurrent` claims are held, or every queued document is under a lease: try
+    /// again when one is committed or expires.
+    Busy,
+    /// Nothing is queued: the migration may complete.
+    Drained,
+    /// The migration takes no claims in its state (planned, paused, failed, ended).
+    Closed,
+}
+
+/// Whether [`Store::commit_claimed`] releases the claim's lease or keeps it for more parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterCommit {
+    /// The batch goes on in another transaction under the same lease.
+    KeepLease,
+    /// The batch is done: documents still queued under the claim become claimable again.
+    Release,
+}
+
+/// One replica's share of a migration's backfill (API.md, progress `replicas`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaProgress {
+    pub id: String,
+    /// Its claims whose lease has not expired.
+    pub in_flight_batches: u32,
+    /// Target vectors its batches wrote.
+    pub processed: u64,
 }
 
 /// What a backfill batch produced for one claimed document.
@@ -210,50 +264,60 @@ pub trait Store: Send + Sync + 'static {
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
     async fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError>;
 
-    /// Up to `limit` queued documents of a migration with id > `after`, in id order, with their
-    /// current text and version. Reads only: claims are tracked by the caller.
-    async fn queued_documents(
+    /// Claims up to `limit` queued documents of the migration for one backfill batch, under a
+    /// lease that `lease` says who holds and for how long, in one transaction: the documents
+    /// lowest in id order that no unexpired lease holds, with their current text and version.
+    /// A migration has at most `config.max_concurrent` unexpired claims at a time, across
+    /// every process that shares the store (read from the migration's row, so a PATCH applies
+    /// to the next claim everywhere); only a migration in progress, or a completed one with
+    /// repairs queued, is claimed from.
+    async fn claim(
         &self,
         migration_id: &str,
-        after: &str,
         limit: u32,
-    ) -> Result<Vec<ClaimedDocument>, StoreError>;
-    /// Commits one backfill batch in one transaction: each embedded vector is written only if
-    /// the document is still queued and at the embedded version (compare-and-set); skips leave
-    /// the queue for the skip list; the migration's counts move by exactly what happened (a
-    /// document whose earlier attempt failed stops counting as failed; a written item marked
-    /// `truncated` counts as truncated).
+        lease: &LeaseRequest,
+    ) -> Result<ClaimOutcome, StoreError>;
+    /// Extends an unexpired claim's lease by `lease.duration` from now; `false` when it had
+    /// expired or was released (its documents may be claimed by another batch already).
+    async fn renew_claim(&self, claim: &Claim, lease: &LeaseRequest) -> Result<bool, StoreError>;
+    /// Commits backfill work of a claim in one transaction: each embedded vector is written
+    /// only if the document is still queued under this claim's unexpired lease and at the
+    /// embedded version (compare-and-set); skips leave the queue for the skip list; the
+    /// migration's counts move by exactly what happened (a document whose earlier attempt
+    /// failed stops counting as failed; a written item marked `truncated` counts as truncated).
+    /// `after` says whether the claim's lease is released in the same transaction (its
+    /// documents not committed become claimable again) or kept for more parts.
+    async fn commit_claimed(
+        &self,
+        claim: &Claim,
+        items: &[BatchItem],
+        after: AfterCommit,
+    ) -> Result<BatchReceipt, StoreError>;
+    /// [`Store::commit_claimed`] of a whole batch, releasing its lease.
     async fn commit_batch(
         &self,
-        migration_id: &str,
-        target_model: &str,
+        claim: &Claim,
         items: &[BatchItem],
     ) -> Result<BatchReceipt, StoreError> {
-        let (receipt, _) = self
-            .commit_batch_until(migration_id, target_model, items, &|_| false)
-            .await?;
-        Ok(receipt)
+        self.commit_claimed(claim, items, AfterCommit::Release)
+            .await
     }
-    /// `commit_batch` that may end early: before each item after the first it asks
-    /// `stop(items so far)`, and when told to, commits the items so far. Returns the receipt
-    /// and how many items were committed (at least one, unless there were none); the rest are
-    /// for the caller. A writer with something more urgent to commit stops the backfill's
-    /// transaction this way.
-    async fn commit_batch_until(
+    /// Releases a claim whose attempt failed: its documents still queued under it are marked
+    /// failed (they stay queued) and become claimable again after `retry_after`, so that
+    /// claims move on to other documents meanwhile and one that always fails cannot hold the
+    /// backfill at the head of the queue. `failed` grows by those not marked yet, so a
+    /// document counts once however often it fails.
+    async fn release_failed(
         &self,
-        migration_id: &str,
-        target_model: &str,
-        items: &[BatchItem],
-        stop: &(dyn Fn(usize) -> bool + Send + Sync),
-    ) -> Result<(BatchReceipt, usize), StoreError>;
-    /// Marks the queued documents among `doc_ids` as failed (their attempt failed, they stay
-    /// queued): `failed` grows by those not marked yet, so a document counts once however
-    /// often it fails.
-    async fn record_failures(
-        &self,
-        migration_id: &str,
-        doc_ids: &[String],
+        claim: &Claim,
+        retry_after: std::time::Duration,
     ) -> Result<CountsDelta, StoreError>;
+    /// Each replica that claimed backfill batches of the migration: its batches under an
+    /// unexpired lease now, and the documents its batches wrote.
+    async fn backfill_replicas(
+        &self,
+        migration_id: &str,
+    ) -> Result<Vec<ReplicaProgress>, StoreError>;
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError>;
     /// Puts every skipped document that still exists back on the migration's queue and clears
     /// its skip list, in one transaction: skipped shrinks by the list's length, and total by

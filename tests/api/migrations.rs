@@ -174,8 +174,19 @@ async fn progress_reports_every_documented_field() {
             "eta_secs",
         ],
     );
-    assert_has_keys(&raw, &["in_flight_batches", "query_route", "updated_at"]);
+    assert_has_keys(
+        &raw,
+        &["in_flight_batches", "replicas", "query_route", "updated_at"],
+    );
     let p = app.progress("m").await;
+    let port = app.base.rsplit(':').next().expect("a port");
+    assert_eq!(p.replicas.len(), 1, "one process: {p:?}");
+    let replica = &p.replicas[0];
+    assert!(
+        replica.id.ends_with(&format!(":{port}")),
+        "named by host and port by default: {replica:?}"
+    );
+    assert_eq!((replica.in_flight_batches, replica.processed), (0, 3));
     assert_eq!(
         (p.id.as_str(), p.phase.as_str(), p.query_route.as_str()),
         ("m", "rollback_window", "target")
@@ -190,6 +201,27 @@ async fn progress_reports_every_documented_field() {
     assert_eq!(p.eta_secs, Some(0.0), "nothing remains: {p:?}");
     assert!(p.updated_at <= Utc::now(), "{p:?}");
     assert!(app.skips("m").await.is_empty());
+}
+
+/// `--replica-id` names the process in progress `replicas`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_names_the_replica_by_its_replica_id() {
+    let app = TestApp::with_config(ModelRegistry::builtin(), |config| {
+        config.replica_id = Some("replica-one".to_owned());
+    })
+    .await;
+    app.bulk(&[("a", "one"), ("b", "two")]).await;
+    app.start_migration(&json!({ "id": "m", "target_model": "hash-v2" }))
+        .await;
+    app.wait_for_state("m", "completed", PATIENCE).await;
+    let replicas = app.progress("m").await.replicas;
+    assert_eq!(
+        replicas
+            .iter()
+            .map(|r| (r.id.as_str(), r.processed))
+            .collect::<Vec<_>>(),
+        [("replica-one", 2)]
+    );
 }
 
 /// A document the provider rejects for good is skipped with the reason, its batch goes on,

@@ -160,10 +160,19 @@ pub struct Progress {
     pub throughput_per_sec: Option<f64>,
     pub eta_secs: Option<f64>,
     pub in_flight_batches: u64,
+    pub replicas: Vec<Replica>,
     pub query_route: String,
     pub throttle_reason: Option<String>,
     pub waiting: Option<Waiting>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Progress `replicas`: one replica's share of the backfill.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Replica {
+    pub id: String,
+    pub in_flight_batches: u64,
+    pub processed: u64,
 }
 
 /// Progress `waiting`: the provider the backfill waits for.

@@ -13,7 +13,8 @@ use super::bulk;
 
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::store::{
-    ClaimedDocument, Skip, StoreError, StoredDocument, StoredMetadata, StoredVector, VectorInfo,
+    ClaimedDocument, ReplicaProgress, Skip, StoreError, StoredDocument, StoredMetadata,
+    StoredVector, VectorInfo,
 };
 
 /// Decoding failures mean the stored data is not what this code wrote; anything else means the
@@ -196,6 +197,16 @@ pub(super) fn decode_claimed(row: &SqliteRow) -> Result<ClaimedDocument, StoreEr
         id: column(row, "id")?,
         text: column(row, "text")?,
         version: stored_u64(column(row, "version")?, "document version")?,
+    })
+}
+
+pub(super) fn decode_replica(row: &SqliteRow) -> Result<ReplicaProgress, StoreError> {
+    let in_flight: i64 = column(row, "in_flight")?;
+    Ok(ReplicaProgress {
+        id: column(row, "replica_id")?,
+        in_flight_batches: u32::try_from(in_flight)
+            .map_err(|_| StoreError::Corrupt(format!("{in_flight} batches in flight")))?,
+        processed: stored_u64(column(row, "processed")?, "replica processed")?,
     })
 }
 

@@ -11,7 +11,8 @@
 //!
 //! Layout: this file opens the database and implements `Store` by delegating to one file per
 //! job — `documents` (versioned writes and deletes, and reads), `migrations` (the migration
-//! rows), `backfill` (the queue, batch commits with compare-and-set, failures and skips) —
+//! rows), `backfill` (the queue: claims under leases, batch commits with compare-and-set,
+//! failures and skips) —
 //! with `codec` for how values and errors cross into SQL, and `bulk` and `lookup` for the
 //! reads that go through rusqlite. The rule of what a write does to the queue, and every count
 //! it moves, comes from `domain::queue`; these files only carry it out in SQL.
@@ -36,8 +37,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite, Transaction};
 
 use super::{
-    BatchItem, BatchReceipt, ClaimedDocument, CountsDelta, DocumentWrite, OverInputLimit, Skip,
-    Store, StoreError, StoredDocument, StoredMetadata, StoredVector, WriteReceipt,
+    AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, DocumentWrite,
+    LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
+    StoredMetadata, StoredVector, WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
@@ -107,13 +109,15 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("schema migration failed: {e}")))?;
         // Opened after the migrations so that read-only connections find the schema in place.
         let reader = pool(READERS, base.read_only(true)).await?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer,
             reader,
             lookups: lookup::Lookups::new(data_dir.join(DB_FILE)),
             data_dir: data_dir.to_owned(),
             write_failure: Mutex::new(None),
-        })
+        };
+        backfill::release_all_leases(&store).await?;
+        Ok(store)
     }
 
     /// Runs one write and remembers whether it failed for want of space or a working disk, so
@@ -335,31 +339,41 @@ impl Store for SqliteStore {
         migrations::migration(self, id).await
     }
 
-    async fn queued_documents(
+    async fn claim(
         &self,
         migration_id: &str,
-        after: &str,
         limit: u32,
-    ) -> Result<Vec<ClaimedDocument>, StoreError> {
-        backfill::queued_documents(self, migration_id, after, limit).await
+        lease: &LeaseRequest,
+    ) -> Result<ClaimOutcome, StoreError> {
+        backfill::claim(self, migration_id, limit, lease).await
     }
 
-    async fn commit_batch_until(
+    async fn renew_claim(&self, claim: &Claim, lease: &LeaseRequest) -> Result<bool, StoreError> {
+        backfill::renew_claim(self, claim, lease).await
+    }
+
+    async fn commit_claimed(
         &self,
-        migration_id: &str,
-        target_model: &str,
+        claim: &Claim,
         items: &[BatchItem],
-        stop: &(dyn Fn(usize) -> bool + Send + Sync),
-    ) -> Result<(BatchReceipt, usize), StoreError> {
-        backfill::commit_batch_until(self, migration_id, target_model, items, stop).await
+        after: AfterCommit,
+    ) -> Result<BatchReceipt, StoreError> {
+        backfill::commit_claimed(self, claim, items, after).await
     }
 
-    async fn record_failures(
+    async fn release_failed(
+        &self,
+        claim: &Claim,
+        retry_after: Duration,
+    ) -> Result<CountsDelta, StoreError> {
+        backfill::release_failed(self, claim, retry_after).await
+    }
+
+    async fn backfill_replicas(
         &self,
         migration_id: &str,
-        doc_ids: &[String],
-    ) -> Result<CountsDelta, StoreError> {
-        backfill::record_failures(self, migration_id, doc_ids).await
+    ) -> Result<Vec<ReplicaProgress>, StoreError> {
+        backfill::backfill_replicas(self, migration_id).await
     }
 
     async fn skips(&self, migration_id: &str) -> Result<Vec<Skip>, StoreError> {

@@ -7,9 +7,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tempfile::TempDir;
 
-use super::SqliteStore;
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+
+use super::{DB_FILE, SqliteStore};
 use crate::store::contract::{
-    Backend, SOURCE, all_vectors, contract_tests, planned, put, write, write_text,
+    Backend, SOURCE, all_vectors, claim_all, contract_tests, planned, put, started, write,
+    write_text,
 };
 use crate::store::{Store, StoreError};
 
@@ -20,6 +24,26 @@ struct SqliteBackend(TempDir);
 impl Backend for SqliteBackend {
     async fn open(&self) -> Arc<dyn Store> {
         Arc::new(SqliteStore::open(self.0.path()).await.expect("open store"))
+    }
+
+    async fn queued(&self, migration_id: &str) -> Vec<(String, u64)> {
+        let options = SqliteConnectOptions::new()
+            .filename(self.0.path().join(DB_FILE))
+            .read_only(true);
+        let mut connection = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT q.doc_id, d.version FROM backfill_queue q JOIN documents d ON d.id = q.doc_id
+             WHERE q.migration_id = ?1 ORDER BY q.doc_id",
+        )
+        .bind(migration_id)
+        .fetch_all(&mut connection)
+        .await
+        .expect("read the queue");
+        rows.into_iter()
+            .map(|(id, version)| (id, u64::try_from(version).expect("version")))
+            .collect()
     }
 }
 
@@ -50,7 +74,14 @@ contract_tests!(backend() =>
     a_long_write_counts_truncated_only_when_it_satisfies_a_queued_target_entry,
     a_batch_writes_vectors_of_unchanged_documents_and_counts_them,
     a_batch_item_marked_truncated_counts_once_when_written,
-    a_batch_told_to_stop_commits_the_items_so_far_and_leaves_the_rest_queued,
+    a_part_commit_keeps_the_lease_and_the_release_frees_the_rest,
+    claims_never_overlap_and_take_the_lowest_ids_first,
+    at_most_max_concurrent_claims_are_held_and_a_lowered_bound_applies_next,
+    an_expired_lease_is_claimed_again_and_its_holder_commits_nothing,
+    a_failed_document_waits_its_retry_while_claims_move_on,
+    a_renewed_lease_holds_past_its_first_end,
+    only_a_running_migration_or_its_repairs_take_claims,
+    replicas_report_their_leases_and_what_they_wrote,
     a_batch_does_not_overwrite_a_document_rewritten_without_the_target,
     a_batch_does_not_overwrite_or_recount_a_dual_written_document,
     a_skip_leaves_the_queue_for_the_skip_list_once,
@@ -153,4 +184,20 @@ async fn an_unknown_stored_state_is_reported_as_corrupt() {
         .unwrap();
     let read = store.migration("m1").await;
     assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+}
+
+/// One process uses a SQLite database, so a batch claimed before a restart is not running:
+/// its documents are claimable at once, not after its lease.
+#[tokio::test]
+async fn opening_releases_the_leases_of_a_previous_process() {
+    let backend = backend().await;
+    let store = backend.open().await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let m = started(&*store, "m1").await;
+    let before = claim_all(&*store, &m.id).await;
+    store.close().await;
+    let store = backend.open().await;
+    let after = claim_all(&*store, &m.id).await;
+    assert_eq!(after.documents, before.documents);
+    assert_ne!(after.token, before.token);
 }

@@ -1,0 +1,28 @@
+-- Backfill claims with leases (issue 13): a batch claims queued documents under a lease, and
+-- only it may commit them while the lease holds. Times are unix milliseconds. The store runs in
+-- one process, so it releases every lease when it opens (nothing from before a restart is in
+-- flight).
+ALTER TABLE backfill_queue ADD COLUMN claimed_by TEXT;
+ALTER TABLE backfill_queue ADD COLUMN lease_expires_at INTEGER;
+
+-- Renewing or releasing a claim finds its documents.
+CREATE INDEX backfill_queue_by_claim ON backfill_queue (claimed_by) WHERE claimed_by IS NOT NULL;
+
+-- The claims a migration holds: at most `config.max_concurrent` unexpired rows per migration,
+-- one per slot, which bounds the batches in flight.
+CREATE TABLE backfill_leases (
+    migration_id TEXT NOT NULL REFERENCES migrations (id),
+    slot         INTEGER NOT NULL CHECK (slot >= 0),
+    token        TEXT NOT NULL UNIQUE,
+    replica_id   TEXT NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    PRIMARY KEY (migration_id, slot)
+) STRICT;
+
+-- What each replica's batches wrote for a migration (progress `replicas`).
+CREATE TABLE backfill_replicas (
+    migration_id TEXT NOT NULL REFERENCES migrations (id),
+    replica_id   TEXT NOT NULL,
+    processed    INTEGER NOT NULL DEFAULT 0 CHECK (processed >= 0),
+    PRIMARY KEY (migration_id, replica_id)
+) STRICT, WITHOUT ROWID;
