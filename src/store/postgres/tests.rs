@@ -16,7 +16,7 @@ use sqlx::{Connection, PgConnection};
 use super::{PostgresStore, pgvector_supported, prepare_schema};
 use crate::domain::{BackfillConfig, Event, Migration, MigrationState};
 use crate::store::contract::{Backend, SOURCE, all_vectors, contract_tests, planned, put, write};
-use crate::store::{DocumentWrite, Store, StoreError};
+use crate::store::{BatchItem, DocumentWrite, Store, StoreError};
 
 /// Connections per store in tests: two stores (two "replicas") per test stay well within the
 /// server's limit while tests run side by side.
@@ -288,4 +288,55 @@ async fn an_unknown_stored_state_is_reported_as_corrupt() {
         .unwrap();
     let read = store.migration("m1").await;
     assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+}
+
+/// Two replicas: one commits a backfill batch for a document's version 1 while the other
+/// rewrites it without the target vector. Whichever commits first, the document ends up
+/// either queued or with a target vector of its current version (compare-and-set under the
+/// document's row lock), and the counts balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_racing_a_rewrite_on_another_replica_never_leaves_a_stale_vector() {
+    let backend = backend().await;
+    let backfill = Arc::new(backend.connect().await);
+    let writer = Arc::new(backend.connect().await);
+    let ids: Vec<String> = (0..50).map(|n| format!("doc-{n:02}")).collect();
+    put(
+        &*writer,
+        ids.iter().map(|id| write(id, &[SOURCE])).collect(),
+    )
+    .await;
+    let plan = planned("m1");
+    backfill.insert_migration(&plan).await.unwrap();
+    let running = plan.apply(Event::Start, Utc::now()).unwrap();
+    backfill.start_migration(&running).await.unwrap();
+    let target = running.target_model.clone();
+    for id in &ids {
+        let batch = {
+            let (backfill, target) = (backfill.clone(), target.clone());
+            let item = BatchItem::Embedded {
+                id: id.clone(),
+                version: 1,
+                vector: vec![1.0, 2.0],
+                truncated: false,
+            };
+            tokio::spawn(async move { backfill.commit_batch("m1", &target, &[item]).await })
+        };
+        let rewrite = {
+            let (writer, writes) = (writer.clone(), vec![write(id, &[SOURCE])]);
+            tokio::spawn(async move { writer.write_documents(&writes).await })
+        };
+        batch.await.unwrap().expect("batch");
+        rewrite.await.unwrap().expect("rewrite");
+        let document = writer.get_document(id).await.unwrap().unwrap();
+        let vector = document.embeddings.iter().find(|e| e.model == target);
+        let queue = writer.queued_documents("m1", "", 1000).await.unwrap();
+        let queued = queue.iter().any(|d| d.id == *id);
+        assert!(
+            queued || vector.map(|v| v.version) == Some(document.version),
+            "{id}: a stale target vector {vector:?} and not queued"
+        );
+    }
+    let queue = writer.queued_documents("m1", "", 1000).await.unwrap();
+    let counts = writer.migration("m1").await.unwrap().unwrap().counts;
+    assert_eq!(counts.total, counts.processed + queue.len() as u64);
 }
