@@ -11,9 +11,8 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # A real PostgreSQL with pgvector (scripts/postgres.sh), its URL in REEMBED_TEST_DATABASE_URL
-# for the PostgreSQL store's tests (issue 13, under way: the store's contract suite is in place,
-# the backend that reads this URL is not yet); until then this proves that the server installs
-# and pgvector loads on a fresh clone.
+# for the PostgreSQL store's tests (src/store/postgres/tests.rs, issue 13), which create a
+# database of their own per test on it and fail when the variable is unset.
 # shellcheck source=scripts/postgres.sh
 . scripts/postgres.sh
 trap stop_postgres EXIT

@@ -267,6 +267,8 @@ pub(crate) async fn a_bulk_write_applies_a_repeated_id_in_order(backend: &dyn Ba
     assert_eq!((a.text.as_str(), a.version), ("second", 2));
 }
 
+/// Every finite value, subnormals and -0 included (normalised vectors hold nothing else;
+/// what a backend does with NaN and infinities is its own).
 pub(crate) async fn vectors_round_trip_bit_exactly(backend: &dyn Backend) {
     let store = backend.open().await;
     let values = vec![
@@ -275,9 +277,7 @@ pub(crate) async fn vectors_round_trip_bit_exactly(backend: &dyn Backend) {
         f32::MIN_POSITIVE,
         f32::from_bits(1),
         f32::MAX,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::from_bits(0x7fc0_0001),
+        f32::MIN,
         0.1,
         -1.0 / 3.0,
     ];

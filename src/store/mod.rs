@@ -11,6 +11,7 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -15,7 +15,7 @@ use crate::store::contract::{
     Backend, SOURCE, all_vectors, claim_all, contract_tests, planned, put, started, write,
     write_text,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{DocumentWrite, Store, StoreError};
 
 /// A database file in a temporary directory of its own, removed with it.
 struct SqliteBackend(TempDir);
@@ -200,4 +200,24 @@ async fn opening_releases_the_leases_of_a_previous_process() {
     let after = claim_all(&*store, &m.id).await;
     assert_eq!(after.documents, before.documents);
     assert_ne!(after.token, before.token);
+}
+
+/// SQLite stores vectors as blobs, so even NaN payloads and infinities come back bit for bit.
+#[tokio::test]
+async fn non_finite_values_round_trip_bit_exactly() {
+    let backend = backend().await;
+    let store = backend.open().await;
+    let values = vec![
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7fc0_0001),
+    ];
+    let doc = DocumentWrite {
+        vectors: vec![(SOURCE.to_owned(), values.clone())],
+        ..write("a", &[])
+    };
+    put(&*store, vec![doc]).await;
+    let stored = all_vectors(&*store, SOURCE).await.unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&stored[0].2), bits(&values));
 }

@@ -1,0 +1,367 @@
+//! Documents and their vectors in PostgreSQL: versioned upserts and deletes with tombstones,
+//! each carrying out `domain::queue`'s plan for the backfilling migration in the same
+//! transaction, and the reads of single documents, pages and query hits.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use super::backfill::{dequeue, enqueue, record_delta};
+use super::codec::{
+    check_vector, column, decode_counts, decode_document, decode_state, decode_vector_info,
+    decode_window_end, sql_int, store_error, stored_u64,
+};
+use super::{PostgresStore, Tx};
+use crate::domain::queue::{self, QueueChange, QueueStep, QueueView};
+use crate::run_to_end::run_to_end;
+use crate::store::{
+    CountsDelta, DocumentWrite, OverInputLimit, StoreError, StoredDocument, VectorInfo,
+    WriteOutcome, WriteReceipt,
+};
+
+/// [`Store::write_documents_with`](crate::store::Store::write_documents_with) on PostgreSQL.
+pub(super) async fn write_documents_with(
+    store: &PostgresStore,
+    writes: &[DocumentWrite],
+    over_input_limit: OverInputLimit<'_>,
+) -> Result<WriteReceipt, StoreError> {
+    for write in writes {
+        for (model, vector) in &write.vectors {
+            check_vector(model, vector)?;
+        }
+    }
+    let mut tx = store.begin_write().await?;
+    let latest = latest_migration(&mut tx).await?;
+    let steps = plan_writes(latest.as_ref(), writes)?;
+    let backfilling = latest.as_ref().filter(|m| m.follows_writes());
+    let ids: Vec<&str> = writes.iter().map(|w| w.id.as_str()).collect();
+    lock_documents(&mut tx, &ids).await?;
+    let mut delta = CountsDelta::default();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for (write, step) in writes.iter().zip(steps) {
+        let version = upsert_document(&mut tx, write).await?;
+        if let Some(migration) = backfilling {
+            let change = follow_write(&mut tx, migration, write, step, over_input_limit);
+            if let Some(change) = change.await? {
+                delta = delta.then(change.delta());
+            }
+        }
+        outcomes.push(WriteOutcome {
+            id: write.id.clone(),
+            version,
+        });
+    }
+    let migration = record_delta(&mut tx, backfilling, delta).await?;
+    tx.commit().await.map_err(store_error)?;
+    Ok(WriteReceipt {
+        outcomes,
+        migration,
+    })
+}
+
+/// [`Store::delete_document`](crate::store::Store::delete_document) on PostgreSQL.
+pub(super) async fn delete_document(
+    store: &PostgresStore,
+    id: &str,
+) -> Result<Option<WriteReceipt>, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let Some(version) = lock_document(&mut tx, id).await? else {
+        return Ok(None);
+    };
+    let latest = latest_migration(&mut tx).await?;
+    let backfilling = latest.as_ref().filter(|m| m.follows_writes());
+    let mut delta = CountsDelta::default();
+    if let Some(migration) = backfilling
+        && let Some(had_failed) = dequeue(&mut tx, &migration.id, id).await?
+    {
+        delta = QueueChange::Deleted { had_failed }.delta();
+    }
+    remove_document(&mut tx, id, version).await?;
+    let migration = record_delta(&mut tx, backfilling, delta).await?;
+    tx.commit().await.map_err(store_error)?;
+    Ok(Some(WriteReceipt {
+        outcomes: Vec::new(),
+        migration,
+    }))
+}
+
+/// [`Store::get_document`](crate::store::Store::get_document) on PostgreSQL.
+pub(super) async fn get_document(
+    store: &PostgresStore,
+    id: &str,
+) -> Result<Option<StoredDocument>, StoreError> {
+    // REPEATABLE READ: the document and its embeddings from one snapshot.
+    let mut tx = begin_read(store).await?;
+    let row = sqlx::query("SELECT id, text, metadata, version FROM documents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+    let Some(row) = row else { return Ok(None) };
+    let mut document = decode_document(&row)?;
+    document.embeddings = document_embeddings(&mut tx, id).await?;
+    Ok(Some(document))
+}
+
+/// [`Store::list_documents`](crate::store::Store::list_documents) on PostgreSQL.
+pub(super) async fn list_documents(
+    store: &PostgresStore,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<StoredDocument>, StoreError> {
+    let mut tx = begin_read(store).await?;
+    let rows = sqlx::query(
+        "SELECT id, text, metadata, version FROM documents
+         WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|row| column(row, "id"))
+        .collect::<Result<_, _>>()?;
+    let mut embeddings = page_embeddings(&mut tx, &ids).await?;
+    rows.iter()
+        .map(|row| {
+            let mut document = decode_document(row)?;
+            document.embeddings = embeddings.remove(&document.id).unwrap_or_default();
+            Ok(document)
+        })
+        .collect()
+}
+
+/// [`Store::hit_documents`](crate::store::Store::hit_documents) on PostgreSQL.
+pub(super) async fn hit_documents(
+    store: &PostgresStore,
+    ids: &[String],
+) -> Result<Vec<StoredDocument>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query("SELECT id, text, metadata, version FROM documents WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(&store.pool)
+        .await
+        .map_err(store_error)?;
+    rows.iter().map(decode_document).collect()
+}
+
+/// A read-only transaction whose statements all see one snapshot. Begun to its end whoever
+/// waits, as writes are (see `PostgresStore::begin_gated`).
+async fn begin_read(store: &PostgresStore) -> Result<Tx, StoreError> {
+    let pool = store.pool.clone();
+    run_to_end(async move {
+        let mut tx = pool.begin().await.map_err(store_error)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        Ok(tx)
+    })
+    .await
+}
+
+/// The latest migration as the write path sees it, read inside the write's transaction once
+/// it holds the gate, so no state transition is in flight and the row is the committed one.
+async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, target_model, state, rollback_window_ends_at, rollback_window_ends_at_nanos,
+                total, processed, skipped, failed, truncated
+         FROM migrations ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(QueueView::new(
+        column(&row, "id")?,
+        column(&row, "target_model")?,
+        decode_state(&column::<String>(&row, "state")?)?,
+        decode_counts(&row)?,
+        decode_window_end(&row)?,
+        Utc::now(),
+    )))
+}
+
+/// Each write's step on the queue (`domain::queue::plan`), all planned before any is written
+/// so that a refused write changes nothing.
+fn plan_writes(
+    latest: Option<&QueueView>,
+    writes: &[DocumentWrite],
+) -> Result<Vec<QueueStep>, StoreError> {
+    writes
+        .iter()
+        .map(|write| {
+            let carries = latest.is_some_and(|m| has_vector_of(write, &m.target_model));
+            queue::plan(latest, &write.id, carries)
+                .map_err(|refused| StoreError::Conflict(refused.to_string()))
+        })
+        .collect()
+}
+
+fn has_vector_of(write: &DocumentWrite, model: &str) -> bool {
+    write.vectors.iter().any(|(m, _)| m == model)
+}
+
+/// Locks the existing documents among `ids` for update, in id order, so that concurrent
+/// writes and batches take their row locks in one order and a delete in flight has finished
+/// before the versions are read.
+async fn lock_documents(tx: &mut Tx, ids: &[&str]) -> Result<(), StoreError> {
+    sqlx::query("SELECT id FROM documents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Upserts the document one version up and stores its vectors at that version; returns it.
+/// A new document continues from its tombstone's version (see `document_tombstones`).
+async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, StoreError> {
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO documents (id, text, metadata, version)
+         VALUES ($1, $2, $3,
+                 COALESCE((SELECT version FROM document_tombstones WHERE id = $1), 0) + 1)
+         ON CONFLICT (id) DO UPDATE
+         SET text = excluded.text, metadata = excluded.metadata, version = documents.version + 1
+         RETURNING version",
+    )
+    .bind(&write.id)
+    .bind(&write.text)
+    .bind(Json(&write.metadata))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let version = stored_u64(version, "document version")?;
+    for (model, vector) in &write.vectors {
+        upsert_vector(tx, model, &write.id, version, vector).await?;
+    }
+    Ok(version)
+}
+
+pub(super) async fn upsert_vector(
+    tx: &mut Tx,
+    model: &str,
+    doc_id: &str,
+    version: u64,
+    vector: &[f32],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO vectors (model, doc_id, version, dimensions, embedding)
+         VALUES ($1, $2, $3, $4, $5::real[]::vector)
+         ON CONFLICT (model, doc_id) DO UPDATE
+         SET version = excluded.version, dimensions = excluded.dimensions,
+             embedding = excluded.embedding",
+    )
+    .bind(model)
+    .bind(doc_id)
+    .bind(sql_int(version)?)
+    .bind(i32::try_from(vector.len()).map_err(|_| StoreError::Corrupt("vector too long".into()))?)
+    .bind(vector)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+/// Carries out a write's `step` on the backfilling migration's queue and reports the change:
+/// a satisfied entry is taken off (truncated when `over_input_limit` says the target embedded
+/// the text truncated); a document lacking a current target vector is queued.
+async fn follow_write(
+    tx: &mut Tx,
+    migration: &QueueView,
+    write: &DocumentWrite,
+    step: QueueStep,
+    over_input_limit: OverInputLimit<'_>,
+) -> Result<Option<QueueChange>, StoreError> {
+    Ok(match step {
+        QueueStep::Leave => None,
+        QueueStep::Enqueue => Some(QueueChange::Queued {
+            newly: enqueue(tx, &migration.id, &write.id).await?,
+        }),
+        QueueStep::Dequeue => dequeue(tx, &migration.id, &write.id)
+            .await?
+            .map(|had_failed| QueueChange::Embedded {
+                had_failed,
+                truncated: over_input_limit(&migration.target_model, &write.text),
+            }),
+    })
+}
+
+/// Locks a document for update and returns its version; `None` if it does not exist.
+async fn lock_document(tx: &mut Tx, id: &str) -> Result<Option<u64>, StoreError> {
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM documents WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    version
+        .map(|v| stored_u64(v, "document version"))
+        .transpose()
+}
+
+/// Deletes the document (its vectors and any queue entry follow by cascade) and remembers its
+/// last version.
+async fn remove_document(tx: &mut Tx, id: &str, version: u64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO document_tombstones (id, version) VALUES ($1, $2)
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+    )
+    .bind(id)
+    .bind(sql_int(version)?)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    sqlx::query("DELETE FROM documents WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// One document's embeddings, sorted by model.
+async fn document_embeddings(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Vec<VectorInfo>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT model, version, dimensions FROM vectors WHERE doc_id = $1 ORDER BY model",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await
+    .map_err(store_error)?;
+    rows.iter().map(decode_vector_info).collect()
+}
+
+/// The embeddings of the documents `ids` (a `list_documents` page) in one query, grouped by
+/// document and sorted by model.
+async fn page_embeddings(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<HashMap<String, Vec<VectorInfo>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT doc_id, model, version, dimensions FROM vectors
+         WHERE doc_id = ANY($1) ORDER BY doc_id, model",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .map_err(store_error)?;
+    let mut grouped: HashMap<String, Vec<VectorInfo>> = HashMap::new();
+    for row in &rows {
+        let info = decode_vector_info(row)?;
+        grouped
+            .entry(column(row, "doc_id")?)
+            .or_default()
+            .push(info);
+    }
+    Ok(grouped)
+}
