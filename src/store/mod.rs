@@ -190,6 +190,46 @@ pub enum StoreError {
     Full(String),
 }
 
+/// A model's index in a backend that keeps its vector indexes in the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelIndex {
+    pub model: String,
+    /// The length of the model's vectors.
+    pub dimensions: usize,
+    /// How many candidates an approximate search keeps (the registry's `expansion_search`):
+    /// more finds more true neighbours, slower.
+    pub expansion_search: usize,
+}
+
+/// What a database-side search found: the hits, best first, and whether every candidate
+/// vector was scored (as `IndexSet::search` reports it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearest {
+    pub hits: Vec<crate::index::Hit>,
+    pub exact: bool,
+}
+
+/// Nearest-neighbour search inside the database, for a backend whose vector indexes live
+/// there (PostgreSQL with pgvector) rather than in this process's memory: a replica then
+/// never loads every vector, and every replica searches the same, current index.
+#[async_trait]
+pub trait VectorSearch: Send + Sync {
+    /// Creates the index of each model if missing; idempotent, and safe when several replicas
+    /// start at once.
+    async fn prepare_indexes(&self, models: &[ModelIndex]) -> Result<(), StoreError>;
+    /// The `top_k` documents nearest to `query` (normalised) by cosine among `model`'s
+    /// vectors, restricted to the documents `filter` matches; `exact` scores every candidate
+    /// instead of walking the index. Scores are cosines, as the in-memory index reports them.
+    async fn nearest(
+        &self,
+        model: &str,
+        query: &[f32],
+        top_k: usize,
+        filter: &crate::index::filter::Filter,
+        exact: bool,
+    ) -> Result<Nearest, StoreError>;
+}
+
 /// Durable storage behind the service. Implementations serialise writers so that each method's
 /// transaction sees a consistent migration state.
 #[async_trait]
@@ -324,6 +364,12 @@ pub trait Store: Send + Sync + 'static {
     /// its skip list, in one transaction: skipped shrinks by the list's length, and total by
     /// the skipped documents deleted since (they have nothing left to embed).
     async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError>;
+
+    /// The database's own vector search, for a backend that keeps its indexes there; `None`
+    /// (SQLite) when the process keeps them in memory (`IndexSet`).
+    fn vector_search(&self) -> Option<&dyn VectorSearch> {
+        None
+    }
 
     /// Flushes and closes the database at shutdown.
     async fn close(&self);
