@@ -18,8 +18,11 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 trap stop_postgres EXIT
 start_postgres tests
 export REEMBED_TEST_DATABASE_URL=$database_url
-# The service's tests, then the benchmark suite's (its smoke run).
+# The service's tests, then the benchmark suite's (its smoke run); the store's contract suite
+# runs on both backends here.
 cargo test --locked --workspace
+# The black-box HTTP suite once more, on PostgreSQL (tests/api/store.rs).
+REEMBED_TEST_STORE=postgres cargo test --locked --workspace --test api
 # Each Criterion micro-benchmark once, untimed, so they cannot rot (bench/run.sh times them).
 # `--workspace` as above, so features resolve the same and nothing is compiled twice.
 cargo test --locked --workspace --bench micro

@@ -13,8 +13,12 @@ use crate::domain::cpu_share::{DEFAULT_MIN_PERCENT, DEFAULT_MIN_SHARE};
 /// What `reembed::serve` needs beyond its listener and models.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Directory holding the SQLite database (`reembed.db`); created if missing.
+    /// Directory holding the SQLite database (`reembed.db`); created if missing. Unused when
+    /// `database_url` names a PostgreSQL database.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (with pgvector) shared by every replica, instead of SQLite under
+    /// `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
     /// How long an embedding provider may stay unreachable before a migration moves to
     /// `failed`; until then the backfill waits it out.
     pub provider_patience: Duration,
@@ -35,6 +39,24 @@ pub struct Config {
     /// How long a backfill claim holds without renewal: a replica that dies mid-batch loses
     /// its documents to another after this long. Batches renew every third of it.
     pub backfill_lease: Duration,
+}
+
+/// A `postgres://` URL, which may hold a password: never printed whole.
+#[derive(Clone, PartialEq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self(url.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
 }
 
 /// The API tokens: `write` may do everything, `read` only GET and HEAD.
@@ -109,6 +131,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            database_url: None,
             provider_patience: Duration::from_secs(DEFAULT_PROVIDER_PATIENCE_SECS),
             backfill_min_cpu_share: DEFAULT_MIN_SHARE,
             registry_names_active_model: false,
@@ -159,6 +182,10 @@ pub struct ServeArgs {
     /// Directory for the embedded SQLite database.
     #[arg(long, env = "REEMBED_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Store everything in this PostgreSQL database (with pgvector >= 0.8) instead of SQLite,
+    /// shared by any number of replicas: postgres://user:password@host:port/database.
+    #[arg(long, env = "REEMBED_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
     /// Model registry file (TOML; see reembed.example.toml). Without it: hash-v1 and hash-v2.
     #[arg(long = "config", env = "REEMBED_CONFIG")]
     pub config_file: Option<PathBuf>,
@@ -234,6 +261,7 @@ impl ServeArgs {
         }
         Ok(Config {
             data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
             provider_patience: Duration::from_secs(self.provider_patience_secs),
             backfill_min_cpu_share: f64::from(self.backfill_min_cpu_percent) / 100.0,
             registry_names_active_model: self.config_file.is_some(),

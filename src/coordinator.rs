@@ -17,6 +17,7 @@
 //! publish), so the in-memory copy may trail the database by one transaction but never leads it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -117,6 +118,28 @@ pub struct Coordinator {
     /// Bumped after every published change, so workers and the window timer can wait for one
     /// without polling. Arm (`borrow_and_update`) before checking state, then await `changed`.
     changes: watch::Sender<u64>,
+    /// When the live view was last read from a store other processes share (`refresh`);
+    /// `None` while this process's view is the store's by construction (SQLite).
+    refreshed_at: Mutex<Option<Instant>>,
+}
+
+/// Replaces `live`'s newest migration by the one stored, keeping the throughput samples when
+/// it is the same migration still running (other replicas' batches moved its count).
+fn follow_stored(live: &mut Live, stored: Option<Migration>, now: DateTime<Utc>) {
+    let same_run = match (&live.latest, &stored) {
+        (Some(current), Some(next)) => current.id == next.id && current.state == next.state,
+        _ => false,
+    };
+    if same_run {
+        if let Some(next) = &stored {
+            live.meter.record(now, next.counts.processed);
+        }
+    } else {
+        live.meter = meter_for(stored.as_ref(), now);
+        live.waiting = None;
+    }
+    live.latest = stored;
+    live.updated_at = now;
 }
 
 /// A throughput meter for `migration` as of `now`: running from its current count when it is
@@ -165,6 +188,7 @@ impl Coordinator {
             transitions: tokio::sync::Mutex::new(()),
             store,
             changes: watch::channel(0).0,
+            refreshed_at: Mutex::new(None),
         })
     }
 
@@ -183,6 +207,58 @@ impl Coordinator {
 
     fn publish(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Reads the newest migration and the active model from a store other processes change
+    /// too (replicas sharing a database), and publishes them if they differ from the live
+    /// view: a transition made on another replica reaches this one's routing. Counts come
+    /// with it (every replica's batches move them). Under the transitions lock, so it never
+    /// undoes a transition of this process.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _serial = self.transitions.lock().await;
+        let stored = self.store.migrations().await?.into_iter().next();
+        let active = self.store.active_model().await?;
+        let now = Utc::now();
+        let mut live = self.live();
+        let recorded_active = active.unwrap_or_else(|| live.recorded_active.clone());
+        let changed = live.latest != stored || live.recorded_active != recorded_active;
+        if changed {
+            follow_stored(&mut live, stored, now);
+            live.recorded_active = recorded_active;
+            self.publish_routing(&live);
+        }
+        drop(live);
+        *self
+            .refreshed_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+        if changed {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// How old the live view is: the time since `refresh` last read it from a shared store,
+    /// and zero when the view is the store's by construction (one process on SQLite).
+    pub fn snapshot_age(&self) -> Duration {
+        self.refreshed_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    /// The time to record for a change made at `now` by this process: the shared store's
+    /// clock when it has one, so that replicas agree on when a migration completed and when
+    /// its window ends; `now` otherwise, or if the store cannot tell.
+    async fn clock(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self.store.clock().await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => now,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the database clock; using this process's");
+                now
+            }
+        }
     }
 
     /// A receiver that wakes on every published change.
@@ -304,6 +380,7 @@ impl Coordinator {
         now: DateTime<Utc>,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
+        let now = self.clock(now).await;
         self.ensure_none_open(now)?;
         if self.store.migration(&migration.id).await?.is_some() {
             return Err(CoordinatorError::DuplicateId(migration.id));
@@ -336,6 +413,7 @@ impl Coordinator {
         now: DateTime<Utc>,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
+        let now = self.clock(now).await;
         let current = self.migration(id).await?;
         let next = self.apply_to_latest(&current, event.clone(), now)?;
         let published = if event == Event::Start {
@@ -427,6 +505,7 @@ impl Coordinator {
         let Some(current) = self.latest() else {
             return Ok(false);
         };
+        let now = self.clock(now).await;
         self.complete_locked(&current, now).await
     }
 
@@ -642,8 +721,7 @@ impl Coordinator {
     pub async fn settle_active_model(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
         let active = self.active_model(now);
         let recorded = self.live().recorded_active.clone();
-        if recorded != active {
-            self.store.set_active_model(&active).await?;
+        if recorded != active && self.store.cut_over(&recorded, &active).await? {
             tracing::info!(model = %active, "rollback window closed; active model changed");
         }
         let mut live = self.live();

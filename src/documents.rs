@@ -21,8 +21,8 @@ use crate::commit_order::{CommitOrder, Turn};
 use crate::coordinator::Coordinator;
 use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing};
 use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
-use crate::index::IndexSet;
 use crate::index::filter::Filter;
+use crate::index::{Found, IndexSet};
 use crate::run_to_end::run_to_end;
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, DocumentWrite, Store, StoreError, StoredDocument,
@@ -101,18 +101,21 @@ pub struct Documents {
     coordinator: Arc<Coordinator>,
     store: Arc<dyn Store>,
     models: ModelRegistry,
-    indexes: Arc<IndexSet>,
+    /// The in-memory indexes, when this process keeps them (SQLite); `None` when the store
+    /// searches its own (`Store::vector_search`, PostgreSQL).
+    indexes: Option<Arc<IndexSet>>,
     /// Held from a store commit until its effect is applied to `indexes` (see module doc).
     commit_order: CommitOrder,
 }
 
 impl Documents {
-    /// Wires the write path to its collaborators.
+    /// Wires the write path to its collaborators; `indexes` are the in-memory indexes, `None`
+    /// when the store searches its own.
     pub fn new(
         coordinator: Arc<Coordinator>,
         store: Arc<dyn Store>,
         models: ModelRegistry,
-        indexes: Arc<IndexSet>,
+        indexes: Option<Arc<IndexSet>>,
     ) -> Self {
         Self {
             coordinator,
@@ -322,12 +325,12 @@ impl Documents {
             .store
             .write_documents_with(&writes, &over_input_limit)
             .await?;
-        for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
-            self.indexes
-                .upsert_metadata(&write.id, outcome.version, &write.metadata);
-            for (model, vector) in &write.vectors {
-                self.indexes
-                    .upsert(model, &write.id, outcome.version, vector);
+        if let Some(indexes) = &self.indexes {
+            for (write, outcome) in writes.iter().zip(&receipt.outcomes) {
+                indexes.upsert_metadata(&write.id, outcome.version, &write.metadata);
+                for (model, vector) in &write.vectors {
+                    indexes.upsert(model, &write.id, outcome.version, vector);
+                }
             }
         }
         self.follow_counts(&receipt);
@@ -347,7 +350,9 @@ impl Documents {
         let Some(receipt) = self.store.delete_document(id).await? else {
             return Ok(false);
         };
-        self.indexes.remove(id);
+        if let Some(indexes) = &self.indexes {
+            indexes.remove(id);
+        }
         self.follow_counts(&receipt);
         Ok(true)
     }
@@ -430,17 +435,20 @@ impl Documents {
         after: AfterCommit,
     ) -> Result<BatchReceipt, StoreError> {
         let receipt = self.store.commit_claimed(claim, items, after).await?;
-        let vectors: HashMap<&str, &[f32]> = items
-            .iter()
-            .filter_map(|item| match item {
-                BatchItem::Embedded { id, vector, .. } => Some((id.as_str(), vector.as_slice())),
-                BatchItem::Skipped { .. } => None,
-            })
-            .collect();
-        for (id, version) in &receipt.written {
-            if let Some(vector) = vectors.get(id.as_str()) {
-                self.indexes
-                    .upsert(&claim.target_model, id, *version, vector);
+        if let Some(indexes) = &self.indexes {
+            let vectors: HashMap<&str, &[f32]> = items
+                .iter()
+                .filter_map(|item| match item {
+                    BatchItem::Embedded { id, vector, .. } => {
+                        Some((id.as_str(), vector.as_slice()))
+                    }
+                    BatchItem::Skipped { .. } => None,
+                })
+                .collect();
+            for (id, version) in &receipt.written {
+                if let Some(vector) = vectors.get(id.as_str()) {
+                    indexes.upsert(&claim.target_model, id, *version, vector);
+                }
             }
         }
         self.coordinator
@@ -530,7 +538,7 @@ impl Documents {
         filter: &Filter,
         exact: bool,
     ) -> Result<(Vec<QueryHit>, bool), ServiceError> {
-        let found = self.indexes.search(model, query, top_k, filter, exact);
+        let found = self.nearest(model, query, top_k, filter, exact).await?;
         let ids: Vec<String> = found.hits.iter().map(|h| h.id.clone()).collect();
         let mut documents: HashMap<String, StoredDocument> = self
             .store
@@ -553,6 +561,33 @@ impl Documents {
             })
             .collect();
         Ok((hits, found.exact))
+    }
+}
+
+impl Documents {
+    /// The nearest documents in `model`'s index, wherever it is kept: in this process's
+    /// memory, or in the store's database.
+    async fn nearest(
+        &self,
+        model: &str,
+        query: &[f32],
+        top_k: usize,
+        filter: &Filter,
+        exact: bool,
+    ) -> Result<Found, StoreError> {
+        if let Some(indexes) = &self.indexes {
+            return Ok(indexes.search(model, query, top_k, filter, exact));
+        }
+        let Some(search) = self.store.vector_search() else {
+            return Err(StoreError::Unavailable(
+                "no vector index: the store searches none and none is kept in memory".to_owned(),
+            ));
+        };
+        let nearest = search.nearest(model, query, top_k, filter, exact).await?;
+        Ok(Found {
+            hits: nearest.hits,
+            exact: nearest.exact,
+        })
     }
 }
 

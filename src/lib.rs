@@ -30,6 +30,7 @@ pub mod index;
 pub mod load;
 mod run_to_end;
 mod serving;
+mod snapshot;
 pub mod store;
 mod supervise;
 pub mod telemetry;
@@ -52,8 +53,9 @@ use documents::Documents;
 use embed::ModelRegistry;
 use index::IndexSet;
 use load::RequestCount;
+use store::postgres::{self, PostgresStore};
 use store::sqlite::SqliteStore;
-use store::{LeaseRequest, Store};
+use store::{LeaseRequest, ModelIndex, Store};
 
 /// The service's object graph, assembled once by `App::build` for the binary, the tests and
 /// the benchmarks alike, so none of them wires the parts its own way.
@@ -62,7 +64,8 @@ pub struct App {
     pub models: ModelRegistry,
     pub store: Arc<dyn Store>,
     pub coordinator: Arc<Coordinator>,
-    pub indexes: Arc<IndexSet>,
+    /// The in-memory indexes; `None` when the store searches its own (PostgreSQL).
+    pub indexes: Option<Arc<IndexSet>>,
     pub documents: Arc<Documents>,
     /// Counts every request, so the backfill can yield CPU to them.
     pub requests: Arc<RequestCount>,
@@ -75,14 +78,10 @@ impl App {
     pub async fn build(config: Config, models: ModelRegistry) -> anyhow::Result<Self> {
         // Install the recorder before anything counts, so no early sample is lost.
         telemetry::metrics();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.data_dir).await.with_context(|| {
-                format!("cannot open the store in {}", config.data_dir.display())
-            })?);
+        let store = open_store(&config).await?;
         let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
         check_active_model(&coordinator, store.as_ref(), &models, &config).await?;
-        let index_dir = config.data_dir.join("indexes");
-        let indexes = Arc::new(IndexSet::load(&models, store.as_ref(), Some(index_dir)).await?);
+        let indexes = load_indexes(&config, &models, store.as_ref()).await?;
         let documents = Arc::new(Documents::new(
             coordinator.clone(),
             store.clone(),
@@ -138,6 +137,12 @@ impl App {
         )
         .spawn(&workers, stopping.clone());
         window::spawn(coordinator.clone(), &workers, stopping.clone());
+        snapshot::spawn(
+            coordinator.clone(),
+            store.clone(),
+            &workers,
+            stopping.clone(),
+        );
 
         let limits = config.limits;
         let state = AppState {
@@ -167,10 +172,10 @@ impl App {
         workers.close();
         workers.wait().await;
         // The graphs are saved once no write can reach them any more.
-        let closing = indexes.clone();
-        if tokio::task::spawn_blocking(move || closing.close())
-            .await
-            .is_err()
+        if let Some(closing) = indexes.clone()
+            && tokio::task::spawn_blocking(move || closing.close())
+                .await
+                .is_err()
         {
             tracing::error!("saving the approximate indexes panicked");
         }
@@ -178,6 +183,49 @@ impl App {
         tracing::info!("stopped cleanly");
         Ok(())
     }
+}
+
+/// The PostgreSQL database `config.database_url` names, or else SQLite under
+/// `config.data_dir`.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(url) = &config.database_url {
+        let store = PostgresStore::connect(&url.0, postgres::DEFAULT_CONNECTIONS)
+            .await
+            .context("cannot open the PostgreSQL store (--database-url)")?;
+        return Ok(Arc::new(store));
+    }
+    let store = SqliteStore::open(&config.data_dir)
+        .await
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The in-memory indexes of every model, rebuilt from the store, when the store does not
+/// search its own; otherwise `None`, after making sure the store's indexes exist.
+async fn load_indexes(
+    config: &Config,
+    models: &ModelRegistry,
+    store: &dyn Store,
+) -> anyhow::Result<Option<Arc<IndexSet>>> {
+    if let Some(search) = store.vector_search() {
+        let specs: Vec<ModelIndex> = models
+            .models()
+            .into_iter()
+            .map(|model| ModelIndex {
+                model: model.id.clone(),
+                dimensions: model.dimensions,
+                expansion_search: models.index_settings(&model.id).expansion_search,
+            })
+            .collect();
+        search
+            .prepare_indexes(&specs)
+            .await
+            .context("cannot prepare the vector indexes in the database")?;
+        return Ok(None);
+    }
+    let index_dir = config.data_dir.join("indexes");
+    let indexes = IndexSet::load(models, store, Some(index_dir)).await?;
+    Ok(Some(Arc::new(indexes)))
 }
 
 /// This process's replica id: `config.replica_id`, or the host name and the port it listens on.

@@ -11,6 +11,8 @@ mod client;
 mod helpers;
 #[path = "../bench/src/serial_provider.rs"]
 mod serial_provider;
+#[path = "api/store.rs"]
+mod store;
 #[path = "api/wire.rs"]
 mod wire;
 

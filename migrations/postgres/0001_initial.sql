@@ -7,7 +7,9 @@
 --     on SQLite. SQL that compares times (the database clock) reads the TIMESTAMPTZ alone;
 --   * vectors: pgvector's `vector`, without a dimension so that one table holds every model,
 --     with the dimension stored beside it; bound and read as `real[]`;
---   * metadata and migration config: JSONB;
+--   * metadata: JSON, which keeps the text as written, so numbers round-trip digit for digit
+--     (JSONB would normalise them); filters compare it as JSONB;
+--   * migration config: JSONB;
 --   * document ids: COLLATE "C", so that id order is byte order, as on SQLite, whatever the
 --     database's locale (pages and streams go in id order);
 --   * migration states: `MigrationState::as_str` names, with no CHECK (a new state needs no
@@ -23,7 +25,7 @@ CREATE TABLE meta (
 CREATE TABLE documents (
     id       TEXT COLLATE "C" PRIMARY KEY,
     text     TEXT NOT NULL,
-    metadata JSONB NOT NULL,
+    metadata JSON NOT NULL,
     version  BIGINT NOT NULL CHECK (version >= 1)
 );
 

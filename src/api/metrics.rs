@@ -15,6 +15,7 @@ use metrics::{counter, gauge, histogram};
 
 use super::AppState;
 use crate::domain::MigrationState;
+use crate::index::IndexSet;
 use crate::telemetry;
 
 /// Middleware (as a route layer, so the matched route template is known): counts requests
@@ -54,20 +55,29 @@ pub async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Sets the gauges of the in-memory indexes (a store that searches its own has none here).
+fn refresh_index_gauges(state: &AppState, indexes: &IndexSet) {
+    for model in state.models.models() {
+        gauge!("reembed_index_lag", "model" => model.id.clone())
+            .set(indexes.unsynced(&model.id) as f64);
+    }
+    for size in indexes.sizes() {
+        let labels = [("model", size.model), ("kind", size.kind.to_owned())];
+        gauge!("reembed_index_vectors", &labels).set(size.vectors as f64);
+        gauge!("reembed_index_bytes", &labels).set(size.bytes as f64);
+    }
+    gauge!("reembed_index_filterable_documents").set(indexes.filterable_documents() as f64);
+}
+
 /// Sets the per-migration, per-model and per-index gauges from live state.
 async fn refresh_gauges(state: &AppState) {
     for model in state.models.models() {
         gauge!("reembed_embed_throttled_seconds", "model" => model.id.clone())
             .set(state.models.throttled(&model.id).as_secs_f64());
-        gauge!("reembed_index_lag", "model" => model.id.clone())
-            .set(state.indexes.unsynced(&model.id) as f64);
     }
-    for size in state.indexes.sizes() {
-        let labels = [("model", size.model), ("kind", size.kind.to_owned())];
-        gauge!("reembed_index_vectors", &labels).set(size.vectors as f64);
-        gauge!("reembed_index_bytes", &labels).set(size.bytes as f64);
+    if let Some(indexes) = &state.indexes {
+        refresh_index_gauges(state, indexes);
     }
-    gauge!("reembed_index_filterable_documents").set(state.indexes.filterable_documents() as f64);
     let Some(latest) = state.coordinator.latest() else {
         return;
     };

@@ -45,8 +45,9 @@ pub struct AppState {
     pub coordinator: Arc<Coordinator>,
     pub documents: Arc<Documents>,
     pub store: Arc<dyn Store>,
-    /// Read for their sizes in `/metrics`; queries reach them through `documents`.
-    pub indexes: Arc<IndexSet>,
+    /// The in-memory indexes, read for their sizes in `/metrics` (queries reach them through
+    /// `documents`); `None` when the store searches its own (PostgreSQL).
+    pub indexes: Option<Arc<IndexSet>>,
     pub models: ModelRegistry,
     pub limits: Limits,
     /// Counts every request, so the backfill can yield CPU to them.

@@ -157,12 +157,37 @@ pub async fn query(
     }))
 }
 
+/// Response of `GET /v1/routing`: the routing decision, and how old this replica's view of
+/// the migration is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoutingView {
+    #[serde(flatten)]
+    pub routing: Routing,
+    /// Milliseconds since this replica last read the migration from a database it shares with
+    /// other replicas (PostgreSQL; at most about 1,000 while it can reach the database); 0 on
+    /// SQLite, where the process's view is the store's.
+    pub snapshot_age_ms: u64,
+}
+
 /// The routing decision right now. Never touches storage or an embedder.
 #[utoipa::path(get, path = "/v1/routing", tag = "query",
-    responses((status = 200, body = Routing)))]
+    responses((status = 200, body = RoutingView)))]
 pub async fn get_routing(State(state): State<AppState>) -> impl IntoResponse {
     let json = state.coordinator.routing_json(Utc::now());
-    ([(header::CONTENT_TYPE, "application/json")], json)
+    let age = state.coordinator.snapshot_age();
+    let body = with_snapshot_age(&json, age);
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// `routing` (a JSON object rendered when it was published) with `snapshot_age_ms` added as
+/// its last field, without parsing it again.
+fn with_snapshot_age(routing: &[u8], age: std::time::Duration) -> Vec<u8> {
+    let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+    let open = routing.strip_suffix(b"}").unwrap_or(routing);
+    let mut body = Vec::with_capacity(routing.len() + 32);
+    body.extend_from_slice(open);
+    body.extend_from_slice(format!(",\"snapshot_age_ms\":{age_ms}}}").as_bytes());
+    body
 }
 
 /// The model registry and the active model.

@@ -365,6 +365,26 @@ pub trait Store: Send + Sync + 'static {
     /// the skipped documents deleted since (they have nothing left to embed).
     async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError>;
 
+    /// Whether other processes change this store too (replicas sharing a database): then
+    /// each process refreshes its view of the migrations from the store (`snapshot`), and
+    /// takes the times it records from the store's clock (`clock`).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Waits until another process may have changed a migration or the active model (a
+    /// notification: a hint, which can be lost), or until `timeout` has passed.
+    async fn wait_for_migration_change(&self, timeout: std::time::Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+    /// The store's clock, for a shared store whose processes' clocks may differ: migration
+    /// times recorded by any replica then agree. `None` when this process's clock is the one.
+    async fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        Ok(None)
+    }
+    /// Records `to` as the active model if `from` still is; whether this call changed it, so
+    /// that of several replicas closing the same rollback window, exactly one cuts over.
+    async fn cut_over(&self, from: &str, to: &str) -> Result<bool, StoreError>;
+
     /// The database's own vector search, for a backend that keeps its indexes there; `None`
     /// (SQLite) when the process keeps them in memory (`IndexSet`).
     fn vector_search(&self) -> Option<&dyn VectorSearch> {

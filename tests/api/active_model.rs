@@ -31,7 +31,7 @@ async fn allow_active_model_writes(db: &SqlitePool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_model_the_store_refused_is_recorded_on_the_next_attempt() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = reembed::Config::new(dir.path());
+    let config = crate::store::config_in(dir.path()).await;
     let app = App::build(config, ModelRegistry::builtin())
         .await
         .expect("the app");

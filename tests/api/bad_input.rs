@@ -450,6 +450,10 @@ async fn a_panicking_handler_answers_500_problem_json() {
 /// a "retry later" 503.
 #[tokio::test]
 async fn stored_data_that_does_not_decode_is_500() {
+    if crate::store::on_postgres() {
+        // PostgreSQL's `json` column refuses text that is not JSON: no row can be damaged so.
+        return;
+    }
     let app = TestApp::spawn().await;
     app.put_document("broken", "its metadata will not decode")
         .await;

@@ -27,14 +27,14 @@ struct Service {
     _dir: TempDir,
     store: Arc<dyn Store>,
     coordinator: Arc<Coordinator>,
-    indexes: Arc<IndexSet>,
+    indexes: Option<Arc<IndexSet>>,
     documents: Arc<Documents>,
 }
 
 impl Service {
     async fn open() -> Self {
         let dir = TempDir::new().expect("temp dir");
-        let config = reembed::Config::new(dir.path());
+        let config = crate::store::config_in(dir.path()).await;
         let app = App::build(config, ModelRegistry::builtin())
             .await
             .expect("the app");
@@ -59,16 +59,20 @@ impl Service {
         self.store.get_document(id).await.expect("read").is_some()
     }
 
-    fn indexed(&self, id: &str) -> bool {
+    /// Whether `id` is what an exact search for its own text finds first: in the in-memory
+    /// indexes, or in the database when the store searches its own.
+    async fn indexed(&self, id: &str) -> bool {
         let vector = HashEmbedder::hash_v1().embed_one(&Self::document(id).text);
-        let found = self.indexes.search(
-            "hash-v1",
-            &vector,
-            1,
-            &reembed::index::filter::Filter::default(),
-            true,
-        );
-        found.hits.first().is_some_and(|hit| hit.id == id)
+        let filter = reembed::index::filter::Filter::default();
+        let hits = match (&self.indexes, self.store.vector_search()) {
+            (Some(indexes), _) => indexes.search("hash-v1", &vector, 1, &filter, true).hits,
+            (None, Some(search)) => {
+                let found = search.nearest("hash-v1", &vector, 1, &filter, true).await;
+                found.expect("search the database").hits
+            }
+            (None, None) => panic!("no index to search"),
+        };
+        hits.first().is_some_and(|hit| hit.id == id)
     }
 }
 
@@ -110,13 +114,13 @@ async fn a_dropped_write_or_delete_is_in_the_index_exactly_when_it_is_stored() {
         let write = [Service::document(&id)];
         drop_after(service.documents.upsert(&write), polls).await;
         let (stored, indexed) =
-            settled(async || (service.stored(&id).await, service.indexed(&id))).await;
+            settled(async || (service.stored(&id).await, service.indexed(&id).await)).await;
         assert_eq!(stored, indexed, "write dropped after {polls} polls");
 
         service.documents.upsert(&write).await.expect("write");
         drop_after(service.documents.delete(&id), polls).await;
         let (stored, indexed) =
-            settled(async || (service.stored(&id).await, service.indexed(&id))).await;
+            settled(async || (service.stored(&id).await, service.indexed(&id).await)).await;
         assert_eq!(stored, indexed, "delete dropped after {polls} polls");
     }
 }

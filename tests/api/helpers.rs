@@ -104,14 +104,15 @@ impl TestApp {
         configure: impl FnOnce(&mut reembed::Config),
     ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary data directory");
-        let mut config = reembed::Config::new(dir.path());
+        let mut config = crate::store::config_in(dir.path()).await;
         configure(&mut config);
         Self::serve_in(dir, models, config).await
     }
 
     /// Serves the data directory `dir` (for example one `stop` returned) with `models`.
+    /// On PostgreSQL (`store`), the database that belongs to `dir`.
     pub async fn spawn_in(dir: TempDir, models: ModelRegistry) -> Self {
-        let config = reembed::Config::new(dir.path());
+        let config = crate::store::config_in(dir.path()).await;
         Self::serve_in(dir, models, config).await
     }
 

@@ -16,6 +16,7 @@ mod process;
 #[path = "../../bench/src/serial_provider.rs"]
 mod serial_provider;
 mod states;
+mod store;
 mod wire;
 
 mod active_model;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{Api, PATIENCE, POLL};
 
-/// A running `reembed serve --listen 127.0.0.1:0 --data-dir DIR`.
+/// A running `reembed serve --listen 127.0.0.1:0 --data-dir DIR` (and `--database-url` of
+/// DIR's database when the suite runs on PostgreSQL, `store`).
 pub struct ServerProcess {
     pub api: Api,
     child: Child,
@@ -30,8 +31,8 @@ impl ServerProcess {
         let logs = std::env::var_os("TEST_LOG").is_some();
         let mut command = Command::new(env!("CARGO_BIN_EXE_reembed"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(crate::store::store_flags(data_dir).await)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(if logs {

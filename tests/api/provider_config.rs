@@ -230,7 +230,7 @@ async fn a_registry_file_cannot_switch_the_active_model_of_a_store_with_document
 
     // In process: `serve` refuses before it serves.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = reembed::Config::new(dir.path());
+    let mut config = crate::store::config_in(dir.path()).await;
     names_it(&mut config);
     let models = fake.registry(MODEL, "");
     let served = reembed::serve(listener, config, models, std::future::pending());
@@ -247,8 +247,8 @@ async fn a_registry_file_cannot_switch_the_active_model_of_a_store_with_document
     let file = dir.path().join("reembed.toml");
     std::fs::write(&file, fake.registry_toml(MODEL, "")).unwrap();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_reembed"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(crate::store::store_flags(dir.path()).await)
         .arg("--config")
         .arg(&file)
         .env_remove("REEMBED_ACTIVE_MODEL")

@@ -61,6 +61,14 @@ async fn assert_row(api: &Api, migration_id: Option<&str>, row: &Row) {
     assert_eq!(seen, expected, "routing {routing:?} is not the row {row:?}");
     assert_eq!(routing.migration_id.as_deref(), migration_id);
     assert!((0.0..=1.0).contains(&routing.progress), "{routing:?}");
+    if crate::store::on_postgres() {
+        assert!(routing.snapshot_age_ms <= 2_000, "{routing:?}");
+    } else {
+        assert_eq!(
+            routing.snapshot_age_ms, 0,
+            "one process on SQLite: {routing:?}"
+        );
+    }
 
     let written = api
         .put_document("written-now", "a document written under this routing")

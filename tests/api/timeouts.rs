@@ -82,6 +82,11 @@ async fn a_write_answered_503_changed_nothing_and_one_answered_200_is_stored_in_
 /// closed and which the server's memory never saw, so every re-route is as stale as the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_keeps_losing_its_reroute_race_is_503_and_writes_nothing() {
+    if crate::store::on_postgres() {
+        // A replica's view follows the database within a second (`snapshot`), so a migration
+        // made behind its back does not keep every re-route stale: nothing to test there.
+        return;
+    }
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
     let dir = tempfile::tempdir().expect("temp dir");
     let file = SqliteConnectOptions::new().filename(dir.path().join("reembed.db"));

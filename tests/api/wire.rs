@@ -97,6 +97,7 @@ pub struct Routing {
     pub query_route: String,
     pub write_route: String,
     pub progress: f64,
+    pub snapshot_age_ms: u64,
 }
 
 /// `GET /v1/models`.

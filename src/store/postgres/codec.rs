@@ -146,13 +146,21 @@ pub(super) fn decode_vector(row: &PgRow) -> Result<StoredVector, StoreError> {
     ))
 }
 
-/// A row of `SELECT id, version, metadata`.
+/// A row of `SELECT id, version, metadata::text AS metadata`.
 pub(super) fn decode_metadata(row: &PgRow) -> Result<StoredMetadata, StoreError> {
+    let metadata: String = column(row, "metadata")?;
     Ok((
         column(row, "id")?,
         stored_u64(column(row, "version")?, "document version")?,
-        column::<Json<serde_json::Value>>(row, "metadata")?.0,
+        serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
     ))
+}
+
+/// Metadata as the JSON text the `json` column keeps verbatim, so numbers come back digit
+/// for digit (`jsonb` would normalise them).
+pub(super) fn encode_metadata(metadata: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(metadata).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))
 }
 
 /// A document row without its embeddings, which come from a second query.

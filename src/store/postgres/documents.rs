@@ -4,14 +4,10 @@
 
 use std::collections::HashMap;
 
-use chrono::Utc;
-use sqlx::PgConnection;
-use sqlx::types::Json;
-
 use super::backfill::{dequeue, enqueue, record_delta};
 use super::codec::{
     check_vector, column, decode_counts, decode_document, decode_state, decode_vector_info,
-    decode_window_end, sql_int, store_error, stored_u64,
+    decode_window_end, encode_metadata, sql_int, store_error, stored_u64,
 };
 use super::{PostgresStore, Tx};
 use crate::domain::queue::{self, QueueChange, QueueStep, QueueView};
@@ -20,6 +16,8 @@ use crate::store::{
     CountsDelta, DocumentWrite, OverInputLimit, StoreError, StoredDocument, VectorInfo,
     WriteOutcome, WriteReceipt,
 };
+use chrono::Utc;
+use sqlx::PgConnection;
 
 /// [`Store::write_documents_with`](crate::store::Store::write_documents_with) on PostgreSQL.
 pub(super) async fn write_documents_with(
@@ -94,11 +92,13 @@ pub(super) async fn get_document(
 ) -> Result<Option<StoredDocument>, StoreError> {
     // REPEATABLE READ: the document and its embeddings from one snapshot.
     let mut tx = begin_read(store).await?;
-    let row = sqlx::query("SELECT id, text, metadata, version FROM documents WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(store_error)?;
+    let row = sqlx::query(
+        "SELECT id, text, metadata::text AS metadata, version FROM documents WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(store_error)?;
     let Some(row) = row else { return Ok(None) };
     let mut document = decode_document(&row)?;
     document.embeddings = document_embeddings(&mut tx, id).await?;
@@ -113,7 +113,7 @@ pub(super) async fn list_documents(
 ) -> Result<Vec<StoredDocument>, StoreError> {
     let mut tx = begin_read(store).await?;
     let rows = sqlx::query(
-        "SELECT id, text, metadata, version FROM documents
+        "SELECT id, text, metadata::text AS metadata, version FROM documents
          WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
     )
     .bind(after)
@@ -143,11 +143,13 @@ pub(super) async fn hit_documents(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query("SELECT id, text, metadata, version FROM documents WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(&store.pool)
-        .await
-        .map_err(store_error)?;
+    let rows = sqlx::query(
+        "SELECT id, text, metadata::text AS metadata, version FROM documents WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(store_error)?;
     rows.iter().map(decode_document).collect()
 }
 
@@ -225,7 +227,7 @@ async fn lock_documents(tx: &mut Tx, ids: &[&str]) -> Result<(), StoreError> {
 async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, StoreError> {
     let version: i64 = sqlx::query_scalar(
         "INSERT INTO documents (id, text, metadata, version)
-         VALUES ($1, $2, $3,
+         VALUES ($1, $2, $3::json,
                  COALESCE((SELECT version FROM document_tombstones WHERE id = $1), 0) + 1)
          ON CONFLICT (id) DO UPDATE
          SET text = excluded.text, metadata = excluded.metadata, version = documents.version + 1
@@ -233,7 +235,7 @@ async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, Stor
     )
     .bind(&write.id)
     .bind(&write.text)
-    .bind(Json(&write.metadata))
+    .bind(encode_metadata(&write.metadata)?)
     .fetch_one(&mut **tx)
     .await
     .map_err(store_error)?;

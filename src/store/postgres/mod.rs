@@ -49,9 +49,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::{
@@ -80,11 +81,30 @@ const MIN_PGVECTOR: (u32, u32, u32) = (0, 8, 0);
 
 type Tx = Transaction<'static, Postgres>;
 
+/// The LISTEN/NOTIFY channel on which a replica announces a change to a migration or to the
+/// active model; the others refresh their routing snapshot at once instead of at their next
+/// poll.
+const CHANGES_CHANNEL: &str = "reembed_migrations";
+
+/// Announces a change on [`CHANGES_CHANNEL`] when `tx` commits.
+async fn notify_change(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANGES_CHANNEL)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
 /// The PostgreSQL implementation of [`Store`], shared by any number of replicas.
 pub struct PostgresStore {
     /// Every statement goes through this pool; transactions coordinate through the database
     /// (the gate lock and row locks), never through this process.
     pool: PgPool,
+    /// Listens on [`CHANGES_CHANNEL`] once someone waits for a change; dropped after an error
+    /// and connected again at the next wait (notifications sent meanwhile are lost, which
+    /// the caller's polling covers).
+    listener: tokio::sync::Mutex<Option<PgListener>>,
 }
 
 impl PostgresStore {
@@ -107,7 +127,22 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(store_error)?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            listener: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// A listener on [`CHANGES_CHANNEL`].
+    async fn listen(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(store_error)?;
+        listener
+            .listen(CHANGES_CHANNEL)
+            .await
+            .map_err(store_error)?;
+        Ok(listener)
     }
 
     /// A transaction that changes documents or the queue, holding the gate shared.
@@ -116,9 +151,13 @@ impl PostgresStore {
             .await
     }
 
-    /// A transaction that changes a migration's state, holding the gate exclusive.
+    /// A transaction that changes a migration's state, holding the gate exclusive. It
+    /// notifies the other replicas on [`CHANGES_CHANNEL`] when it commits (PostgreSQL delivers
+    /// a notification at commit, and drops it with a rollback).
     async fn begin_transition(&self) -> Result<Tx, StoreError> {
-        self.begin_gated("SELECT pg_advisory_xact_lock($1)").await
+        let mut tx = self.begin_gated("SELECT pg_advisory_xact_lock($1)").await?;
+        notify_change(&mut tx).await?;
+        Ok(tx)
     }
 
     /// Begins a transaction and takes the gate with `lock`. Both run to their end whoever
@@ -245,6 +284,58 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn cut_over(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_transition().await?;
+        let changed =
+            sqlx::query("UPDATE meta SET value = $2 WHERE key = 'active_model' AND value = $1")
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected()
+                > 0;
+        tx.commit().await.map_err(store_error)?;
+        Ok(changed)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn wait_for_migration_change(&self, timeout: Duration) {
+        let mut listener = self.listener.lock().await;
+        if listener.is_none() {
+            match self.listen().await {
+                Ok(connected) => *listener = Some(connected),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for migration changes; polling only");
+                    drop(listener);
+                    tokio::time::sleep(timeout).await;
+                    return;
+                }
+            }
+        }
+        let Some(connected) = listener.as_mut() else {
+            return;
+        };
+        match tokio::time::timeout(timeout, connected.recv()).await {
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "lost the migration change listener; reconnecting");
+                *listener = None;
+            }
+        }
+    }
+
+    async fn clock(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(Some(now))
+    }
+
     async fn write_documents_with(
         &self,
         writes: &[DocumentWrite],
@@ -275,8 +366,8 @@ impl Store for PostgresStore {
 
     fn metadata(&self) -> BoxStream<'_, Result<StoredMetadata, StoreError>> {
         sqlx::query(
-            "SELECT id, version, metadata FROM documents
-             WHERE metadata NOT IN ('{}'::jsonb, 'null'::jsonb) ORDER BY id",
+            "SELECT id, version, metadata::text AS metadata FROM documents
+             WHERE metadata::jsonb NOT IN ('{}'::jsonb, 'null'::jsonb) ORDER BY id",
         )
         .fetch(&self.pool)
         .map(|row| decode_metadata(&row.map_err(store_error)?))

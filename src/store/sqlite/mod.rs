@@ -261,6 +261,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn cut_over(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        self.write(async {
+            let changed =
+                sqlx::query("UPDATE meta SET value = ?2 WHERE key = 'active_model' AND value = ?1")
+                    .bind(from)
+                    .bind(to)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(store_error)?
+                    .rows_affected()
+                    > 0;
+            Ok(changed)
+        })
+        .await
+    }
+
     async fn write_documents_with(
         &self,
         writes: &[DocumentWrite],
