@@ -216,6 +216,19 @@ impl Coordinator {
     /// undoes a transition of this process.
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let _serial = self.transitions.lock().await;
+        self.refresh_locked().await
+    }
+
+    /// Before a transition on a shared store: the live view, read again, so the transition
+    /// starts from what other replicas did (it is checked again by the store either way).
+    async fn refresh_if_shared(&self) -> Result<(), StoreError> {
+        if self.store.is_shared() {
+            self.refresh_locked().await?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_locked(&self) -> Result<(), StoreError> {
         let stored = self.store.migrations().await?.into_iter().next();
         let active = self.store.active_model().await?;
         let now = Utc::now();
@@ -380,6 +393,7 @@ impl Coordinator {
         now: DateTime<Utc>,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
+        self.refresh_if_shared().await?;
         let now = self.clock(now).await;
         self.ensure_none_open(now)?;
         if self.store.migration(&migration.id).await?.is_some() {
@@ -413,6 +427,7 @@ impl Coordinator {
         now: DateTime<Utc>,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
+        self.refresh_if_shared().await?;
         let now = self.clock(now).await;
         let current = self.migration(id).await?;
         let next = self.apply_to_latest(&current, event.clone(), now)?;
@@ -468,6 +483,7 @@ impl Coordinator {
         patch: ConfigPatch,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
+        self.refresh_if_shared().await?;
         let current = self.migration(id).await?;
         let config = patch.apply_to(current.config)?;
         let next = self.apply_to_latest(&current, Event::Reconfigure { config }, Utc::now())?;
@@ -492,6 +508,7 @@ impl Coordinator {
         now: DateTime<Utc>,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
+        self.refresh_if_shared().await?;
         let current = self.migration(id).await?;
         self.apply_to_latest(&current, Event::RetrySkips, now)?;
         let delta = self.store.requeue_skips(id).await?;
@@ -502,6 +519,7 @@ impl Coordinator {
     /// Completes the newest migration if its queue is empty; `true` when it did.
     pub async fn try_complete(&self, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let _serial = self.transitions.lock().await;
+        self.refresh_if_shared().await?;
         let Some(current) = self.latest() else {
             return Ok(false);
         };
