@@ -44,6 +44,7 @@ mod backfill;
 mod codec;
 mod documents;
 mod migrations;
+mod search;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -57,7 +58,7 @@ use sqlx::{Postgres, Transaction};
 use super::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, DocumentWrite,
     LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
-    StoredMetadata, StoredVector, WriteReceipt,
+    StoredMetadata, StoredVector, VectorSearch, WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
@@ -85,6 +86,9 @@ pub struct PostgresStore {
     /// Every statement goes through this pool; transactions coordinate through the database
     /// (the gate lock and row locks), never through this process.
     pool: PgPool,
+    /// Each prepared model's query settings (`search`): the only state a replica keeps of
+    /// its own, written at start-up.
+    search: search::Settings,
 }
 
 impl PostgresStore {
@@ -107,7 +111,10 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(store_error)?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            search: search::Settings::default(),
+        })
     }
 
     /// A transaction that changes documents or the queue, holding the gate shared.
@@ -369,6 +376,11 @@ impl Store for PostgresStore {
 
     async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError> {
         backfill::requeue_skips(self, migration_id).await
+    }
+
+    /// pgvector's HNSW indexes, one per model (`search`).
+    fn vector_search(&self) -> Option<&dyn VectorSearch> {
+        Some(self)
     }
 
     async fn close(&self) {
