@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::super::PostgresStore;
-use super::super::search::{Indexed, Path, Search, index_name, set_search_settings};
+use super::super::search::Indexed;
+use super::super::search::indexes::index_name;
+use super::super::search::query::{Path, Search, set_search_settings};
 use super::{PostgresBackend, backend};
 use crate::index::filter::Filter;
 use crate::store::{DocumentWrite, ModelIndex, Store, VectorSearch};
