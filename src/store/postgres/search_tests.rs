@@ -116,11 +116,27 @@ async fn corpus(
     stored
 }
 
-/// The plan of `search` along `path`, with the settings an approximate query runs with.
-async fn explain(store: &PostgresStore, search: &Search<'_>, path: Path) -> String {
+/// The plan of `search` along `path`, with the settings an approximate query runs with; with
+/// `index_if_any`, as if any other plan (a scan, a sort) cost too much, so that a small table
+/// shows whether an index matches the query at all.
+async fn explain(
+    store: &PostgresStore,
+    search: &Search<'_>,
+    path: Path,
+    index_if_any: bool,
+) -> String {
     let statement = format!("EXPLAIN {}", search.sql(path).unwrap());
     let mut tx = store.pool.begin().await.unwrap();
     set_search_settings(&mut tx, 64, 10).await.unwrap();
+    if index_if_any {
+        sqlx::raw_sql(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off;
+             SET LOCAL enable_sort = off",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
     let rows = search
         .bind(&statement)
         .unwrap()
@@ -279,7 +295,7 @@ async fn a_rare_filter_still_gets_top_k_hits_through_the_index() {
     }
     let query = unit(&mut rng, 16);
     let search = Search::new("m", &query, 10, &rare).unwrap();
-    let plan = explain(&store, &search, Path::Index(Indexed::Vector)).await;
+    let plan = explain(&store, &search, Path::Index(Indexed::Vector), false).await;
     assert!(
         plan.contains(&index_name("m", 16)),
         "the index is not used:\n{plan}"
@@ -311,12 +327,12 @@ async fn exact_scans_every_vector_and_only_the_approximate_plan_uses_the_index()
         );
         let search = Search::new("m", &query, 10, &filter).unwrap();
         let index = index_name("m", 16);
-        let approximate = explain(&store, &search, Path::Index(Indexed::Vector)).await;
+        let approximate = explain(&store, &search, Path::Index(Indexed::Vector), false).await;
         assert!(
             approximate.contains(&index),
             "no index scan:\n{approximate}"
         );
-        let scan = explain(&store, &search, Path::Scan).await;
+        let scan = explain(&store, &search, Path::Scan, false).await;
         assert!(
             !scan.contains("vectors_hnsw_"),
             "an index scan when exact:\n{scan}"
@@ -379,20 +395,29 @@ async fn replicas_prepare_the_same_indexes_at_once_and_again_harmlessly() {
     );
 
     let mut rng = StdRng::seed_from_u64(1);
-    for (id, dimensions, exact) in [
-        ("it's \\ odd", 8, false),
-        ("wide", 3_000, false),
-        ("too-wide", 4_001, true),
+    for (id, dimensions, indexed) in [
+        ("it's \\ odd", 8, Some(Indexed::Vector)),
+        ("wide", 3_000, Some(Indexed::Halfvec)),
+        ("too-wide", 4_001, None),
     ] {
         let stored = corpus(&first, id, dimensions, ("d-", 20), |_| json!({})).await;
         let query = unit(&mut rng, dimensions);
         let everything = Filter::default();
+        if let Some(indexed) = indexed {
+            let search = Search::new(id, &query, 5, &everything).unwrap();
+            let plan = explain(&first, &search, Path::Index(indexed), true).await;
+            let name = index_name(id, dimensions);
+            assert!(
+                plan.contains(&name),
+                "{id}: the query does not match {name}:\n{plan}"
+            );
+        }
         let truth = brute_force(&stored, &query, 5, &everything);
         let found = second
             .nearest(id, &query, 5, &everything, false)
             .await
             .unwrap();
-        assert_eq!(found.exact, exact, "{id}");
+        assert_eq!(found.exact, indexed.is_none(), "{id}");
         assert_eq!(
             ids(&found.hits),
             truth.iter().map(|t| t.0.clone()).collect::<Vec<_>>(),
