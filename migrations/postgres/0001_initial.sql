@@ -39,8 +39,9 @@ CREATE TABLE document_tombstones (
 
 -- One vector per (model, document), tagged with the document version it was embedded from;
 -- a version older than the document's marks it stale. Deleting a document deletes its vectors.
--- No approximate index yet: one per model (a partial expression index on
--- `embedding::vector(D)`) comes with the query path.
+-- Each model's approximate index (HNSW, a partial expression index on `embedding::vector(D)`
+-- WHERE model = ...) is built at start-up for the models the service registers, not here:
+-- see src/store/postgres/search.rs.
 CREATE TABLE vectors (
     model      TEXT NOT NULL,
     doc_id     TEXT COLLATE "C" NOT NULL REFERENCES documents (id) ON DELETE CASCADE,

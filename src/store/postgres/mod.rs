@@ -44,6 +44,7 @@ mod backfill;
 mod codec;
 mod documents;
 mod migrations;
+mod search;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -58,7 +59,7 @@ use sqlx::{Postgres, Transaction};
 use super::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, DocumentWrite,
     LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
-    StoredMetadata, StoredVector, WriteReceipt,
+    StoredMetadata, StoredVector, VectorSearch, WriteReceipt,
 };
 use crate::domain::{Counts, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
@@ -105,6 +106,8 @@ pub struct PostgresStore {
     /// and connected again at the next wait (notifications sent meanwhile are lost, which
     /// the caller's polling covers).
     listener: tokio::sync::Mutex<Option<PgListener>>,
+    /// Each prepared model's query settings (`search`), written at start-up.
+    search: search::Settings,
 }
 
 impl PostgresStore {
@@ -130,6 +133,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             listener: tokio::sync::Mutex::new(None),
+            search: search::Settings::default(),
         })
     }
 
@@ -460,6 +464,11 @@ impl Store for PostgresStore {
 
     async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError> {
         backfill::requeue_skips(self, migration_id).await
+    }
+
+    /// pgvector's HNSW indexes, one per model (`search`).
+    fn vector_search(&self) -> Option<&dyn VectorSearch> {
+        Some(self)
     }
 
     async fn close(&self) {

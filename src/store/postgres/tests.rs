@@ -356,3 +356,7 @@ async fn a_batch_racing_a_rewrite_on_another_replica_never_leaves_a_stale_vector
     let counts = writer.migration("m1").await.unwrap().unwrap().counts;
     assert_eq!(counts.total, counts.processed + queue.len() as u64);
 }
+
+/// The database's own vector search (`search.rs`).
+#[path = "search_tests.rs"]
+mod search;
