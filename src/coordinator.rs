@@ -123,20 +123,29 @@ pub struct Coordinator {
     refreshed_at: Mutex<Option<Instant>>,
 }
 
-/// Replaces `live`'s newest migration by the one stored, keeping the throughput samples when
-/// it is the same migration still running (other replicas' batches moved its count).
+/// Replaces `live`'s newest migration by the one stored. While it is the same migration in
+/// the same state, the throughput samples go on (other replicas' batches moved its count),
+/// and a read older than this process's own latest commit (fewer processed) keeps the live
+/// counts rather than going back.
 fn follow_stored(live: &mut Live, stored: Option<Migration>, now: DateTime<Utc>) {
-    let same_run = match (&live.latest, &stored) {
-        (Some(current), Some(next)) => current.id == next.id && current.state == next.state,
-        _ => false,
-    };
-    if same_run {
-        if let Some(next) = &stored {
-            live.meter.record(now, next.counts.processed);
+    let running = live.latest.as_ref().filter(|current| {
+        stored
+            .as_ref()
+            .is_some_and(|next| current.id == next.id && current.state == next.state)
+    });
+    let mut stored = stored;
+    match (running, stored.as_mut()) {
+        (Some(current), Some(next)) => {
+            if next.counts.processed < current.counts.processed {
+                next.counts = current.counts;
+            } else {
+                live.meter.record(now, next.counts.processed);
+            }
         }
-    } else {
-        live.meter = meter_for(stored.as_ref(), now);
-        live.waiting = None;
+        _ => {
+            live.meter = meter_for(stored.as_ref(), now);
+            live.waiting = None;
+        }
     }
     live.latest = stored;
     live.updated_at = now;

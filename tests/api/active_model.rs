@@ -2,30 +2,71 @@
 //! store, then in memory (commit, then publish): a store that refuses the write leaves both
 //! unchanged, so the window timer's next attempt records it.
 
+use std::path::Path;
+
 use chrono::Utc;
 use reembed::App;
 use reembed::domain::{BackfillConfig, Migration};
 use reembed::embed::ModelRegistry;
-use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, PgConnection, SqlitePool};
 
-/// Makes the database refuse any change to the recorded active model, as a failing disk or a
-/// lost lock would, until `allow_active_model_writes`.
-async fn refuse_active_model_writes(db: &SqlitePool) {
-    for (name, operation) in [("refuse_insert", "INSERT"), ("refuse_update", "UPDATE")] {
-        let trigger = format!(
-            "CREATE TRIGGER {name} BEFORE {operation} ON meta WHEN NEW.key = 'active_model'
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-        );
-        sqlx::query(&trigger).execute(db).await.expect("a trigger");
-    }
+/// Makes the test's database refuse any change to the recorded active model, as a failing
+/// disk or a lost lock would, until `allow_active_model_writes`.
+async fn refuse_active_model_writes(dir: &Path) {
+    let statements: Vec<String> = if crate::store::on_postgres() {
+        vec![
+            "CREATE FUNCTION refuse_active_model() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+                .to_owned(),
+            "CREATE TRIGGER refuse_active_model BEFORE INSERT OR UPDATE ON meta
+             FOR EACH ROW WHEN (NEW.key = 'active_model') EXECUTE FUNCTION refuse_active_model()"
+                .to_owned(),
+        ]
+    } else {
+        [("refuse_insert", "INSERT"), ("refuse_update", "UPDATE")]
+            .map(|(name, operation)| {
+                format!(
+                    "CREATE TRIGGER {name} BEFORE {operation} ON meta WHEN NEW.key = 'active_model'
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                )
+            })
+            .to_vec()
+    };
+    execute(dir, &statements).await;
 }
 
-async fn allow_active_model_writes(db: &SqlitePool) {
-    for name in ["refuse_insert", "refuse_update"] {
-        let drop = format!("DROP TRIGGER {name}");
-        sqlx::query(&drop).execute(db).await.expect("dropped");
+async fn allow_active_model_writes(dir: &Path) {
+    let statements = if crate::store::on_postgres() {
+        vec!["DROP TRIGGER refuse_active_model ON meta".to_owned()]
+    } else {
+        vec![
+            "DROP TRIGGER refuse_insert".to_owned(),
+            "DROP TRIGGER refuse_update".to_owned(),
+        ]
+    };
+    execute(dir, &statements).await;
+}
+
+/// Runs `statements` on the database of the test's data directory, behind the server's back.
+async fn execute(dir: &Path, statements: &[String]) {
+    if crate::store::on_postgres() {
+        let url = crate::store::database_of(dir).await;
+        let mut db = PgConnection::connect(&url).await.expect("the database");
+        for statement in statements {
+            sqlx::raw_sql(statement)
+                .execute(&mut db)
+                .await
+                .expect("executed");
+        }
+        return;
     }
+    let file = SqliteConnectOptions::new().filename(dir.join("reembed.db"));
+    let db = SqlitePool::connect_with(file).await.expect("the database");
+    for statement in statements {
+        sqlx::query(statement).execute(&db).await.expect("executed");
+    }
+    db.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,9 +96,7 @@ async fn an_active_model_the_store_refused_is_recorded_on_the_next_attempt() {
         .expect("started");
     assert_eq!(coordinator.active_model(Utc::now()), "hash-v2");
 
-    let file = SqliteConnectOptions::new().filename(dir.path().join("reembed.db"));
-    let db = SqlitePool::connect_with(file).await.expect("the database");
-    refuse_active_model_writes(&db).await;
+    refuse_active_model_writes(dir.path()).await;
     let refused = coordinator.settle_active_model(Utc::now()).await;
     assert!(refused.is_err(), "the store refused: {refused:?}");
     assert_eq!(
@@ -65,7 +104,7 @@ async fn an_active_model_the_store_refused_is_recorded_on_the_next_attempt() {
         Some("hash-v1".into())
     );
 
-    allow_active_model_writes(&db).await;
+    allow_active_model_writes(dir.path()).await;
     coordinator
         .settle_active_model(Utc::now())
         .await

@@ -71,7 +71,12 @@ async fn a_filter_returns_the_true_top_k_of_the_matching_documents_with_their_me
             let result = query(&app, top_k, filter.clone()).await;
             let want: Vec<&str> = expected.iter().take(top_k).map(String::as_str).collect();
             assert_eq!(result.hit_ids(), want, "{filter} top {top_k}");
-            assert!(result.exact);
+            // A small model is scanned exactly in memory. PostgreSQL walks its index unless the
+            // filter leaves fewer than `top_k` there (then it scans, `exact`): the hits above
+            // are the true ones either way.
+            if !crate::store::on_postgres() {
+                assert!(result.exact);
+            }
             for hit in &result.hits {
                 let i: usize = hit.id[1..].parse().unwrap();
                 assert_eq!(hit.metadata, metadata(i), "metadata round-trips exactly");

@@ -138,7 +138,7 @@ async fn explain(
         .unwrap();
     }
     let rows = search
-        .bind(&statement)
+        .bind(&statement, 64)
         .unwrap()
         .fetch_all(&mut *tx)
         .await

@@ -36,9 +36,10 @@
 //! a filter that rejects the index's first candidates makes the scan go on rather than return
 //! fewer hits; and `hnsw.max_scan_tuples` (`query::max_scan_tuples`). Relaxed rather than strict
 //! order finds more true neighbours, and order does not matter there: the index only proposes
-//! candidates (`ORDER BY embedding::vector(D) <=> query LIMIT top_k`, the index's expression),
-//! and an outer query re-orders them by their full-precision cosine distance. Without a filter
-//! the setting changes nothing unless the first candidates run short (dead tuples). The filter
+//! candidates (`ORDER BY embedding::vector(D) <=> query LIMIT ef_search`, the index's
+//! expression: every candidate the walk keeps, since the relaxed order's first `top_k` are not
+//! always the best), and an outer query re-orders them by their full-precision cosine distance
+//! and keeps `top_k`. Without a filter the setting changes nothing unless the first candidates run short (dead tuples). The filter
 //! is inside the SQL: for each field, `documents.metadata::jsonb -> field` must equal one of
 //! the given values as `jsonb` (so `1` and `1.0` are equal; a missing field, null, an object or
 //! an array equals no scalar), every value bound, never spliced. On the index path it is a

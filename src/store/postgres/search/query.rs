@@ -120,22 +120,26 @@ impl<'a> Search<'a> {
                  WHERE v.model = {model} AND v.dimensions = {dimensions}{filter}
                  ORDER BY {order}
                  LIMIT $2)
-             SELECT doc_id, 1 - distance AS score FROM candidates ORDER BY distance, doc_id"
+             SELECT doc_id, 1 - distance AS score FROM candidates ORDER BY distance, doc_id
+             LIMIT {top_k}",
+            top_k = self.top_k,
         ))
     }
 
     /// `statement` (the SQL of [`sql`](Self::sql), or an `EXPLAIN` of it) with this query's
-    /// values bound, planned with them.
+    /// values bound, planned with them, taking `candidates` rows from the index or the scan
+    /// before the best `top_k` of them are kept.
     pub(in crate::store::postgres) fn bind<'q>(
         &'q self,
         statement: &'q str,
+        candidates: usize,
     ) -> Result<Query<'q, Postgres, PgArguments>, StoreError> {
-        let top_k = i64::try_from(self.top_k)
-            .map_err(|_| StoreError::Corrupt(format!("top_k {} is too large", self.top_k)))?;
+        let candidates = i64::try_from(candidates.max(self.top_k))
+            .map_err(|_| StoreError::Corrupt(format!("{candidates} candidates is too many")))?;
         let mut query = sqlx::query(statement)
             .persistent(false)
             .bind(self.query)
-            .bind(top_k);
+            .bind(candidates);
         for (field, values) in &self.conditions {
             query = query.bind(*field).bind(values);
         }
@@ -146,7 +150,7 @@ impl<'a> Search<'a> {
     pub(super) async fn fetch(&self, pool: &PgPool, path: Path) -> Result<Vec<Hit>, StoreError> {
         let sql = self.sql(path)?;
         let rows = self
-            .bind(&sql)?
+            .bind(&sql, self.top_k)?
             .fetch_all(pool)
             .await
             .map_err(store_error)?;
@@ -164,8 +168,10 @@ impl<'a> Search<'a> {
         let mut connection = Dedicated::acquire(pool).await?;
         let mut tx = connection.begin().await.map_err(store_error)?;
         set_search_settings(&mut tx, ef_search, self.top_k).await?;
+        // All the candidates the walk keeps (`ef_search`), re-ranked by full-precision
+        // distance: the relaxed order's first `top_k` are not always the best `top_k`.
         let rows = self
-            .bind(&sql)?
+            .bind(&sql, ef_search)?
             .fetch_all(&mut *tx)
             .await
             .map_err(store_error)?;
