@@ -121,27 +121,24 @@ pub struct Coordinator {
     /// When the live view was last read from a store other processes share (`refresh`);
     /// `None` while this process's view is the store's by construction (SQLite).
     refreshed_at: Mutex<Option<Instant>>,
+    /// Whether other processes share the store: then the live counts come only from the
+    /// store (`refresh`), since a count this process committed may already be in what a
+    /// refresh read, and adding it again would count it twice.
+    shared: bool,
+    /// Signalled when this process committed a count change to a shared store, so the
+    /// snapshot refreshes soon rather than at its next poll.
+    counts_moved: tokio::sync::Notify,
 }
 
-/// Replaces `live`'s newest migration by the one stored. While it is the same migration in
-/// the same state, the throughput samples go on (other replicas' batches moved its count),
-/// and a read older than this process's own latest commit (fewer processed) keeps the live
-/// counts rather than going back.
+/// Replaces `live`'s newest migration by the one stored, keeping the throughput samples while
+/// it is the same migration in the same state (every replica's batches move its count).
 fn follow_stored(live: &mut Live, stored: Option<Migration>, now: DateTime<Utc>) {
-    let running = live.latest.as_ref().filter(|current| {
-        stored
-            .as_ref()
-            .is_some_and(|next| current.id == next.id && current.state == next.state)
-    });
-    let mut stored = stored;
-    match (running, stored.as_mut()) {
-        (Some(current), Some(next)) => {
-            if next.counts.processed < current.counts.processed {
-                next.counts = current.counts;
-            } else {
-                live.meter.record(now, next.counts.processed);
-            }
-        }
+    let same_run = match (&live.latest, &stored) {
+        (Some(current), Some(next)) => current.id == next.id && current.state == next.state,
+        _ => false,
+    };
+    match &stored {
+        Some(next) if same_run => live.meter.record(now, next.counts.processed),
         _ => {
             live.meter = meter_for(stored.as_ref(), now);
             live.waiting = None;
@@ -195,9 +192,11 @@ impl Coordinator {
             live: Mutex::new(live),
             routing,
             transitions: tokio::sync::Mutex::new(()),
+            shared: store.is_shared(),
             store,
             changes: watch::channel(0).0,
             refreshed_at: Mutex::new(None),
+            counts_moved: tokio::sync::Notify::new(),
         })
     }
 
@@ -258,6 +257,12 @@ impl Coordinator {
             self.publish();
         }
         Ok(())
+    }
+
+    /// Resolves when this process has committed a count change to a shared store since the
+    /// last call (see `counts_moved`).
+    pub async fn counts_moved(&self) {
+        self.counts_moved.notified().await;
     }
 
     /// How old the live view is: the time since `refresh` last read it from a shared store,
@@ -325,12 +330,17 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::NotFound(id.to_owned()))
     }
 
-    /// Progress of a migration at `now`.
+    /// Progress of a migration at `now` (on a shared store, read afresh with every replica's
+    /// counts).
     pub async fn progress(
         &self,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Progress, CoordinatorError> {
+        if self.shared {
+            // Every replica's counts as of now, not as of the last refresh.
+            self.refresh().await?;
+        }
         let replicas = self.store.backfill_replicas(id).await?;
         let in_flight_batches = replicas.iter().map(|r| r.in_flight_batches).sum();
         let live_report = {
@@ -522,6 +532,7 @@ impl Coordinator {
         self.apply_to_latest(&current, Event::RetrySkips, now)?;
         let delta = self.store.requeue_skips(id).await?;
         self.apply_delta(id, delta, now);
+        self.refresh_if_shared().await?;
         Ok(self.latest().unwrap_or(current))
     }
 
@@ -639,9 +650,14 @@ impl Coordinator {
         next
     }
 
-    /// Follows a committed count change of `migration_id`.
+    /// Follows a committed count change of `migration_id`: at once in this process's view, or,
+    /// on a shared store, by asking for a refresh (`counts_moved`).
     pub fn apply_delta(&self, migration_id: &str, delta: CountsDelta, now: DateTime<Utc>) {
         if delta.is_zero() {
+            return;
+        }
+        if self.shared {
+            self.counts_moved.notify_one();
             return;
         }
         let mut live = self.live();

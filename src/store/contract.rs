@@ -914,14 +914,16 @@ pub(crate) async fn only_a_running_migration_or_its_repairs_take_claims(backend:
         store.claim("nope", 10, &lease()).await.unwrap(),
         ClaimOutcome::Closed
     );
-    let m = started(&*store, "m2").await;
+    let running = plan.apply(Event::Start, at(1)).unwrap();
+    let counts = store.start_migration(&running).await.unwrap();
+    let m = Migration { counts, ..running };
     let paused = m.apply(Event::Pause { reason: None }, at(2)).unwrap();
     store
         .update_migration(&paused, MigrationState::InProgress)
         .await
         .unwrap();
     assert_eq!(
-        store.claim("m2", 10, &lease()).await.unwrap(),
+        store.claim("m1", 10, &lease()).await.unwrap(),
         ClaimOutcome::Closed
     );
     let resumed = paused.apply(Event::Resume, at(3)).unwrap();
@@ -929,13 +931,13 @@ pub(crate) async fn only_a_running_migration_or_its_repairs_take_claims(backend:
         .update_migration(&resumed, MigrationState::Paused)
         .await
         .unwrap();
-    let claim = claim_all(&*store, "m2").await;
+    let claim = claim_all(&*store, "m1").await;
     store
         .commit_batch(&claim, &[embedded("a", 1)])
         .await
         .unwrap();
     assert_eq!(
-        store.claim("m2", 10, &lease()).await.unwrap(),
+        store.claim("m1", 10, &lease()).await.unwrap(),
         ClaimOutcome::Drained
     );
 }
@@ -1049,10 +1051,39 @@ pub(crate) async fn a_duplicate_migration_id_conflicts(backend: &dyn Backend) {
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
 }
 
+/// A migration that was cancelled before it started: no longer open, so another may follow.
+fn cancelled(id: &str) -> Migration {
+    Migration {
+        state: MigrationState::Cancelled,
+        ..planned(id)
+    }
+}
+
+pub(crate) async fn a_second_open_migration_is_refused_until_the_first_closes(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let first = started(&*store, "m1").await;
+    let second = store.insert_migration(&planned("m2")).await;
+    assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
+    let cancelled = first.apply(Event::Cancel, at(3)).unwrap();
+    store
+        .update_migration(&cancelled, MigrationState::InProgress)
+        .await
+        .unwrap();
+    store.insert_migration(&planned("m2")).await.unwrap();
+    let third = store.insert_migration(&planned("m3")).await;
+    assert!(
+        matches!(third, Err(StoreError::Conflict(_))),
+        "a planned one is open: {third:?}"
+    );
+    assert_eq!(store.migrations().await.unwrap().len(), 2);
+}
+
 pub(crate) async fn migrations_are_listed_newest_first(backend: &dyn Backend) {
     let store = backend.open().await;
     for id in ["m1", "m2", "m3"] {
-        store.insert_migration(&planned(id)).await.unwrap();
+        store.insert_migration(&cancelled(id)).await.unwrap();
     }
     let ids: Vec<String> = store
         .migrations()
@@ -1084,6 +1115,10 @@ pub(crate) async fn timestamps_round_trip_exactly(backend: &dyn Backend) {
                 BackfillConfig::default(),
                 time,
             )
+        };
+        let m = Migration {
+            state: MigrationState::Cancelled,
+            ..m
         };
         store.insert_migration(&m).await.unwrap();
         assert_eq!(stored(&*store, &m.id).await, m);

@@ -3,6 +3,7 @@
 //! document lacking a current target vector in the same transaction. The database refuses a
 //! second backfilling migration (`migrations_one_backfilling`).
 
+use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use super::codec::{
@@ -43,8 +44,33 @@ pub(super) async fn insert_migration(
     migration: &Migration,
 ) -> Result<(), StoreError> {
     let mut tx = store.begin_transition().await?;
+    refuse_if_one_is_open(&mut tx).await?;
     insert_migration_row(&mut tx, migration).await?;
     tx.commit().await.map_err(store_error)
+}
+
+/// At most one open migration (`Migration::is_open`), whichever replica creates one: the
+/// exclusive gate serialises creations, and each checks the newest row at the database's
+/// clock. (A replica's own check reads a snapshot that may be a second old.)
+async fn refuse_if_one_is_open(tx: &mut Tx) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT m.*, clock_timestamp() AS checked_at FROM migrations m ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let latest = decode_migration(&row)?;
+    let now: DateTime<Utc> = column(&row, "checked_at")?;
+    if latest.is_open(now) {
+        return Err(StoreError::Conflict(format!(
+            "migration {} is {} and still open; only one migration may be open at a time",
+            latest.id, latest.state
+        )));
+    }
+    Ok(())
 }
 
 /// [`Store::start_migration`](crate::store::Store::start_migration) on PostgreSQL.

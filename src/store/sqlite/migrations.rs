@@ -2,7 +2,7 @@
 //! check the state they expect, and starting one queues every document lacking a current
 //! target vector in the same transaction.
 
-use sqlx::SqlitePool;
+use chrono::Utc;
 
 use super::codec::{
     column, decode_migration, decode_state, encode_config, encode_time, sql_int, store_error,
@@ -38,8 +38,32 @@ pub(super) async fn insert_migration(
     migration: &Migration,
 ) -> Result<(), StoreError> {
     store
-        .write(async { insert_migration_row(&store.writer, migration).await })
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            refuse_if_one_is_open(&mut tx).await?;
+            insert_migration_row(&mut tx, migration).await?;
+            tx.commit().await.map_err(store_error)
+        })
         .await
+}
+
+/// At most one open migration (`Migration::is_open`): the newest row is checked in the
+/// inserting transaction.
+async fn refuse_if_one_is_open(tx: &mut Tx) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT * FROM migrations ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    let Some(latest) = row.as_ref().map(decode_migration).transpose()? else {
+        return Ok(());
+    };
+    if latest.is_open(Utc::now()) {
+        return Err(StoreError::Conflict(format!(
+            "migration {} is {} and still open; only one migration may be open at a time",
+            latest.id, latest.state
+        )));
+    }
+    Ok(())
 }
 
 /// [`Store::start_migration`](crate::store::Store::start_migration) on SQLite.
@@ -149,7 +173,7 @@ pub(super) async fn migration(
     row.as_ref().map(decode_migration).transpose()
 }
 
-async fn insert_migration_row(pool: &SqlitePool, m: &Migration) -> Result<(), StoreError> {
+async fn insert_migration_row(tx: &mut Tx, m: &Migration) -> Result<(), StoreError> {
     let counts = &m.counts;
     sqlx::query(
         "INSERT INTO migrations (id, source_model, target_model, config, state, created_at,
@@ -173,7 +197,7 @@ async fn insert_migration_row(pool: &SqlitePool, m: &Migration) -> Result<(), St
     .bind(sql_int(counts.skipped)?)
     .bind(sql_int(counts.failed)?)
     .bind(sql_int(counts.truncated)?)
-    .execute(pool)
+    .execute(&mut **tx)
     .await
     .map_err(|e| insert_error(e, &m.id))?;
     Ok(())

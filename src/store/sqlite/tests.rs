@@ -91,6 +91,7 @@ contract_tests!(backend() =>
     an_update_from_the_wrong_state_conflicts_and_changes_nothing,
     cancel_clears_the_queue_and_later_writes_are_not_queued,
     a_duplicate_migration_id_conflicts,
+    a_second_open_migration_is_refused_until_the_first_closes,
     migrations_are_listed_newest_first,
     timestamps_round_trip_exactly,
     everything_survives_a_reopen,
