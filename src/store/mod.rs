@@ -9,6 +9,7 @@
 //! migration leaves the target index consistent"). The rule and its counts are decided by
 //! `domain::queue`; a backend only runs what it plans inside its own transaction.
 
+mod batch;
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod postgres;

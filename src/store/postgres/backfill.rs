@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::codec::{
@@ -20,6 +21,7 @@ use super::codec::{
 use super::documents::upsert_vector;
 use super::{PostgresStore, Tx};
 use crate::domain::{QueueChange, QueueView, free_slot};
+use crate::store::batch::{ClaimedQueue, commit_items};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, LeaseRequest,
     ReplicaProgress, Skip, StoreError,
@@ -219,14 +221,12 @@ pub(super) async fn commit_claimed(
     }
     let mut tx = store.begin_write().await?;
     lock_batch_documents(&mut tx, items).await?;
-    let batch = Batch {
+    let mut batch = BatchTx {
+        tx: &mut tx,
         claim,
         now: Utc::now(),
     };
-    let mut receipt = BatchReceipt::default();
-    for item in items {
-        commit_item(&mut tx, batch, item, &mut receipt).await?;
-    }
+    let receipt = commit_items(&mut batch, items).await?;
     count_for_replica(&mut tx, claim, receipt.written.len()).await?;
     if after == AfterCommit::Release {
         release(&mut tx, claim).await?;
@@ -383,11 +383,36 @@ pub(super) async fn requeue_skips(
     Ok(delta)
 }
 
-/// The fixed context of one `commit_claimed` call.
-#[derive(Clone, Copy)]
-struct Batch<'a> {
-    claim: &'a Claim,
+/// One `commit_claimed` transaction, as the shared batch commit drives it
+/// (`store::batch`).
+struct BatchTx<'t> {
+    tx: &'t mut Tx,
+    claim: &'t Claim,
     now: DateTime<Utc>,
+}
+
+#[async_trait]
+impl ClaimedQueue for BatchTx<'_> {
+    async fn dequeue_claimed(
+        &mut self,
+        doc_id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<bool>, StoreError> {
+        dequeue_claimed(self.tx, self.claim, doc_id, version).await
+    }
+
+    async fn write_target_vector(
+        &mut self,
+        doc_id: &str,
+        version: u64,
+        vector: &[f32],
+    ) -> Result<(), StoreError> {
+        upsert_vector(self.tx, &self.claim.target_model, doc_id, version, vector).await
+    }
+
+    async fn list_skip(&mut self, doc_id: &str, reason: &str) -> Result<(), StoreError> {
+        insert_skip(self.tx, &self.claim.migration_id, doc_id, reason, self.now).await
+    }
 }
 
 /// Locks the batch's documents against writes and deletes (`FOR SHARE`), in id order as
@@ -408,41 +433,6 @@ async fn lock_batch_documents(tx: &mut Tx, items: &[BatchItem]) -> Result<(), St
     Ok(())
 }
 
-async fn commit_item(
-    tx: &mut Tx,
-    batch: Batch<'_>,
-    item: &BatchItem,
-    receipt: &mut BatchReceipt,
-) -> Result<(), StoreError> {
-    match item {
-        BatchItem::Embedded {
-            id,
-            version,
-            vector,
-            truncated,
-        } => {
-            if let Some(had_failed) = dequeue_claimed(tx, batch, id, Some(*version)).await? {
-                upsert_vector(tx, &batch.claim.target_model, id, *version, vector).await?;
-                receipt.written.push((id.clone(), *version));
-                let change = QueueChange::Embedded {
-                    had_failed,
-                    truncated: *truncated,
-                };
-                receipt.delta = receipt.delta.then(change.delta());
-            }
-        }
-        BatchItem::Skipped { id, reason } => {
-            if let Some(had_failed) = dequeue_claimed(tx, batch, id, None).await? {
-                insert_skip(tx, batch, id, reason).await?;
-                receipt.delta = receipt
-                    .delta
-                    .then(QueueChange::Skipped { had_failed }.delta());
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Takes a document of the batch's claim off the queue: whether its latest attempt had failed,
 /// or `None` if the claim no longer holds it (its lease expired or it left the queue).
 ///
@@ -452,7 +442,7 @@ async fn commit_item(
 /// queued for a later batch to embed the newer text.
 async fn dequeue_claimed(
     tx: &mut Tx,
-    batch: Batch<'_>,
+    claim: &Claim,
     doc_id: &str,
     version: Option<u64>,
 ) -> Result<Option<bool>, StoreError> {
@@ -464,9 +454,9 @@ async fn dequeue_claimed(
                 OR EXISTS (SELECT 1 FROM documents WHERE id = $2 AND version = $4))
          RETURNING failed",
     )
-    .bind(&batch.claim.migration_id)
+    .bind(&claim.migration_id)
     .bind(doc_id)
-    .bind(&batch.claim.token)
+    .bind(&claim.token)
     .bind(version)
     .fetch_optional(&mut **tx)
     .await
@@ -475,15 +465,16 @@ async fn dequeue_claimed(
 
 async fn insert_skip(
     tx: &mut Tx,
-    batch: Batch<'_>,
+    migration_id: &str,
     doc_id: &str,
     reason: &str,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO skips (migration_id, doc_id, reason, at) VALUES ($1, $2, $3, $4)")
-        .bind(&batch.claim.migration_id)
+        .bind(migration_id)
         .bind(doc_id)
         .bind(reason)
-        .bind(batch.now)
+        .bind(at)
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;

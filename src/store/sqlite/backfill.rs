@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::codec::{
@@ -19,6 +20,7 @@ use super::codec::{
 use super::documents::upsert_vector;
 use super::{SqliteStore, Tx};
 use crate::domain::{Migration, QueueChange, QueueView, free_slot};
+use crate::store::batch::{ClaimedQueue, commit_items};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, ClaimedDocument, CountsDelta,
     LeaseRequest, ReplicaProgress, Skip, StoreError,
@@ -231,16 +233,12 @@ pub(super) async fn commit_claimed(
     store
         .write(async {
             let mut tx = store.begin_write().await?;
-            let now = Utc::now();
-            let batch = Batch {
+            let mut batch = BatchTx {
+                tx: &mut tx,
                 claim,
-                now,
-                now_ms: unix_ms(now),
+                now: Utc::now(),
             };
-            let mut receipt = BatchReceipt::default();
-            for item in items {
-                commit_item(&mut tx, batch, item, &mut receipt).await?;
-            }
+            let receipt = commit_items(&mut batch, items).await?;
             if !receipt.delta.is_zero() {
                 apply_delta(&mut tx, &claim.migration_id, receipt.delta).await?;
             }
@@ -437,48 +435,36 @@ pub(super) async fn requeue_skips(
         .await
 }
 
-/// The fixed context of one `commit_claimed` call.
-#[derive(Clone, Copy)]
-struct Batch<'a> {
-    claim: &'a Claim,
+/// One `commit_claimed` transaction, as the shared batch commit drives it
+/// (`store::batch`).
+struct BatchTx<'t> {
+    tx: &'t mut Tx,
+    claim: &'t Claim,
     now: DateTime<Utc>,
-    /// `now` in the unit of the lease columns.
-    now_ms: i64,
 }
 
-async fn commit_item(
-    tx: &mut Tx,
-    batch: Batch<'_>,
-    item: &BatchItem,
-    receipt: &mut BatchReceipt,
-) -> Result<(), StoreError> {
-    match item {
-        BatchItem::Embedded {
-            id,
-            version,
-            vector,
-            truncated,
-        } => {
-            if let Some(had_failed) = dequeue_claimed(tx, batch, id, Some(*version)).await? {
-                upsert_vector(tx, &batch.claim.target_model, id, *version, vector).await?;
-                receipt.written.push((id.clone(), *version));
-                let change = QueueChange::Embedded {
-                    had_failed,
-                    truncated: *truncated,
-                };
-                receipt.delta = receipt.delta.then(change.delta());
-            }
-        }
-        BatchItem::Skipped { id, reason } => {
-            if let Some(had_failed) = dequeue_claimed(tx, batch, id, None).await? {
-                insert_skip(tx, batch, id, reason).await?;
-                receipt.delta = receipt
-                    .delta
-                    .then(QueueChange::Skipped { had_failed }.delta());
-            }
-        }
+#[async_trait]
+impl ClaimedQueue for BatchTx<'_> {
+    async fn dequeue_claimed(
+        &mut self,
+        doc_id: &str,
+        version: Option<u64>,
+    ) -> Result<Option<bool>, StoreError> {
+        dequeue_claimed(self.tx, self.claim, unix_ms(self.now), doc_id, version).await
     }
-    Ok(())
+
+    async fn write_target_vector(
+        &mut self,
+        doc_id: &str,
+        version: u64,
+        vector: &[f32],
+    ) -> Result<(), StoreError> {
+        upsert_vector(self.tx, &self.claim.target_model, doc_id, version, vector).await
+    }
+
+    async fn list_skip(&mut self, doc_id: &str, reason: &str) -> Result<(), StoreError> {
+        insert_skip(self.tx, &self.claim.migration_id, doc_id, reason, self.now).await
+    }
 }
 
 /// Takes a document of the batch's claim off the queue: whether its latest attempt had failed,
@@ -490,7 +476,8 @@ async fn commit_item(
 /// queued for a later batch to embed the newer text.
 async fn dequeue_claimed(
     tx: &mut Tx,
-    batch: Batch<'_>,
+    claim: &Claim,
+    now_ms: i64,
     doc_id: &str,
     version: Option<u64>,
 ) -> Result<Option<bool>, StoreError> {
@@ -501,10 +488,10 @@ async fn dequeue_claimed(
            AND (?5 IS NULL OR EXISTS (SELECT 1 FROM documents WHERE id = ?2 AND version = ?5))
          RETURNING failed",
     )
-    .bind(&batch.claim.migration_id)
+    .bind(&claim.migration_id)
     .bind(doc_id)
-    .bind(&batch.claim.token)
-    .bind(batch.now_ms)
+    .bind(&claim.token)
+    .bind(now_ms)
     .bind(version)
     .fetch_optional(&mut **tx)
     .await
@@ -514,15 +501,16 @@ async fn dequeue_claimed(
 
 async fn insert_skip(
     tx: &mut Tx,
-    batch: Batch<'_>,
+    migration_id: &str,
     doc_id: &str,
     reason: &str,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO skips (migration_id, doc_id, reason, at) VALUES (?1, ?2, ?3, ?4)")
-        .bind(&batch.claim.migration_id)
+        .bind(migration_id)
         .bind(doc_id)
         .bind(reason)
-        .bind(encode_time(batch.now))
+        .bind(encode_time(at))
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;
