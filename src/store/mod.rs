@@ -14,6 +14,7 @@ mod batch;
 pub(crate) mod contract;
 pub mod postgres;
 pub mod sqlite;
+mod writes;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;

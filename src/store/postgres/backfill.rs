@@ -20,7 +20,7 @@ use super::codec::{
 };
 use super::documents::upsert_vector;
 use super::{PostgresStore, Tx};
-use crate::domain::{QueueChange, QueueView, free_slot};
+use crate::domain::{QueueChange, free_slot};
 use crate::store::batch::{ClaimedQueue, commit_items};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, LeaseRequest,
@@ -516,22 +516,9 @@ pub(super) async fn dequeue(
     .map_err(store_error)
 }
 
-/// Persists a non-zero delta on the backfilling migration and reports it for the receipt.
-pub(super) async fn record_delta(
-    tx: &mut Tx,
-    migration: Option<&QueueView>,
-    delta: CountsDelta,
-) -> Result<Option<(String, CountsDelta)>, StoreError> {
-    let Some(migration) = migration.filter(|_| !delta.is_zero()) else {
-        return Ok(None);
-    };
-    apply_delta(tx, &migration.id, delta).await?;
-    Ok(Some((migration.id.clone(), delta)))
-}
-
 /// Moves the migration's counts by `delta`: relative, so concurrent transactions add up, and
 /// last in its transaction, so the row stays locked only until the commit.
-async fn apply_delta(
+pub(super) async fn apply_delta(
     tx: &mut Tx,
     migration_id: &str,
     delta: CountsDelta,

@@ -19,7 +19,7 @@ use super::codec::{
 };
 use super::documents::upsert_vector;
 use super::{SqliteStore, Tx};
-use crate::domain::{Migration, QueueChange, QueueView, free_slot};
+use crate::domain::{Migration, QueueChange, free_slot};
 use crate::store::batch::{ClaimedQueue, commit_items};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, ClaimedDocument, CountsDelta,
@@ -551,20 +551,7 @@ pub(super) async fn dequeue(
     Ok(failed.map(|failed| failed != 0))
 }
 
-/// Persists a non-zero delta on the backfilling migration and reports it for the receipt.
-pub(super) async fn record_delta(
-    tx: &mut Tx,
-    migration: Option<&QueueView>,
-    delta: CountsDelta,
-) -> Result<Option<(String, CountsDelta)>, StoreError> {
-    let Some(migration) = migration.filter(|_| !delta.is_zero()) else {
-        return Ok(None);
-    };
-    apply_delta(tx, &migration.id, delta).await?;
-    Ok(Some((migration.id.clone(), delta)))
-}
-
-async fn apply_delta(
+pub(super) async fn apply_delta(
     tx: &mut Tx,
     migration_id: &str,
     delta: CountsDelta,

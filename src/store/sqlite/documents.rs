@@ -4,20 +4,22 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::sqlite::SqliteConnection;
 
-use super::backfill::{dequeue, enqueue, record_delta};
+use super::backfill::{apply_delta, dequeue, enqueue};
 use super::codec::{
     column, decode_document, decode_optional_time, decode_state, decode_vector_info, encode_json,
     encode_vector, sql_int, store_error, stored_u64,
 };
 use super::{SqliteStore, Tx};
 use crate::domain::Counts;
-use crate::domain::queue::{self, QueueChange, QueueStep, QueueView};
+use crate::domain::queue::QueueView;
+use crate::store::writes::{DocumentTx, delete_document as remove, write_documents};
 use crate::store::{
     CountsDelta, DocumentWrite, OverInputLimit, StoreError, StoredDocument, VectorInfo,
-    WriteOutcome, WriteReceipt,
+    WriteReceipt,
 };
 
 /// [`Store::write_documents_with`](crate::store::Store::write_documents_with) on SQLite.
@@ -30,29 +32,11 @@ pub(super) async fn write_documents_with(
         .write(async {
             let mut tx = store.begin_write().await?;
             let latest = latest_migration(&mut tx).await?;
-            let steps = plan_writes(latest.as_ref(), writes)?;
-            let backfilling = latest.as_ref().filter(|m| m.follows_writes());
-            let mut delta = CountsDelta::default();
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for (write, step) in writes.iter().zip(steps) {
-                let version = upsert_document(&mut tx, write).await?;
-                if let Some(migration) = backfilling {
-                    let change = follow_write(&mut tx, migration, write, step, over_input_limit);
-                    if let Some(change) = change.await? {
-                        delta = delta.then(change.delta());
-                    }
-                }
-                outcomes.push(WriteOutcome {
-                    id: write.id.clone(),
-                    version,
-                });
-            }
-            let migration = record_delta(&mut tx, backfilling, delta).await?;
+            let mut documents = WriteTx(&mut tx);
+            let receipt =
+                write_documents(&mut documents, latest.as_ref(), writes, over_input_limit).await?;
             tx.commit().await.map_err(store_error)?;
-            Ok(WriteReceipt {
-                outcomes,
-                migration,
-            })
+            Ok(receipt)
         })
         .await
 }
@@ -69,22 +53,46 @@ pub(super) async fn delete_document(
                 return Ok(None);
             };
             let latest = latest_migration(&mut tx).await?;
-            let backfilling = latest.as_ref().filter(|m| m.follows_writes());
-            let mut delta = CountsDelta::default();
-            if let Some(migration) = backfilling
-                && let Some(had_failed) = dequeue(&mut tx, &migration.id, id).await?
-            {
-                delta = QueueChange::Deleted { had_failed }.delta();
-            }
-            remove_document(&mut tx, id, version).await?;
-            let migration = record_delta(&mut tx, backfilling, delta).await?;
+            let mut documents = WriteTx(&mut tx);
+            let receipt = remove(&mut documents, latest.as_ref(), id, version).await?;
             tx.commit().await.map_err(store_error)?;
-            Ok(Some(WriteReceipt {
-                outcomes: Vec::new(),
-                migration,
-            }))
+            Ok(Some(receipt))
         })
         .await
+}
+
+/// A write transaction, as the shared write path drives it (`store::writes`).
+struct WriteTx<'t>(&'t mut Tx);
+
+#[async_trait]
+impl DocumentTx for WriteTx<'_> {
+    async fn upsert_document(&mut self, write: &DocumentWrite) -> Result<u64, StoreError> {
+        upsert_document(self.0, write).await
+    }
+
+    async fn remove_document(&mut self, id: &str, version: u64) -> Result<(), StoreError> {
+        remove_document(self.0, id, version).await
+    }
+
+    async fn enqueue(&mut self, migration_id: &str, doc_id: &str) -> Result<bool, StoreError> {
+        enqueue(self.0, migration_id, doc_id).await
+    }
+
+    async fn dequeue(
+        &mut self,
+        migration_id: &str,
+        doc_id: &str,
+    ) -> Result<Option<bool>, StoreError> {
+        dequeue(self.0, migration_id, doc_id).await
+    }
+
+    async fn add_counts(
+        &mut self,
+        migration_id: &str,
+        delta: CountsDelta,
+    ) -> Result<(), StoreError> {
+        apply_delta(self.0, migration_id, delta).await
+    }
 }
 
 /// [`Store::get_document`](crate::store::Store::get_document) on SQLite.
@@ -159,26 +167,6 @@ async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, StoreError> 
     )))
 }
 
-/// Each write's step on the queue (`domain::queue::plan`), all planned before any is written
-/// so that a refused write changes nothing.
-fn plan_writes(
-    latest: Option<&QueueView>,
-    writes: &[DocumentWrite],
-) -> Result<Vec<QueueStep>, StoreError> {
-    writes
-        .iter()
-        .map(|write| {
-            let carries = latest.is_some_and(|m| has_vector_of(write, &m.target_model));
-            queue::plan(latest, &write.id, carries)
-                .map_err(|refused| StoreError::Conflict(refused.to_string()))
-        })
-        .collect()
-}
-
-fn has_vector_of(write: &DocumentWrite, model: &str) -> bool {
-    write.vectors.iter().any(|(m, _)| m == model)
-}
-
 /// Upserts the document one version up and stores its vectors at that version; returns it.
 async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, StoreError> {
     let version = next_version(tx, &write.id).await?;
@@ -237,30 +225,6 @@ pub(super) async fn upsert_vector(
     .await
     .map_err(store_error)?;
     Ok(())
-}
-
-/// Carries out a write's `step` on the backfilling migration's queue and reports the change:
-/// a satisfied entry is taken off (truncated when `over_input_limit` says the target embedded
-/// the text truncated); a document lacking a current target vector is queued.
-async fn follow_write(
-    tx: &mut Tx,
-    migration: &QueueView,
-    write: &DocumentWrite,
-    step: QueueStep,
-    over_input_limit: OverInputLimit<'_>,
-) -> Result<Option<QueueChange>, StoreError> {
-    Ok(match step {
-        QueueStep::Leave => None,
-        QueueStep::Enqueue => Some(QueueChange::Queued {
-            newly: enqueue(tx, &migration.id, &write.id).await?,
-        }),
-        QueueStep::Dequeue => dequeue(tx, &migration.id, &write.id)
-            .await?
-            .map(|had_failed| QueueChange::Embedded {
-                had_failed,
-                truncated: over_input_limit(&migration.target_model, &write.text),
-            }),
-    })
 }
 
 async fn document_version(tx: &mut Tx, id: &str) -> Result<Option<u64>, StoreError> {
