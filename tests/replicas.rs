@@ -6,6 +6,9 @@
 //!   exceed `max_concurrent` (sampled in the lease table, in each replica's progress and at the
 //!   provider); nothing is counted twice; after a SIGKILL of one replica mid-run the other two
 //!   finish within the lease plus the remaining work, losing nothing.
+//! - `operating`: writes through every replica during the migration leave every document with
+//!   a current target vector (read back through another replica); a pause sent to one replica
+//!   stops claims on all within 2 s; a PATCH of `max_concurrent` sent to one applies on all.
 //!
 //! The target model is a `SerialProvider`, an embedding server that computes one request at a
 //! time, so the backfill lasts long enough to watch and to kill a replica in. A binary of its
@@ -37,6 +40,10 @@ mod wire;
 mod cluster;
 #[path = "replicas/watch.rs"]
 mod watch;
+#[path = "replicas/writers.rs"]
+mod writers;
 
+#[path = "replicas/operating.rs"]
+mod operating;
 #[path = "replicas/sharing.rs"]
 mod sharing;
