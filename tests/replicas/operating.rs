@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, DOCUMENTS, LEASE, SOURCE, TARGET, corpus, one_at_a_time};
+use crate::cluster::{Cluster, DOCUMENTS, LEASE, Lease, SOURCE, TARGET, corpus, one_at_a_time};
 use crate::helpers::{PATIENCE, eventually};
-use crate::watch::{Watch, arrivals, max_overlap};
-use crate::writers::{Writers, Written};
+use crate::watch::{Watch, arrivals, max_overlap, start_watched};
+use crate::writers::{Report, Writers, Written};
 
 const MIGRATION: &str = "operated";
 const MAX_CONCURRENT: u64 = 4;
@@ -27,17 +27,35 @@ async fn writes_pause_and_patch_through_any_replica_apply_to_all() {
     let cluster = Cluster::start().await;
     cluster.load(&corpus()).await;
     let config = json!({ "batch_size": 50, "max_concurrent": MAX_CONCURRENT });
-    let body = json!({ "id": MIGRATION, "target_model": TARGET, "config": config, "start": false });
-    // Planned first, so the watch sees its first claims.
-    cluster.api(0).start_migration(&body).await;
-    let watch = Watch::start(&cluster, MIGRATION);
-    let started = Instant::now();
-    let start = cluster.api(0).action(MIGRATION, "start").await;
-    start.ok::<Value>();
+    let (watch, started) = start_watched(&cluster, MIGRATION, config).await;
 
-    // Writes through every replica while the backfill runs, until about a third is done.
-    let writers = Writers::start(&cluster);
-    processed_at_least(&cluster, DOCUMENTS as u64 / 3).await;
+    let writes = write_during_the_backfill(&cluster, started).await;
+    pause_stops_every_replica(&cluster, &watch).await;
+    patch_bounds_every_replica(&cluster, &watch).await;
+    cluster
+        .api(2)
+        .wait_for_state(MIGRATION, "completed", PATIENCE)
+        .await;
+    let finished = Instant::now();
+    eprintln!("completed in {:?}", started.elapsed());
+
+    let samples = watch.stop().await;
+    let in_leases = samples.max_leases(started, finished);
+    // The writes' requests queue at the provider too; the backfill's carry corpus texts.
+    let mut backfill = cluster.provider.requests();
+    backfill.retain(|request| request.head.starts_with("corpus"));
+    let at_provider = max_overlap(&backfill, started, finished);
+    assert!(in_leases <= MAX_CONCURRENT as usize, "{in_leases} leases");
+    let most = MAX_CONCURRENT as usize;
+    assert!(at_provider <= most, "{at_provider} at the provider");
+    writes_are_current_everywhere(&cluster, &writes.last).await;
+    counted_once(&cluster, &writes).await;
+}
+
+/// Writes through every replica while the backfill runs, until a third of it is done.
+async fn write_during_the_backfill(cluster: &Cluster, started: Instant) -> Report {
+    let writers = Writers::start(cluster);
+    processed_at_least(cluster, DOCUMENTS as u64 / 3).await;
     let writes = writers.stop().await;
     let rewritten = writes.last.values().filter(|w| w.rewrite).count();
     eprintln!(
@@ -52,40 +70,20 @@ async fn writes_pause_and_patch_through_any_replica_apply_to_all() {
     // write's transaction queued the document; within 2 s every replica dual-writes.
     if let Some(last) = writes.last_source_only {
         let late = last.saturating_duration_since(started);
-        assert!(
-            late < PROPAGATION,
-            "a write on the source alone {late:?} after the start"
-        );
+        let what = "a write on the source alone";
+        assert!(late < PROPAGATION, "{what} {late:?} after the start");
     }
+    writes
+}
 
-    pause_stops_every_replica(&cluster, &watch).await;
-    patch_bounds_every_replica(&cluster, &watch).await;
-
-    cluster
-        .api(2)
-        .wait_for_state(MIGRATION, "completed", PATIENCE)
-        .await;
-    let finished = Instant::now();
-    eprintln!("completed in {:?}", started.elapsed());
-    let samples = watch.stop().await;
-    let in_leases = samples.max_leases(started, finished);
-    // The writes' requests queue at the provider too; the backfill's carry corpus texts.
-    let mut backfill = cluster.provider.requests();
-    backfill.retain(|request| request.head.starts_with("corpus"));
-    let at_provider = max_overlap(&backfill, started, finished);
-    assert!(in_leases <= MAX_CONCURRENT as usize, "{in_leases} leases");
-    assert!(
-        at_provider <= MAX_CONCURRENT as usize,
-        "{at_provider} at the provider"
-    );
-
-    writes_are_current_everywhere(&cluster, &writes.last).await;
+/// The final counts, through replica 1: the corpus and the documents queued later by writes on
+/// the source alone, each processed once, by a batch or by a dual write.
+async fn counted_once(cluster: &Cluster, writes: &Report) {
     let progress = cluster
         .api(1)
         .wait_for_state(MIGRATION, "completed", PROPAGATION)
         .await;
     eprintln!("final {progress:?}");
-    // The corpus, and the documents that writes on the source alone queued later.
     let (total, queued_later) = (progress.total, writes.source_only as u64);
     let corpus = DOCUMENTS as u64;
     assert!(
@@ -95,7 +93,7 @@ async fn writes_pause_and_patch_through_any_replica_apply_to_all() {
     assert_eq!(progress.processed, total, "{progress:?}");
     assert_eq!((progress.skipped, progress.failed), (0, 0), "{progress:?}");
     // A dual write that takes a queued document off the queue counts it, outside any
-    // replica's batches: the batches account for the rest, each document once.
+    // replica's batches: the batches account for the rest.
     let batches: u64 = progress.replicas.iter().map(|r| r.processed).sum();
     let dual = writes.dual_rewrites as u64;
     assert!(
@@ -133,19 +131,8 @@ async fn pause_stops_every_replica(cluster: &Cluster, watch: &Watch) {
         state_reaches(cluster, i, "paused", paused).await;
     }
     tokio::time::sleep_until((paused + PROPAGATION).into()).await;
-    eventually(
-        LEASE + PROPAGATION,
-        "the batches in flight to commit",
-        || async {
-            let live = cluster.live_leases(MIGRATION).await;
-            if live.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{live:?}"))
-            }
-        },
-    )
-    .await;
+    let what = "the batches in flight to commit";
+    leases_until(cluster, LEASE + PROPAGATION, what, <[Lease]>::is_empty).await;
     let counts = cluster.counts(MIGRATION).await;
     let shares = cluster.processed_by_replica(MIGRATION).await;
     tokio::time::sleep(QUIET).await;
@@ -205,84 +192,78 @@ async fn patch_bounds_every_replica(cluster: &Cluster, watch: &Watch) {
     for i in 0..cluster.ids.len() {
         config_reaches(cluster, i, 1, patched).await;
     }
-    eventually(
-        LEASE + PROPAGATION,
-        "the batches in flight to end",
-        || async {
-            let live = cluster.live_leases(MIGRATION).await;
-            let older: Vec<_> = live.iter().filter(|l| held.contains(&l.token)).collect();
-            if older.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{older:?}"))
-            }
-        },
-    )
-    .await;
+    let what = "the batches in flight to end";
+    let ended = |live: &[Lease]| live.iter().all(|lease| !held.contains(&lease.token));
+    leases_until(cluster, LEASE + PROPAGATION, what, ended).await;
     let drained = Instant::now();
     tokio::time::sleep(QUIET).await;
     let raised = Instant::now();
     let patch = json!({ "max_concurrent": MAX_CONCURRENT });
-    cluster
-        .api(0)
-        .patch_config(MIGRATION, &patch)
-        .await
-        .ok::<Value>();
+    let reply = cluster.api(0).patch_config(MIGRATION, &patch).await;
+    reply.ok::<Value>();
+    eprintln!(
+        "patch to 1: {} claims in flight, ended {:?} after",
+        held.len(),
+        drained - patched
+    );
+    one_batch_between(cluster, watch, drained, raised);
 
+    for i in 0..cluster.ids.len() {
+        config_reaches(cluster, i, MAX_CONCURRENT, raised).await;
+    }
+    let what = "more than one batch in flight again";
+    leases_until(cluster, PROPAGATION + LEASE, what, |live| live.len() > 1).await;
+}
+
+/// At most one batch was in flight across the replicas in `[from, to)` — in the lease table,
+/// in the progress the replicas reported, at the provider — and the backfill went on.
+fn one_batch_between(cluster: &Cluster, watch: &Watch, from: Instant, to: Instant) {
     let samples = watch.so_far();
-    let in_leases = samples.max_leases(drained, raised);
-    let reported = samples.max_reported(drained, raised);
-    let requests = cluster.provider.requests();
-    let at_provider = max_overlap(&requests, drained, raised);
-    let claims = samples.claims_between(drained, raised);
+    let in_leases = samples.max_leases(from, to);
+    let reported = samples.max_reported(from, to);
+    let at_provider = max_overlap(&cluster.provider.requests(), from, to);
+    let claims = samples.claims_between(from, to);
     let mut claimers: Vec<&str> = claims.iter().map(|(_, r)| r.as_str()).collect();
     claimers.sort_unstable();
     claimers.dedup();
     eprintln!(
-        "patch to 1: {} claims in flight, drained {:?} after; then {} claims by {claimers:?} in \
-         {QUIET:?}; at most {in_leases} leases, {reported} reported, {at_provider} at the provider",
-        held.len(),
-        drained - patched,
-        claims.len()
+        "then {} claims by {claimers:?} in {:?}; at most {in_leases} leases, {reported} \
+         reported, {at_provider} at the provider",
+        claims.len(),
+        to - from
     );
-    assert!(in_leases <= 1, "{in_leases} leases at once after the PATCH");
-    assert!(
-        reported <= 1,
-        "{reported} in flight reported after the PATCH"
-    );
-    assert!(
-        at_provider <= 1,
-        "{at_provider} requests at once after the PATCH"
-    );
+    let after = "after the PATCH";
+    assert!(in_leases <= 1, "{in_leases} leases at once {after}");
+    assert!(reported <= 1, "{reported} in flight reported {after}");
+    assert!(at_provider <= 1, "{at_provider} requests at once {after}");
     assert!(
         claims.len() >= 2,
         "the backfill went on under the new bound"
     );
-    for i in 0..cluster.ids.len() {
-        config_reaches(cluster, i, MAX_CONCURRENT, raised).await;
-    }
-    eventually(
-        PROPAGATION + LEASE,
-        "more than one batch in flight again",
-        || async {
-            let live = cluster.live_leases(MIGRATION).await;
-            if live.len() > 1 {
-                Ok(())
-            } else {
-                Err(format!("{live:?}"))
-            }
-        },
-    )
+}
+
+/// Waits up to `timeout` until the unexpired leases of the migration are `done`.
+async fn leases_until(
+    cluster: &Cluster,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[Lease]) -> bool,
+) {
+    eventually(timeout, what, || async {
+        let live = cluster.live_leases(MIGRATION).await;
+        if done(&live) {
+            Ok(())
+        } else {
+            Err(format!("{live:?}"))
+        }
+    })
     .await;
 }
 
 /// Every written document, read through a replica other than the one it was written
 /// through, has the text and version written last and vectors of both models for that version;
 /// and no document at all lacks a current target vector, by the API and by the tables.
-async fn writes_are_current_everywhere(
-    cluster: &Cluster,
-    written: &std::collections::BTreeMap<String, Written>,
-) {
+async fn writes_are_current_everywhere(cluster: &Cluster, written: &BTreeMap<String, Written>) {
     for (id, write) in written {
         let reader = (write.replica + 1) % cluster.ids.len();
         let document = cluster.api(reader).get_document(id).await;

@@ -4,12 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::cluster::{Cluster, DOCUMENTS, LEASE, TARGET, TEXT_CHARS, corpus, one_at_a_time};
 use crate::helpers::{PATIENCE, eventually};
-use crate::watch::{Watch, max_overlap};
-use crate::wire::Progress;
+use crate::watch::{Samples, max_overlap, start_watched};
 
 const MIGRATION: &str = "shared";
 const BATCH_SIZE: usize = 50;
@@ -19,6 +18,21 @@ const VICTIM: usize = 2;
 /// The share of the documents processed before the kill.
 const KILL_AT: f64 = 0.4;
 
+/// What the test saw when it killed the victim.
+#[derive(Debug)]
+struct Kill {
+    at: Instant,
+    /// The victim's claims then, and the documents still queued under them.
+    claims: Vec<String>,
+    orphaned: Vec<String>,
+    /// The migration row's counts then, and the documents per second so far.
+    total: i64,
+    processed: i64,
+    rate: f64,
+    /// The victim's `processed` in `backfill_replicas` then.
+    victim_processed: i64,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_a_migration_within_max_concurrent_and_survive_a_kill() {
     let _alone = one_at_a_time().await;
@@ -26,17 +40,27 @@ async fn three_replicas_share_a_migration_within_max_concurrent_and_survive_a_ki
     let loading = Instant::now();
     cluster.load(&corpus()).await;
     eprintln!("loaded {DOCUMENTS} documents in {:?}", loading.elapsed());
-
     let config = json!({ "batch_size": BATCH_SIZE, "max_concurrent": MAX_CONCURRENT });
-    let body = json!({ "id": MIGRATION, "target_model": TARGET, "config": config, "start": false });
-    // Planned first, so the watch sees its first claims.
-    cluster.api(0).start_migration(&body).await;
-    let watch = Watch::start(&cluster, MIGRATION);
-    let started = Instant::now();
-    let start = cluster.api(0).action(MIGRATION, "start").await;
-    start.ok::<Value>();
+    let (watch, started) = start_watched(&cluster, MIGRATION, config).await;
 
-    // Every replica takes batches before one dies.
+    every_replica_takes_batches(&cluster).await;
+    watch.forget(VICTIM).await;
+    let kill = kill_mid_batch(&mut cluster, started).await;
+    cluster
+        .api(0)
+        .wait_for_state(MIGRATION, "completed", PATIENCE)
+        .await;
+    let finished = Instant::now();
+    survivors_finish_in_time(&kill, finished - kill.at);
+    eprintln!("completed in {:?}", started.elapsed());
+
+    let samples = watch.stop().await;
+    counted_once(&cluster, &kill).await;
+    in_flight_within_bound(&cluster, &samples, started, finished);
+}
+
+/// Waits until each replica has processed documents, and the migration `KILL_AT` of them.
+async fn every_replica_takes_batches(cluster: &Cluster) {
     let kill_at = (DOCUMENTS as f64 * KILL_AT) as u64;
     eventually(PATIENCE, "every replica to process batches", || async {
         let progress = cluster.api(1).progress(MIGRATION).await;
@@ -48,69 +72,78 @@ async fn three_replicas_share_a_migration_within_max_concurrent_and_survive_a_ki
         }
     })
     .await;
+}
 
-    // SIGKILL while the victim holds a lease, so that its batch must be redone by another.
+/// SIGKILLs the victim while it holds a lease, so that another replica must redo its batch.
+async fn kill_mid_batch(cluster: &mut Cluster, started: Instant) -> Kill {
     let victim = cluster.ids[VICTIM].clone();
-    let held: Vec<String> = eventually(PATIENCE, "the victim to hold a lease", || async {
+    let claims: Vec<String> = eventually(PATIENCE, "the victim to hold a lease", || async {
         let leases = cluster.live_leases(MIGRATION).await;
-        let held: Vec<String> = leases
-            .into_iter()
-            .filter(|lease| lease.replica == victim)
-            .map(|lease| lease.token)
-            .collect();
-        if held.is_empty() {
+        let held = leases.into_iter().filter(|lease| lease.replica == victim);
+        let claims: Vec<String> = held.map(|lease| lease.token).collect();
+        if claims.is_empty() {
             Err("no lease".to_owned())
         } else {
-            Ok(held)
+            Ok(claims)
         }
     })
     .await;
-    watch.forget(VICTIM).await;
     cluster.kill(VICTIM);
-    let killed = Instant::now();
-    let orphaned = cluster.queued_under(&held).await;
-    let at_kill = cluster.counts(MIGRATION).await;
-    let victim_processed = processed_of(&cluster.processed_by_replica(MIGRATION).await, &victim);
-    let rate = at_kill.processed as f64 / started.elapsed().as_secs_f64();
+    let at = Instant::now();
+    let orphaned = cluster.queued_under(&claims).await;
+    let counts = cluster.counts(MIGRATION).await;
+    let shares = cluster.processed_by_replica(MIGRATION).await;
+    let kill = Kill {
+        at,
+        claims,
+        orphaned,
+        total: counts.total,
+        processed: counts.processed,
+        rate: counts.processed as f64 / started.elapsed().as_secs_f64(),
+        victim_processed: processed_of(&shares, &victim),
+    };
+    assert!(
+        !kill.orphaned.is_empty(),
+        "the victim was killed holding a lease, with documents queued under it: {kill:?}"
+    );
+    kill
+}
 
-    let done = cluster
-        .api(0)
-        .wait_for_state(MIGRATION, "completed", PATIENCE)
-        .await;
-    let after_kill = killed.elapsed();
-    let finished = Instant::now();
-    let samples = watch.stop().await;
-
-    // The other two finish within the lease plus the remaining work at the rate so far,
-    // doubled, plus a few seconds for the routing snapshots to report completion.
-    let remaining = (at_kill.total - at_kill.processed) as f64;
-    let expected = LEASE + Duration::from_secs_f64(remaining / rate);
+/// The two survivors finish within the lease plus the remaining work at the rate so far,
+/// doubled, plus a few seconds for the routing snapshots to report completion.
+fn survivors_finish_in_time(kill: &Kill, after_kill: Duration) {
+    let remaining = (kill.total - kill.processed) as f64;
+    let expected = LEASE + Duration::from_secs_f64(remaining / kill.rate);
     let bound = expected * 2 + Duration::from_secs(5);
     let capacity = crate::cluster::speed().docs_per_second(TEXT_CHARS, BATCH_SIZE);
     eprintln!(
-        "killed {victim} at {at_kill:?} holding {} claims of {} documents; rate before the kill \
-         {rate:.0} docs/s (provider capacity {capacity:.0}); finished {after_kill:?} after the \
-         kill (expected about {expected:?}, bound {bound:?}); {:?} in all",
-        held.len(),
-        orphaned.len(),
-        started.elapsed()
+        "killed at {} of {} processed, holding {} claims of {} documents; {:.0} docs/s before \
+         the kill (provider capacity {capacity:.0}); finished {after_kill:?} after the kill \
+         (expected about {expected:?}, bound {bound:?})",
+        kill.processed,
+        kill.total,
+        kill.claims.len(),
+        kill.orphaned.len(),
+        kill.rate
     );
     assert!(
         after_kill <= bound,
         "the two survivors took {after_kill:?} after the kill, over {bound:?}"
     );
-    assert!(
-        !orphaned.is_empty(),
-        "the victim was killed holding a lease, with documents queued under it"
-    );
+}
 
-    // Counts, through a replica other than the one that started the migration and through
-    // the tables: every document once, and the replicas' shares add up to it.
-    let progress = final_progress(&cluster, 1).await;
+/// Through replica 1 (not the one that started the migration) and through the tables: every
+/// document processed once, each with a current target vector, and the replicas' shares add
+/// up to the total, the dead one's standing where it died.
+async fn counted_once(cluster: &Cluster, kill: &Kill) {
+    let progress = cluster
+        .api(1)
+        .wait_for_state(MIGRATION, "completed", Duration::from_secs(5))
+        .await;
+    eprintln!("per replica {:?}", progress.replicas);
     assert_eq!(progress.total, DOCUMENTS as u64, "{progress:?}");
     assert_eq!(progress.processed, progress.total, "{progress:?}");
     assert_eq!((progress.skipped, progress.failed), (0, 0), "{progress:?}");
-    assert_eq!(done.processed, progress.processed, "{done:?}");
     let mut ids: Vec<&str> = progress.replicas.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, cluster.ids, "{:?}", progress.replicas);
@@ -118,16 +151,18 @@ async fn three_replicas_share_a_migration_within_max_concurrent_and_survive_a_ki
         assert!(replica.processed > 0, "{:?}", progress.replicas);
         assert_eq!(replica.in_flight_batches, 0, "{:?}", progress.replicas);
     }
-    let shared: u64 = progress.replicas.iter().map(|r| r.processed).sum();
-    assert_eq!(shared, progress.processed, "{:?}", progress.replicas);
+    let shares: u64 = progress.replicas.iter().map(|r| r.processed).sum();
+    assert_eq!(shares, progress.processed, "{:?}", progress.replicas);
     let stored = cluster.processed_by_replica(MIGRATION).await;
+    let victim = &cluster.ids[VICTIM];
+    let what = "a dead replica's count does not move";
     assert_eq!(
-        processed_of(&stored, &victim),
-        victim_processed,
-        "a dead replica's count does not move"
+        processed_of(&stored, victim),
+        kill.victim_processed,
+        "{what}"
     );
-    let counts = cluster.counts(MIGRATION).await;
-    assert_eq!(counts.processed, DOCUMENTS as i64, "{counts:?}");
+    assert_eq!(cluster.counts(MIGRATION).await.processed, DOCUMENTS as i64);
+
     assert_eq!(cluster.stale_vectors(TARGET).await, (0, DOCUMENTS as i64));
     let documents = cluster.api(1).all_documents(1_000).await;
     assert_eq!(documents.len(), DOCUMENTS);
@@ -140,18 +175,21 @@ async fn three_replicas_share_a_migration_within_max_concurrent_and_survive_a_ki
         stale.is_empty(),
         "without a current {TARGET} vector: {stale:?}"
     );
+}
 
-    // In flight across the replicas: never over max_concurrent, and over one at times.
+/// The batches in flight across the replicas never exceeded `max_concurrent` — in the lease
+/// table, in the progress the replicas reported, at the provider — and exceeded one at times.
+fn in_flight_within_bound(cluster: &Cluster, samples: &Samples, from: Instant, to: Instant) {
     let (looks, overlapping) = samples.counts();
-    let in_leases = samples.max_leases(started, finished);
-    let reported = samples.max_reported(started, finished);
-    let at_provider = max_overlap(&cluster.provider.requests(), started, finished);
-    let embedded: usize = cluster.provider.requests().iter().map(|r| r.inputs).sum();
+    let in_leases = samples.max_leases(from, to);
+    let reported = samples.max_reported(from, to);
+    let requests = cluster.provider.requests();
+    let at_provider = max_overlap(&requests, from, to);
+    let embedded: usize = requests.iter().map(|r| r.inputs).sum();
     eprintln!(
         "in flight at most: {in_leases} leases, {reported} in progress, {at_provider} at the \
-         provider; {overlapping} of {looks} looks saw more than one; per replica {:?}; \
-         {embedded} documents embedded by the provider for {DOCUMENTS}",
-        progress.replicas
+         provider; {overlapping} of {looks} looks saw more than one; {embedded} texts embedded \
+         by the provider for {DOCUMENTS} documents"
     );
     assert!(in_leases <= MAX_CONCURRENT, "{in_leases} leases at once");
     assert!(reported <= MAX_CONCURRENT as u64, "{reported} reported");
@@ -163,14 +201,7 @@ async fn three_replicas_share_a_migration_within_max_concurrent_and_survive_a_ki
     assert!(looks > 100, "the watch looked only {looks} times");
 }
 
-/// The progress replica `i` reports once its view of the migration shows it completed.
-async fn final_progress(cluster: &Cluster, i: usize) -> Progress {
-    cluster
-        .api(i)
-        .wait_for_state(MIGRATION, "completed", Duration::from_secs(5))
-        .await
-}
-
+/// A replica's `processed` among `backfill_replicas` rows.
 fn processed_of(stored: &[(String, i64)], replica: &str) -> i64 {
     let found = stored.iter().find(|(id, _)| id == replica);
     found.map(|(_, n)| *n).unwrap_or_default()

@@ -7,16 +7,30 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Api;
-use crate::cluster::{Cluster, Lease};
+use crate::cluster::{Cluster, Lease, TARGET};
 use crate::serial_provider::{Outcome, Request};
 
 /// How often the watch looks.
 const EVERY: Duration = Duration::from_millis(20);
+
+/// Creates `migration` with `config` through replica 0, planned, starts watching it, and then
+/// starts it through replica 0, so the watch sees its first claims: the watch, and when the
+/// start was sent.
+pub async fn start_watched(cluster: &Cluster, migration: &str, config: Value) -> (Watch, Instant) {
+    let body = json!({ "id": migration, "target_model": TARGET, "config": config, "start": false });
+    cluster.api(0).start_migration(&body).await;
+    let watch = Watch::start(cluster, migration);
+    let started = Instant::now();
+    let start = cluster.api(0).action(migration, "start").await;
+    start.ok::<Value>();
+    (watch, started)
+}
 
 /// One look.
 #[derive(Debug, Clone)]
