@@ -1,5 +1,6 @@
 //! `ServerProcess`: the `reembed` binary as a child process, for the tests that kill it.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::ops::Deref;
 use std::path::Path;
@@ -28,11 +29,17 @@ impl ServerProcess {
     /// Starts the binary on `data_dir` and waits for its one line
     /// `reembed listening on http://127.0.0.1:PORT`.
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(crate::store::store_flags(data_dir).await).await
+    }
+
+    /// Starts `reembed serve --listen 127.0.0.1:0` with `flags` (the store's among them) and
+    /// waits for its `listening on` line, as `start` does.
+    pub async fn start_with(flags: Vec<OsString>) -> Self {
         let logs = std::env::var_os("TEST_LOG").is_some();
         let mut command = Command::new(env!("CARGO_BIN_EXE_reembed"));
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(crate::store::store_flags(data_dir).await)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(if logs {
