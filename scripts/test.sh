@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # A real PostgreSQL with pgvector (scripts/postgres.sh), its URL in REEMBED_TEST_DATABASE_URL
-# for the PostgreSQL store's tests (src/store/postgres/tests.rs, issue 13), which create a
-# database of their own per test on it and fail when the variable is unset.
+# for every test of the PostgreSQL store — its contract suite (src/store/postgres/), the HTTP
+# suite on PostgreSQL below, and three replicas on one database (tests/replicas.rs) — each
+# creating a database of its own there; they fail when the variable is unset.
 # shellcheck source=scripts/postgres.sh
 . scripts/postgres.sh
 trap stop_postgres EXIT
