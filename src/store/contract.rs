@@ -238,6 +238,24 @@ pub(crate) async fn active_model_starts_unset_and_can_be_replaced(backend: &dyn 
 
 // ---- Documents ----------------------------------------------------------------------------
 
+/// Of several replicas closing the same rollback window, exactly one records the cut-over.
+pub(crate) async fn a_cut_over_happens_once_and_only_from_the_recorded_model(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    store.set_active_model(SOURCE).await.unwrap();
+    assert!(
+        !store.cut_over(TARGET, THIRD).await.unwrap(),
+        "not from {TARGET}"
+    );
+    assert!(store.cut_over(SOURCE, TARGET).await.unwrap());
+    assert!(
+        !store.cut_over(SOURCE, TARGET).await.unwrap(),
+        "already done"
+    );
+    assert_eq!(store.active_model().await.unwrap().as_deref(), Some(TARGET));
+}
+
 pub(crate) async fn each_write_of_an_id_grows_its_version_by_one(backend: &dyn Backend) {
     let store = backend.open().await;
     for expected in 1..=3 {

@@ -31,6 +31,14 @@ async fn throughput_and_eta_follow_a_provider_of_fixed_speed() {
         "nothing to estimate from yet: {first:?}"
     );
 
+    // The rate counts from the start, so the first claims and commits weigh on it early on:
+    // on PostgreSQL, a few round trips each to a database that shares this machine's two
+    // cores with the tests, about a quarter of the first 10% on a loaded run.
+    let from = if crate::store::on_postgres() {
+        0.2
+    } else {
+        0.1
+    };
     let deadline = Instant::now() + PATIENCE;
     let mut checked = 0;
     loop {
@@ -39,7 +47,7 @@ async fn throughput_and_eta_follow_a_provider_of_fixed_speed() {
             break;
         }
         let done = p.processed as f64 / p.total as f64;
-        if (0.1..0.8).contains(&done) {
+        if (from..0.8).contains(&done) {
             let rate = p.throughput_per_sec.expect("a rate after 10%");
             assert!(
                 (rate / true_rate - 1.0).abs() <= 0.3,
@@ -56,5 +64,8 @@ async fn throughput_and_eta_follow_a_provider_of_fixed_speed() {
         assert!(Instant::now() < deadline, "not completed: {p:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(checked >= 10, "only {checked} samples between 10% and 80%");
+    assert!(
+        checked >= 10,
+        "only {checked} samples between {from} and 80%"
+    );
 }

@@ -119,6 +119,7 @@ async fn backend() -> PostgresBackend {
 contract_tests!(backend() =>
     a_write_dropped_at_any_await_leaves_the_store_writable,
     active_model_starts_unset_and_can_be_replaced,
+    a_cut_over_happens_once_and_only_from_the_recorded_model,
     each_write_of_an_id_grows_its_version_by_one,
     a_bulk_write_applies_a_repeated_id_in_order,
     vectors_round_trip_bit_exactly,
