@@ -5,8 +5,9 @@
 ALTER TABLE backfill_queue ADD COLUMN claimed_by TEXT;
 ALTER TABLE backfill_queue ADD COLUMN lease_expires_at INTEGER;
 
--- Renewing or releasing a claim finds its documents.
-CREATE INDEX backfill_queue_by_claim ON backfill_queue (claimed_by) WHERE claimed_by IS NOT NULL;
+-- A claim finds its documents again (to renew or release them) by their id range in the
+-- primary key, `claimed_by` telling them apart: no index on `claimed_by`, which every claim and
+-- every commit would have to maintain.
 
 -- The claims a migration holds: at most `config.max_concurrent` unexpired rows per migration,
 -- one per slot, which bounds the batches in flight.

@@ -273,11 +273,15 @@ async fn count_for_replica(tx: &mut Tx, claim: &Claim, written: usize) -> Result
 
 /// Ends a claim: its slot frees, and its documents still queued become claimable again.
 async fn release(tx: &mut Tx, claim: &Claim) -> Result<(), StoreError> {
+    let (first, last) = id_range(claim);
     sqlx::query(
         "UPDATE backfill_queue SET claimed_by = NULL, lease_expires_at = NULL
-         WHERE claimed_by = ?1",
+         WHERE migration_id = ?2 AND doc_id BETWEEN ?3 AND ?4 AND claimed_by = ?1",
     )
     .bind(&claim.token)
+    .bind(&claim.migration_id)
+    .bind(first)
+    .bind(last)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
@@ -300,12 +304,17 @@ pub(super) async fn release_failed(
         .write(async {
             let mut tx = store.begin_write().await?;
             let now = unix_ms(Utc::now());
+            let (first, last) = id_range(claim);
             let newly = sqlx::query(
                 "UPDATE backfill_queue SET failed = 1
-                 WHERE claimed_by = ?1 AND lease_expires_at > ?2 AND failed = 0",
+                 WHERE migration_id = ?3 AND doc_id BETWEEN ?4 AND ?5
+                   AND claimed_by = ?1 AND lease_expires_at > ?2 AND failed = 0",
             )
             .bind(&claim.token)
             .bind(now)
+            .bind(&claim.migration_id)
+            .bind(first)
+            .bind(last)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?
@@ -318,11 +327,15 @@ pub(super) async fn release_failed(
             }
             sqlx::query(
                 "UPDATE backfill_queue SET claimed_by = NULL, lease_expires_at = ?1
-                 WHERE claimed_by = ?2 AND lease_expires_at > ?3",
+                 WHERE migration_id = ?4 AND doc_id BETWEEN ?5 AND ?6
+                   AND claimed_by = ?2 AND lease_expires_at > ?3",
             )
             .bind(now.saturating_add(millis(retry_after)))
             .bind(&claim.token)
             .bind(now)
+            .bind(&claim.migration_id)
+            .bind(first)
+            .bind(last)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
@@ -369,6 +382,14 @@ pub(super) async fn release_all_leases(store: &SqliteStore) -> Result<(), StoreE
         .await
         .map_err(store_error)?;
     tx.commit().await.map_err(store_error)
+}
+
+/// The lowest and highest id a claim took: its documents are found again by this range of
+/// the queue's primary key (and their `claimed_by`), with no index on `claimed_by`.
+fn id_range(claim: &Claim) -> (&str, &str) {
+    let first = claim.documents.first().map_or("", |d| d.id.as_str());
+    let last = claim.documents.last().map_or("", |d| d.id.as_str());
+    (first, last)
 }
 
 /// `now` as unix milliseconds, the unit of the lease columns.
