@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A failing test's message, not its backtrace, at the end of the log: CI keeps the log's head
+# and tail, and a backtrace pushed the one line that said what failed out of both.
+export RUST_BACKTRACE=0
+
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 # A real PostgreSQL with pgvector (scripts/postgres.sh), its URL in REEMBED_TEST_DATABASE_URL
