@@ -16,7 +16,7 @@
 //! Counts move through `apply_delta` after the store has committed them (commit, then
 //! publish), so the in-memory copy may trail the database by one transaction but never leads it.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -25,8 +25,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::domain::{
-    BackfillLimits, ConfigError, ConfigPatch, Event, Migration, MigrationState, ProgressSnapshot,
-    Routing, RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
+    Actor, BackfillLimits, Cause, ConfigError, ConfigPatch, Evaluation, Event, HistoryEvent,
+    Migration, MigrationState, ProgressSnapshot, Routing, RoutingSnapshot, ThroughputMeter,
+    TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, ReplicaProgress, Store, StoreError};
@@ -128,6 +129,9 @@ pub struct Coordinator {
     /// Signalled when this process committed a count change to a shared store, so the
     /// snapshot refreshes soon rather than at its next poll.
     counts_moved: tokio::sync::Notify,
+    /// This process's replica id, named in the history of every change it makes; set once the
+    /// process knows the address it listens on (`name_replica`).
+    replica: OnceLock<String>,
 }
 
 /// Replaces `live`'s newest migration by the one stored, keeping the throughput samples while
@@ -197,7 +201,23 @@ impl Coordinator {
             changes: watch::channel(0).0,
             refreshed_at: Mutex::new(None),
             counts_moved: tokio::sync::Notify::new(),
+            replica: OnceLock::new(),
         })
+    }
+
+    /// Names this process among the replicas in the history of the changes it makes; the
+    /// first name given holds.
+    pub fn name_replica(&self, replica: String) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Who causes a change made by this process on behalf of `actor`.
+    fn cause(&self, actor: Actor) -> Cause {
+        let replica = self.replica.get().map_or("unnamed", String::as_str);
+        Cause {
+            replica: replica.to_owned(),
+            actor,
+        }
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -400,9 +420,10 @@ impl Coordinator {
         migration: Migration,
         start: bool,
         now: DateTime<Utc>,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let this = Arc::clone(self);
-        run_to_end(async move { this.create_now(migration, start, now).await }).await
+        run_to_end(async move { this.create_now(migration, start, now, actor).await }).await
     }
 
     async fn create_now(
@@ -410,6 +431,7 @@ impl Coordinator {
         migration: Migration,
         start: bool,
         now: DateTime<Utc>,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
         self.refresh_if_shared().await?;
@@ -418,12 +440,14 @@ impl Coordinator {
         if self.store.migration(&migration.id).await?.is_some() {
             return Err(CoordinatorError::DuplicateId(migration.id));
         }
-        self.store.insert_migration(&migration).await?;
+        let cause = self.cause(actor);
+        let noted = HistoryEvent::created(&migration, now, &cause);
+        self.store.insert_migration(&migration, &noted).await?;
         self.install(migration.clone());
         if !start {
             return Ok(migration);
         }
-        let started = self.start_locked(&migration, now).await?;
+        let started = self.start_locked(&migration, now, &cause).await?;
         Ok(self.complete_if_empty_locked(started, now).await)
     }
 
@@ -434,9 +458,10 @@ impl Coordinator {
         id: &str,
         event: Event,
         now: DateTime<Utc>,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let (this, id) = (Arc::clone(self), id.to_owned());
-        run_to_end(async move { this.transition_now(&id, event, now).await }).await
+        run_to_end(async move { this.transition_now(&id, event, now, actor).await }).await
     }
 
     async fn transition_now(
@@ -444,16 +469,21 @@ impl Coordinator {
         id: &str,
         event: Event,
         now: DateTime<Utc>,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
         self.refresh_if_shared().await?;
         let now = self.clock(now).await;
         let current = self.migration(id).await?;
         let next = self.apply_to_latest(&current, event.clone(), now)?;
+        let cause = self.cause(actor);
         let published = if event == Event::Start {
-            self.start_locked(&current, now).await?
+            self.start_locked(&current, now, &cause).await?
         } else {
-            self.store.update_migration(&next, current.state).await?;
+            let noted = HistoryEvent::of(&event, &current, &next, now, &cause);
+            self.store
+                .update_migration(&next, current.state, &noted)
+                .await?;
             self.publish_state(next)
         };
         if matches!(event, Event::Start | Event::Resume) {
@@ -491,22 +521,29 @@ impl Coordinator {
         self: &Arc<Self>,
         id: &str,
         patch: ConfigPatch,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let (this, id) = (Arc::clone(self), id.to_owned());
-        run_to_end(async move { this.update_config_now(&id, patch).await }).await
+        run_to_end(async move { this.update_config_now(&id, patch, actor).await }).await
     }
 
     async fn update_config_now(
         &self,
         id: &str,
         patch: ConfigPatch,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
         self.refresh_if_shared().await?;
+        let now = self.clock(Utc::now()).await;
         let current = self.migration(id).await?;
         let config = patch.apply_to(current.config)?;
-        let next = self.apply_to_latest(&current, Event::Reconfigure { config }, Utc::now())?;
-        self.store.update_migration(&next, current.state).await?;
+        let event = Event::Reconfigure { config };
+        let next = self.apply_to_latest(&current, event.clone(), now)?;
+        let noted = HistoryEvent::of(&event, &current, &next, now, &self.cause(actor));
+        self.store
+            .update_migration(&next, current.state, &noted)
+            .await?;
         Ok(self.publish_state(next))
     }
 
@@ -516,24 +553,59 @@ impl Coordinator {
         self: &Arc<Self>,
         id: &str,
         now: DateTime<Utc>,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let (this, id) = (Arc::clone(self), id.to_owned());
-        run_to_end(async move { this.retry_skips_now(&id, now).await }).await
+        run_to_end(async move { this.retry_skips_now(&id, now, actor).await }).await
     }
 
     async fn retry_skips_now(
         &self,
         id: &str,
         now: DateTime<Utc>,
+        actor: Actor,
+    ) -> Result<Migration, CoordinatorError> {
+        let _serial = self.transitions.lock().await;
+        self.refresh_if_shared().await?;
+        let now = self.clock(now).await;
+        let current = self.migration(id).await?;
+        let next = self.apply_to_latest(&current, Event::RetrySkips, now)?;
+        let noted = HistoryEvent::of(&Event::RetrySkips, &current, &next, now, &self.cause(actor));
+        let delta = self.store.requeue_skips(id, &noted).await?;
+        self.apply_delta(id, delta, now);
+        self.refresh_if_shared().await?;
+        Ok(self.latest().unwrap_or(current))
+    }
+
+    /// Keeps `evaluation` as the last of migration `id` (in its history too), on behalf of
+    /// `actor`; to the end once begun.
+    pub async fn record_evaluation(
+        self: &Arc<Self>,
+        id: &str,
+        evaluation: Evaluation,
+        actor: Actor,
+    ) -> Result<Migration, CoordinatorError> {
+        let (this, id) = (Arc::clone(self), id.to_owned());
+        run_to_end(async move { this.record_evaluation_now(&id, evaluation, actor).await }).await
+    }
+
+    async fn record_evaluation_now(
+        &self,
+        id: &str,
+        evaluation: Evaluation,
+        actor: Actor,
     ) -> Result<Migration, CoordinatorError> {
         let _serial = self.transitions.lock().await;
         self.refresh_if_shared().await?;
         let current = self.migration(id).await?;
-        self.apply_to_latest(&current, Event::RetrySkips, now)?;
-        let delta = self.store.requeue_skips(id).await?;
-        self.apply_delta(id, delta, now);
-        self.refresh_if_shared().await?;
-        Ok(self.latest().unwrap_or(current))
+        let noted = HistoryEvent::evaluated(id, &evaluation, &self.cause(actor));
+        self.store
+            .record_evaluation(id, &evaluation, &noted)
+            .await?;
+        Ok(self.publish_state(Migration {
+            evaluation: Some(evaluation),
+            ..current
+        }))
     }
 
     /// Completes the newest migration if its queue is empty; `true` when it did.
@@ -554,7 +626,7 @@ impl Coordinator {
         error: String,
         now: DateTime<Utc>,
     ) -> Result<(), CoordinatorError> {
-        self.transition(id, Event::Fail { error }, now)
+        self.transition(id, Event::Fail { error }, now, Actor::Service)
             .await
             .map(drop)
     }
@@ -567,9 +639,11 @@ impl Coordinator {
         &self,
         planned: &Migration,
         now: DateTime<Utc>,
+        cause: &Cause,
     ) -> Result<Migration, CoordinatorError> {
         let mut started = planned.apply(Event::Start, now)?;
-        started.counts = self.store.start_migration(&started).await?;
+        let noted = HistoryEvent::of(&Event::Start, planned, &started, now, cause);
+        started.counts = self.store.start_migration(&started, &noted).await?;
         self.install(started.clone());
         Ok(started)
     }
@@ -598,7 +672,9 @@ impl Coordinator {
         let Ok(next) = current.apply(Event::Complete, now) else {
             return Ok(false);
         };
-        if !self.store.complete_migration(&next).await? {
+        let cause = self.cause(Actor::Service);
+        let noted = HistoryEvent::of(&Event::Complete, current, &next, now, &cause);
+        if !self.store.complete_migration(&next, &noted).await? {
             return Ok(false);
         }
         tracing::info!(migration = %next.id, "migration completed; rollback window open");
@@ -763,9 +839,15 @@ impl Coordinator {
     /// call tries again.
     pub async fn settle_active_model(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
         let active = self.active_model(now);
-        let recorded = self.live().recorded_active.clone();
-        if recorded != active && self.store.cut_over(&recorded, &active).await? {
-            tracing::info!(model = %active, "rollback window closed; active model changed");
+        let (recorded, latest) = {
+            let live = self.live();
+            (live.recorded_active.clone(), live.latest.clone())
+        };
+        if let Some(migration) = latest.filter(|_| recorded != active) {
+            let noted = HistoryEvent::window_closed(&migration, now, &self.cause(Actor::Service));
+            if self.store.cut_over(&recorded, &active, &noted).await? {
+                tracing::info!(model = %active, "rollback window closed; active model changed");
+            }
         }
         let mut live = self.live();
         live.recorded_active = active;

@@ -504,6 +504,25 @@ impl Documents {
         })
     }
 
+    /// The ids of the `top_k` documents nearest to `text`, embedded as a query with `model`,
+    /// among those that have vectors of both `model` and `other`, every candidate scored: the
+    /// ranking a labelled evaluation judges (`evaluation`).
+    pub async fn rank_in_both(
+        &self,
+        model: &str,
+        other: &str,
+        text: &str,
+        top_k: usize,
+    ) -> Result<Vec<String>, ServiceError> {
+        let query = self.embed_query(model, text).await?;
+        let hits = match (&self.indexes, self.store.vector_search()) {
+            (Some(indexes), _) => indexes.search_in_both(model, other, &query, top_k),
+            (None, Some(search)) => search.nearest_in_both(model, other, &query, top_k).await?,
+            (None, None) => return Err(no_vector_index().into()),
+        };
+        Ok(hits.into_iter().map(|hit| hit.id).collect())
+    }
+
     /// Embeds `text` with the fallback model, counting the fallback from `failed`.
     async fn fall_back(
         &self,
@@ -562,9 +581,7 @@ impl Documents {
             .collect();
         Ok((hits, found.exact))
     }
-}
 
-impl Documents {
     /// The nearest documents in `model`'s index, wherever it is kept: in this process's
     /// memory, or in the store's database.
     async fn nearest(
@@ -579,9 +596,7 @@ impl Documents {
             return Ok(indexes.search(model, query, top_k, filter, exact));
         }
         let Some(search) = self.store.vector_search() else {
-            return Err(StoreError::Unavailable(
-                "no vector index: the store searches none and none is kept in memory".to_owned(),
-            ));
+            return Err(no_vector_index());
         };
         let nearest = search.nearest(model, query, top_k, filter, exact).await?;
         Ok(Found {
@@ -589,6 +604,13 @@ impl Documents {
             exact: nearest.exact,
         })
     }
+}
+
+/// The error of a process that has no vector index to search: neither the store nor memory.
+fn no_vector_index() -> StoreError {
+    StoreError::Unavailable(
+        "no vector index: the store searches none and none is kept in memory".to_owned(),
+    )
 }
 
 /// Whether `error` is a provider failing for the moment (down, overloaded, timing out), for

@@ -26,6 +26,7 @@ pub mod coordinator;
 pub mod documents;
 pub mod domain;
 pub mod embed;
+pub mod evaluation;
 pub mod index;
 pub mod load;
 mod run_to_end;
@@ -123,8 +124,10 @@ impl App {
         } = self;
         let workers = TaskTracker::new();
         let stopping = CancellationToken::new();
+        let replica = replica_id(&config, listener.local_addr()?);
+        coordinator.name_replica(replica.clone());
         let lease = LeaseRequest {
-            replica: replica_id(&config, listener.local_addr()?),
+            replica,
             duration: config.backfill_lease,
         };
         Backfill::new(

@@ -1,12 +1,15 @@
 //! Bearer-token authentication (API.md 401): with a token configured, every request but the
 //! health probes and the API description needs `Authorization: Bearer <token>`, or the same
 //! token as an `access_token` query parameter (RFC 6750 §2.3) for browsers' `EventSource`,
-//! which cannot set headers. The read-only token may only GET and HEAD (else 403).
+//! which cannot set headers. The read-only token may only GET and HEAD (else 403). Each
+//! request carries its [`Actor`] on to the handlers, which name it in the history of a
+//! migration they change.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -14,6 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::config::Tokens;
+use crate::domain::Actor;
 
 /// Paths that stay open whatever the tokens: probes for orchestrators, and the API's
 /// description (it holds no data).
@@ -29,10 +33,11 @@ enum Access {
 /// Middleware: lets the request through if its token allows it.
 pub async fn require_token(
     State(tokens): State<Option<Arc<Tokens>>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let Some(tokens) = tokens else {
+        request.extensions_mut().insert(Actor::Anonymous);
         return Ok(next.run(request).await);
     };
     let path = request.uri().path();
@@ -41,7 +46,10 @@ pub async fn require_token(
     }
     let access = presented_token(&request).and_then(|token| access(&tokens, &token));
     match access {
-        Some(Access::Write) => Ok(next.run(request).await),
+        Some(Access::Write) => {
+            request.extensions_mut().insert(Actor::WriteToken);
+            Ok(next.run(request).await)
+        }
         Some(Access::Read) if is_read(request.method()) => Ok(next.run(request).await),
         Some(Access::Read) => Err(ApiError::Forbidden(
             "the read-only token cannot change anything".to_owned(),
@@ -49,6 +57,20 @@ pub async fn require_token(
         None => Err(ApiError::Unauthorized(
             "a valid bearer token is required".to_owned(),
         )),
+    }
+}
+
+/// On whose behalf a request changes something, for a handler to name in a migration's
+/// history: what `require_token` found, and anonymous for a request it never saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Requester {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let actor = parts.extensions.get::<Actor>().copied();
+        Ok(Self(actor.unwrap_or(Actor::Anonymous)))
     }
 }
 

@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Requester;
 use super::error::{ApiError, AppJson, AppPath, Problem, optional_object};
 use crate::coordinator::Progress;
 use crate::documents::ServiceError;
 use crate::domain::{
-    BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Event, Migration, MigrationState, Phase,
-    Route, ThrottleReason, estimate_secs, estimate_tokens,
+    Actor, BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Evaluation, Event, Migration,
+    MigrationState, Phase, Route, ThrottleReason, estimate_secs, estimate_tokens,
 };
 use crate::embed::{EmbedError, Lane, ModelRegistry};
 
@@ -74,6 +75,8 @@ pub struct MigrationView {
     pub error: Option<String>,
     /// The reason given to the current pause, if any.
     pub pause_reason: Option<String>,
+    /// The last labelled evaluation of the two models (`POST .../evaluate`), if any.
+    pub last_evaluation: Option<Evaluation>,
 }
 
 /// Response of `GET /v1/migrations`, newest first.
@@ -188,6 +191,7 @@ impl From<Migration> for MigrationView {
             rollback_window_ends_at: m.rollback_window_ends_at,
             error: m.error,
             pause_reason: m.pause_reason,
+            last_evaluation: m.evaluation,
         }
     }
 }
@@ -314,6 +318,7 @@ async fn preflight(state: &AppState, target: &str) -> Result<(), ApiError> {
               (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn create_migration(
     State(state): State<AppState>,
+    Requester(actor): Requester,
     AppJson(body): AppJson<CreateMigration>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
@@ -325,7 +330,7 @@ pub async fn create_migration(
     if dry_run {
         return Ok(AppJson(estimate(&state, planned).await?).into_response());
     }
-    let migration = state.coordinator.create(planned, start, now).await?;
+    let migration = state.coordinator.create(planned, start, now, actor).await?;
     let location = format!("/v1/migrations/{}", migration.id);
     let view = AppJson(MigrationView::from(migration));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], view).into_response())
@@ -397,8 +402,12 @@ async fn apply(
     state: &AppState,
     id: &str,
     event: Event,
+    actor: Actor,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    let migration = state.coordinator.transition(id, event, Utc::now()).await?;
+    let migration = state
+        .coordinator
+        .transition(id, event, Utc::now(), actor)
+        .await?;
     Ok(AppJson(migration.into()))
 }
 
@@ -409,8 +418,9 @@ async fn apply(
 pub async fn start_migration(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    apply(&state, &id, Event::Start).await
+    apply(&state, &id, Event::Start, actor).await
 }
 
 /// in_progress → paused: workers stop taking batches; routing stays where it was.
@@ -422,6 +432,7 @@ pub async fn start_migration(
 pub async fn pause_migration(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
     body: Bytes,
 ) -> Result<AppJson<MigrationView>, ApiError> {
     let body: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -437,6 +448,7 @@ pub async fn pause_migration(
         Event::Pause {
             reason: body.reason,
         },
+        actor,
     )
     .await
 }
@@ -448,8 +460,9 @@ pub async fn pause_migration(
 pub async fn resume_migration(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    apply(&state, &id, Event::Resume).await
+    apply(&state, &id, Event::Resume, actor).await
 }
 
 /// Stops a migration that has not completed; routing returns to the source.
@@ -459,8 +472,9 @@ pub async fn resume_migration(
 pub async fn cancel_migration(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    apply(&state, &id, Event::Cancel).await
+    apply(&state, &id, Event::Cancel, actor).await
 }
 
 /// Returns queries and writes to the source model; allowed until the rollback window ends.
@@ -470,8 +484,9 @@ pub async fn cancel_migration(
 pub async fn rollback_migration(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    apply(&state, &id, Event::Rollback).await
+    apply(&state, &id, Event::Rollback, actor).await
 }
 
 /// Ends the rollback window now: the target becomes the active model.
@@ -481,8 +496,9 @@ pub async fn rollback_migration(
 pub async fn finalize_migration(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    apply(&state, &id, Event::Finalize).await
+    apply(&state, &id, Event::Finalize, actor).await
 }
 
 /// Changes config fields of a planned or running migration; applies from the next batch.
@@ -494,11 +510,11 @@ pub async fn finalize_migration(
 pub async fn patch_config(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
     AppJson(patch): AppJson<ConfigPatch>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    Ok(AppJson(
-        state.coordinator.update_config(&id, patch).await?.into(),
-    ))
+    let migration = state.coordinator.update_config(&id, patch, actor).await?;
+    Ok(AppJson(migration.into()))
 }
 
 /// Documents the backfill gave up on, with the provider's reason.
@@ -531,8 +547,11 @@ pub async fn list_skips(
 pub async fn retry_skips(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
 ) -> Result<AppJson<MigrationView>, ApiError> {
-    Ok(AppJson(
-        state.coordinator.retry_skips(&id, Utc::now()).await?.into(),
-    ))
+    let migration = state
+        .coordinator
+        .retry_skips(&id, Utc::now(), actor)
+        .await?;
+    Ok(AppJson(migration.into()))
 }

@@ -2,6 +2,7 @@
 //! their OpenAPI description (utoipa-axum), so the served spec cannot drift from the routes.
 
 pub mod auth;
+pub mod confidence;
 pub mod documents;
 pub mod error;
 pub mod events;
@@ -96,6 +97,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(migrations::patch_config))
         .routes(routes!(migrations::list_skips))
         .routes(routes!(migrations::retry_skips))
+        .routes(routes!(confidence::get_history))
+        .routes(routes!(confidence::evaluate_migration))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::get_metrics))

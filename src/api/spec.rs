@@ -60,6 +60,8 @@ const LINKS: [(&str, &str, &str, &[&str]); 3] = [
             "resume_migration",
             "patch_config",
             "retry_skips",
+            "get_history",
+            "evaluate_migration",
             "finalize_migration",
             "rollback_migration",
             "cancel_migration",

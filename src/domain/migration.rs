@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::config::BackfillConfig;
+use super::evaluation::Evaluation;
 
 /// Lifecycle state of a migration (API.md "States").
 ///
@@ -171,6 +172,8 @@ pub struct Migration {
     /// What the operator gave as the reason for the current pause; cleared by resume.
     pub pause_reason: Option<String>,
     pub counts: Counts,
+    /// The last labelled evaluation of the two models (`POST .../evaluate`), if any.
+    pub evaluation: Option<Evaluation>,
 }
 
 /// An event that the current state does not accept (API.md: 409 `invalid-transition`).
@@ -205,6 +208,7 @@ impl Migration {
             error: None,
             pause_reason: None,
             counts: Counts::default(),
+            evaluation: None,
         }
     }
 

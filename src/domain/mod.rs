@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod cpu_share;
+pub mod evaluation;
+pub mod history;
 pub mod migration;
 pub mod progress;
 pub mod queue;
@@ -19,6 +21,8 @@ mod proptests;
 
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use cpu_share::{CpuShare, LoadSample};
+pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
+pub use history::{Actor, Cause, HistoryEvent, HistoryKind};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{
     Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,

@@ -217,6 +217,12 @@ impl VectorIndex {
         Ok(best_of(self.rows_at(rows), &unit_query, top_k))
     }
 
+    /// The handles of every document indexed, for restricting another model's search to the
+    /// documents both models have (`IndexSet::search_in_both`).
+    pub fn handle_set(&self) -> RoaringBitmap {
+        self.handles.iter().copied().collect()
+    }
+
     /// The `top_k` best of the documents a graph proposed (`candidates`) and of every document
     /// the graph has not caught up with, all scored exactly here; with `among`, only documents
     /// in it. A candidate that was removed, or changed since the graph took it, is passed over

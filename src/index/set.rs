@@ -354,6 +354,27 @@ impl IndexSet {
             exact: approximate.is_none(),
         }
     }
+
+    /// The `top_k` nearest documents to `query` in `model`'s index among those that also have
+    /// a vector of `other`, scored exactly: a labelled evaluation judges two models on the same
+    /// documents (`domain::evaluation`), and judges the models, not an approximate index.
+    /// Empty for an unknown model or a query of the wrong dimension.
+    pub fn search_in_both(
+        &self,
+        model: &str,
+        other: &str,
+        query: &[f32],
+        top_k: usize,
+    ) -> Vec<Hit> {
+        let (Some(index), Some(other)) = (self.by_model.get(model), self.by_model.get(other))
+        else {
+            return Vec::new();
+        };
+        let shared = read(&other.rows).handle_set();
+        read(&index.rows)
+            .search_among(query, top_k, &shared)
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for IndexSet {

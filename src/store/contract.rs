@@ -12,7 +12,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::{FutureExt, TryStreamExt};
 use serde_json::json;
 
-use crate::domain::{BackfillConfig, Counts, Event, Migration, MigrationState};
+use crate::domain::{
+    Actor, BackfillConfig, Cause, Counts, Event, HistoryEvent, HistoryKind, Migration,
+    MigrationState,
+};
 use crate::store::{
     AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, LeaseRequest,
     ReplicaProgress, Store, StoreError, StoredVector, VectorInfo,
@@ -104,12 +107,40 @@ pub(crate) fn planned(id: &str) -> Migration {
     )
 }
 
-/// Inserts and starts a migration; returns it as the store now holds it.
+/// Who makes the contract tests' changes.
+pub(crate) fn test_cause() -> Cause {
+    Cause {
+        replica: "contract".to_owned(),
+        actor: Actor::Service,
+    }
+}
+
+/// A history entry for a change of `migration` the test makes without an event of its own.
+pub(crate) fn noted(migration: &Migration) -> HistoryEvent {
+    HistoryEvent::new(
+        &migration.id,
+        HistoryKind::ConfigChanged,
+        "a contract test's change".to_owned(),
+        at(5),
+        &test_cause(),
+    )
+}
+
+/// Inserts and starts a migration, recording both in its history; returns it as the store
+/// now holds it.
 pub(crate) async fn started(store: &dyn Store, id: &str) -> Migration {
     let plan = planned(id);
-    store.insert_migration(&plan).await.expect("insert");
+    let created = HistoryEvent::created(&plan, at(0), &test_cause());
+    store
+        .insert_migration(&plan, &created)
+        .await
+        .expect("insert");
     let running = plan.apply(Event::Start, at(1)).expect("start");
-    let counts = store.start_migration(&running).await.expect("start");
+    let start = HistoryEvent::of(&Event::Start, &plan, &running, at(1), &test_cause());
+    let counts = store
+        .start_migration(&running, &start)
+        .await
+        .expect("start");
     Migration { counts, ..running }
 }
 
@@ -244,16 +275,34 @@ pub(crate) async fn a_cut_over_happens_once_and_only_from_the_recorded_model(
 ) {
     let store = backend.open().await;
     store.set_active_model(SOURCE).await.unwrap();
+    let m = started(store.as_ref(), "m").await;
+    let closed = HistoryEvent::window_closed(&m, at(9), &test_cause());
     assert!(
-        !store.cut_over(TARGET, THIRD).await.unwrap(),
+        !store.cut_over(TARGET, THIRD, &closed).await.unwrap(),
         "not from {TARGET}"
     );
-    assert!(store.cut_over(SOURCE, TARGET).await.unwrap());
+    assert!(store.cut_over(SOURCE, TARGET, &closed).await.unwrap());
     assert!(
-        !store.cut_over(SOURCE, TARGET).await.unwrap(),
+        !store.cut_over(SOURCE, TARGET, &closed).await.unwrap(),
         "already done"
     );
     assert_eq!(store.active_model().await.unwrap().as_deref(), Some(TARGET));
+    let kinds: Vec<HistoryKind> = store
+        .history("m")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            HistoryKind::Created,
+            HistoryKind::Started,
+            HistoryKind::WindowClosed
+        ],
+        "the cut-over is recorded once, by the call that made it"
+    );
 }
 
 pub(crate) async fn each_write_of_an_id_grows_its_version_by_one(backend: &dyn Backend) {
@@ -417,7 +466,7 @@ pub(crate) async fn start_queues_exactly_the_documents_lacking_a_current_target_
 pub(crate) async fn start_is_refused_unless_the_migration_is_planned(backend: &dyn Backend) {
     let store = backend.open().await;
     let m = started(&*store, "m1").await;
-    let again = store.start_migration(&m).await;
+    let again = store.start_migration(&m, &noted(&m)).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
 }
 
@@ -471,7 +520,7 @@ pub(crate) async fn a_paused_or_failed_migration_still_follows_writes(backend: &
     let m = started(&*store, "m1").await;
     let paused = m.apply(Event::Pause { reason: None }, at(2)).unwrap();
     store
-        .update_migration(&paused, MigrationState::InProgress)
+        .update_migration(&paused, MigrationState::InProgress, &noted(&paused))
         .await
         .unwrap();
     put(&*store, vec![write("a", &[SOURCE])]).await;
@@ -505,7 +554,12 @@ pub(crate) async fn after_completion_a_write_lacking_the_target_conflicts_and_ch
     put(&*store, vec![write("a", &[SOURCE, TARGET])]).await;
     let m = started(&*store, "m1").await;
     let done = m.apply(Event::Complete, at(5)).unwrap();
-    assert!(store.complete_migration(&done).await.unwrap());
+    assert!(
+        store
+            .complete_migration(&done, &noted(&done))
+            .await
+            .unwrap()
+    );
     let writes = vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])];
     let refused = store.write_documents(&writes).await;
     assert!(
@@ -834,7 +888,7 @@ pub(crate) async fn at_most_max_concurrent_claims_are_held_and_a_lowered_bound_a
     let mut lowered = m.clone();
     lowered.config.max_concurrent = 2;
     store
-        .update_migration(&lowered, MigrationState::InProgress)
+        .update_migration(&lowered, MigrationState::InProgress, &noted(&lowered))
         .await
         .unwrap();
     for claim in held.drain(..2) {
@@ -923,7 +977,7 @@ pub(crate) async fn only_a_running_migration_or_its_repairs_take_claims(backend:
     let store = backend.open().await;
     put(&*store, vec![write("a", &[SOURCE])]).await;
     let plan = planned("m1");
-    store.insert_migration(&plan).await.unwrap();
+    store.insert_migration(&plan, &noted(&plan)).await.unwrap();
     assert_eq!(
         store.claim("m1", 10, &lease()).await.unwrap(),
         ClaimOutcome::Closed
@@ -933,11 +987,14 @@ pub(crate) async fn only_a_running_migration_or_its_repairs_take_claims(backend:
         ClaimOutcome::Closed
     );
     let running = plan.apply(Event::Start, at(1)).unwrap();
-    let counts = store.start_migration(&running).await.unwrap();
+    let counts = store
+        .start_migration(&running, &noted(&running))
+        .await
+        .unwrap();
     let m = Migration { counts, ..running };
     let paused = m.apply(Event::Pause { reason: None }, at(2)).unwrap();
     store
-        .update_migration(&paused, MigrationState::InProgress)
+        .update_migration(&paused, MigrationState::InProgress, &noted(&paused))
         .await
         .unwrap();
     assert_eq!(
@@ -946,7 +1003,7 @@ pub(crate) async fn only_a_running_migration_or_its_repairs_take_claims(backend:
     );
     let resumed = paused.apply(Event::Resume, at(3)).unwrap();
     store
-        .update_migration(&resumed, MigrationState::Paused)
+        .update_migration(&resumed, MigrationState::Paused, &noted(&resumed))
         .await
         .unwrap();
     let claim = claim_all(&*store, "m1").await;
@@ -995,7 +1052,12 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
     let mut done = m.clone();
     done.state = MigrationState::Completed;
     done.completed_at = Some(at(5));
-    assert!(!store.complete_migration(&done).await.unwrap());
+    assert!(
+        !store
+            .complete_migration(&done, &noted(&done))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         stored(&*store, "m1").await.state,
         MigrationState::InProgress
@@ -1005,7 +1067,12 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
         .commit_batch(&claim, &[embedded("a", 1)])
         .await
         .unwrap();
-    assert!(store.complete_migration(&done).await.unwrap());
+    assert!(
+        store
+            .complete_migration(&done, &noted(&done))
+            .await
+            .unwrap()
+    );
     let completed = stored(&*store, "m1").await;
     assert_eq!(completed.state, MigrationState::Completed);
     assert_eq!(completed.completed_at, Some(at(5)));
@@ -1025,7 +1092,7 @@ pub(crate) async fn an_update_from_the_wrong_state_conflicts_and_changes_nothing
         )
         .unwrap();
     let wrong = store
-        .update_migration(&paused, MigrationState::Planned)
+        .update_migration(&paused, MigrationState::Planned, &noted(&paused))
         .await;
     assert!(matches!(wrong, Err(StoreError::Conflict(_))), "{wrong:?}");
     assert_eq!(stored(&*store, "m1").await, m);
@@ -1034,14 +1101,14 @@ pub(crate) async fn an_update_from_the_wrong_state_conflicts_and_changes_nothing
         ..paused.clone()
     };
     let missing = store
-        .update_migration(&unknown, MigrationState::InProgress)
+        .update_migration(&unknown, MigrationState::InProgress, &noted(&unknown))
         .await;
     assert!(
         matches!(missing, Err(StoreError::Conflict(_))),
         "{missing:?}"
     );
     store
-        .update_migration(&paused, MigrationState::InProgress)
+        .update_migration(&paused, MigrationState::InProgress, &noted(&paused))
         .await
         .unwrap();
     assert_eq!(stored(&*store, "m1").await, paused);
@@ -1053,7 +1120,7 @@ pub(crate) async fn cancel_clears_the_queue_and_later_writes_are_not_queued(back
     let m = started(&*store, "m1").await;
     let cancelled = m.apply(Event::Cancel, at(3)).unwrap();
     store
-        .update_migration(&cancelled, MigrationState::InProgress)
+        .update_migration(&cancelled, MigrationState::InProgress, &noted(&cancelled))
         .await
         .unwrap();
     assert!(backend.queued("m1").await.is_empty());
@@ -1064,8 +1131,13 @@ pub(crate) async fn cancel_clears_the_queue_and_later_writes_are_not_queued(back
 
 pub(crate) async fn a_duplicate_migration_id_conflicts(backend: &dyn Backend) {
     let store = backend.open().await;
-    store.insert_migration(&planned("m1")).await.unwrap();
-    let again = store.insert_migration(&planned("m1")).await;
+    store
+        .insert_migration(&planned("m1"), &noted(&planned("m1")))
+        .await
+        .unwrap();
+    let again = store
+        .insert_migration(&planned("m1"), &noted(&planned("m1")))
+        .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
 }
 
@@ -1082,15 +1154,22 @@ pub(crate) async fn a_second_open_migration_is_refused_until_the_first_closes(
 ) {
     let store = backend.open().await;
     let first = started(&*store, "m1").await;
-    let second = store.insert_migration(&planned("m2")).await;
+    let second = store
+        .insert_migration(&planned("m2"), &noted(&planned("m2")))
+        .await;
     assert!(matches!(second, Err(StoreError::Conflict(_))), "{second:?}");
     let cancelled = first.apply(Event::Cancel, at(3)).unwrap();
     store
-        .update_migration(&cancelled, MigrationState::InProgress)
+        .update_migration(&cancelled, MigrationState::InProgress, &noted(&cancelled))
         .await
         .unwrap();
-    store.insert_migration(&planned("m2")).await.unwrap();
-    let third = store.insert_migration(&planned("m3")).await;
+    store
+        .insert_migration(&planned("m2"), &noted(&planned("m2")))
+        .await
+        .unwrap();
+    let third = store
+        .insert_migration(&planned("m3"), &noted(&planned("m3")))
+        .await;
     assert!(
         matches!(third, Err(StoreError::Conflict(_))),
         "a planned one is open: {third:?}"
@@ -1101,7 +1180,10 @@ pub(crate) async fn a_second_open_migration_is_refused_until_the_first_closes(
 pub(crate) async fn migrations_are_listed_newest_first(backend: &dyn Backend) {
     let store = backend.open().await;
     for id in ["m1", "m2", "m3"] {
-        store.insert_migration(&cancelled(id)).await.unwrap();
+        store
+            .insert_migration(&cancelled(id), &noted(&cancelled(id)))
+            .await
+            .unwrap();
     }
     let ids: Vec<String> = store
         .migrations()
@@ -1138,9 +1220,74 @@ pub(crate) async fn timestamps_round_trip_exactly(backend: &dyn Backend) {
             state: MigrationState::Cancelled,
             ..m
         };
-        store.insert_migration(&m).await.unwrap();
+        store.insert_migration(&m, &noted(&m)).await.unwrap();
         assert_eq!(stored(&*store, &m.id).await, m);
     }
+}
+
+/// Each change a store makes is in the history, in order, with what the caller said of it;
+/// a change the store refuses leaves no entry.
+pub(crate) async fn history_records_each_change_in_order_and_nothing_refused(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write("d1", &[SOURCE])]).await;
+    let running = started(&*store, "m").await;
+
+    let paused = running
+        .apply(
+            Event::Pause {
+                reason: Some("night".into()),
+            },
+            at(2),
+        )
+        .unwrap();
+    let pause = HistoryEvent::of(
+        &Event::Pause {
+            reason: Some("night".into()),
+        },
+        &running,
+        &paused,
+        at(2),
+        &test_cause(),
+    );
+    let stale = store
+        .update_migration(&paused, MigrationState::Planned, &pause)
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let done = Migration {
+        state: MigrationState::Completed,
+        ..running.clone()
+    };
+    let early = HistoryEvent::of(&Event::Complete, &running, &done, at(3), &test_cause());
+    assert!(
+        !store.complete_migration(&done, &early).await.unwrap(),
+        "d1 is still queued"
+    );
+    store
+        .update_migration(&paused, MigrationState::InProgress, &pause)
+        .await
+        .unwrap();
+
+    let history = store.history("m").await.unwrap();
+    let entries: Vec<(HistoryKind, DateTime<Utc>, &str)> = history
+        .iter()
+        .map(|e| (e.kind, e.at, e.detail.as_str()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (HistoryKind::Created, at(0), history[0].detail.as_str()),
+            (HistoryKind::Started, at(1), history[1].detail.as_str()),
+            (HistoryKind::Paused, at(2), "night"),
+        ]
+    );
+    assert!(
+        history
+            .iter()
+            .all(|e| e.migration_id == "m" && e.replica == "contract" && e.actor == Actor::Service)
+    );
+    assert_eq!(store.history("unknown").await.unwrap(), []);
 }
 
 // ---- Durability ---------------------------------------------------------------------------
@@ -1167,16 +1314,27 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
         ..first
     };
     let first = first.apply(Event::Complete, at(4)).unwrap();
-    assert!(store.complete_migration(&first).await.unwrap());
+    assert!(
+        store
+            .complete_migration(&first, &noted(&first))
+            .await
+            .unwrap()
+    );
     let second = Migration {
         source_model: TARGET.to_owned(),
         target_model: THIRD.to_owned(),
         ..planned("m2")
     };
-    store.insert_migration(&second).await.unwrap();
+    store
+        .insert_migration(&second, &noted(&second))
+        .await
+        .unwrap();
     let second = second.apply(Event::Start, at(10)).unwrap();
     let second = Migration {
-        counts: store.start_migration(&second).await.unwrap(),
+        counts: store
+            .start_migration(&second, &noted(&second))
+            .await
+            .unwrap(),
         ..second
     };
     let skip = BatchItem::Skipped {
@@ -1211,7 +1369,7 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
         )
         .unwrap();
     store
-        .update_migration(&paused, MigrationState::InProgress)
+        .update_migration(&paused, MigrationState::InProgress, &noted(&paused))
         .await
         .unwrap();
     (first, paused)

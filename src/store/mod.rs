@@ -21,7 +21,7 @@ use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 pub use crate::domain::CountsDelta;
-use crate::domain::{Counts, Migration, MigrationState};
+use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
 
 /// A document as stored, with which models hold a vector for it and for which version.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +230,16 @@ pub trait VectorSearch: Send + Sync {
         filter: &crate::index::filter::Filter,
         exact: bool,
     ) -> Result<Nearest, StoreError>;
+    /// The `top_k` documents nearest to `query` among `model`'s vectors of the documents that
+    /// also have a vector of `other`, every candidate scored: a labelled evaluation judges two
+    /// models on the same documents (`domain::evaluation`).
+    async fn nearest_in_both(
+        &self,
+        model: &str,
+        other: &str,
+        query: &[f32],
+        top_k: usize,
+    ) -> Result<Vec<crate::index::Hit>, StoreError>;
 }
 
 /// Durable storage behind the service. Implementations serialise writers so that each method's
@@ -286,12 +296,22 @@ pub trait Store: Send + Sync + 'static {
     /// vector of it, and their total text length in characters (for `dry_run` estimates).
     async fn backfill_estimate(&self, target_model: &str) -> Result<(u64, u64), StoreError>;
 
-    /// Inserts a new planned migration.
-    async fn insert_migration(&self, migration: &Migration) -> Result<(), StoreError>;
+    /// Inserts a new planned migration. Every change of a migration below is recorded in its
+    /// history by the `noted` entry, in the transaction that makes the change (and not at all
+    /// when the change is refused).
+    async fn insert_migration(
+        &self,
+        migration: &Migration,
+        noted: &HistoryEvent,
+    ) -> Result<(), StoreError>;
     /// Moves a planned migration to `migration` (in progress) and, in the same transaction,
     /// queues every document lacking a current vector of the target model. Returns the counts
     /// it persisted (`total` = documents queued).
-    async fn start_migration(&self, migration: &Migration) -> Result<Counts, StoreError>;
+    async fn start_migration(
+        &self,
+        migration: &Migration,
+        noted: &HistoryEvent,
+    ) -> Result<Counts, StoreError>;
     /// Persists state, timestamps, config, error and pause reason (never counts), only if the
     /// stored state is still `expected`; otherwise `Conflict`. Leaving the backfilling states
     /// for cancelled or rolled back clears the migration's queue.
@@ -299,10 +319,25 @@ pub trait Store: Send + Sync + 'static {
         &self,
         migration: &Migration,
         expected: MigrationState,
+        noted: &HistoryEvent,
     ) -> Result<(), StoreError>;
     /// Persists `migration` (completed) only if its queue is empty; `false` when documents
     /// were queued meanwhile and the backfill must go on.
-    async fn complete_migration(&self, migration: &Migration) -> Result<bool, StoreError>;
+    async fn complete_migration(
+        &self,
+        migration: &Migration,
+        noted: &HistoryEvent,
+    ) -> Result<bool, StoreError>;
+    /// The history of a migration, oldest first (empty for an unknown id).
+    async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
+    /// Keeps `evaluation` as the migration's last one and records `noted`, in one transaction;
+    /// `Conflict` for an unknown migration.
+    async fn record_evaluation(
+        &self,
+        migration_id: &str,
+        evaluation: &Evaluation,
+        noted: &HistoryEvent,
+    ) -> Result<(), StoreError>;
     /// All migrations, newest first.
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
     async fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError>;
@@ -365,7 +400,11 @@ pub trait Store: Send + Sync + 'static {
     /// Puts every skipped document that still exists back on the migration's queue and clears
     /// its skip list, in one transaction: skipped shrinks by the list's length, and total by
     /// the skipped documents deleted since (they have nothing left to embed).
-    async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError>;
+    async fn requeue_skips(
+        &self,
+        migration_id: &str,
+        noted: &HistoryEvent,
+    ) -> Result<CountsDelta, StoreError>;
 
     /// Whether other processes change this store too (replicas sharing a database): then
     /// each process refreshes its view of the migrations from the store (`snapshot`), and
@@ -384,8 +423,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
     /// Records `to` as the active model if `from` still is; whether this call changed it, so
-    /// that of several replicas closing the same rollback window, exactly one cuts over.
-    async fn cut_over(&self, from: &str, to: &str) -> Result<bool, StoreError>;
+    /// that of several replicas closing the same rollback window, exactly one cuts over (and
+    /// records `noted`).
+    async fn cut_over(
+        &self,
+        from: &str,
+        to: &str,
+        noted: &HistoryEvent,
+    ) -> Result<bool, StoreError>;
 
     /// The database's own vector search, for a backend that keeps its indexes there; `None`
     /// (SQLite) when the process keeps them in memory (`IndexSet`).

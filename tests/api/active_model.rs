@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::Utc;
 use reembed::App;
-use reembed::domain::{BackfillConfig, Migration};
+use reembed::domain::{Actor, BackfillConfig, Migration};
 use reembed::embed::ModelRegistry;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, PgConnection, SqlitePool};
@@ -91,7 +91,7 @@ async fn an_active_model_the_store_refused_is_recorded_on_the_next_attempt() {
         Utc::now(),
     );
     coordinator
-        .create(plan, true, Utc::now())
+        .create(plan, true, Utc::now(), Actor::Service)
         .await
         .expect("started");
     assert_eq!(coordinator.active_model(Utc::now()), "hash-v2");

@@ -281,6 +281,10 @@ impl Api {
         self.send(Method::PATCH, &path, Some(body)).await
     }
 
+    pub async fn history(&self, id: &str) -> History {
+        self.get(&format!("/v1/migrations/{id}/history")).await.ok()
+    }
+
     pub async fn skips(&self, id: &str) -> Vec<Skip> {
         let skips: Skips = self.get(&format!("/v1/migrations/{id}/skips")).await.ok();
         skips.skips

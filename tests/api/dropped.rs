@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use reembed::App;
 use reembed::coordinator::Coordinator;
 use reembed::documents::{Documents, NewDocument};
-use reembed::domain::{BackfillConfig, Event, Migration, MigrationState};
+use reembed::domain::{Actor, BackfillConfig, Event, Migration, MigrationState};
 use reembed::embed::ModelRegistry;
 use reembed::embed::builtin::HashEmbedder;
 use reembed::index::IndexSet;
@@ -140,7 +140,7 @@ async fn a_dropped_pause_or_resume_leaves_the_published_state_as_stored() {
     );
     let coordinator = &service.coordinator;
     coordinator
-        .create(plan, true, Utc::now())
+        .create(plan, true, Utc::now(), Actor::Service)
         .await
         .expect("start");
     for polls in DROP_POINTS {
@@ -150,7 +150,11 @@ async fn a_dropped_pause_or_resume_leaves_the_published_state_as_stored() {
             MigrationState::InProgress => Event::Pause { reason: None },
             _ => Event::Resume,
         };
-        drop_after(coordinator.transition("m", event, Utc::now()), polls).await;
+        drop_after(
+            coordinator.transition("m", event, Utc::now(), Actor::Service),
+            polls,
+        )
+        .await;
         let (stored, published) = settled(async || {
             let stored = service.store.migration("m").await.expect("read");
             let published = coordinator.latest().expect("the migration");

@@ -197,6 +197,23 @@ pub struct Skip {
     pub at: DateTime<Utc>,
 }
 
+/// `GET /v1/migrations/{id}/history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    pub events: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub detail: String,
+    pub replica: String,
+    pub actor: String,
+}
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Deserialize)]
 pub struct Problem {

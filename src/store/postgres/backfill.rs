@@ -19,8 +19,9 @@ use super::codec::{
     decode_claimed, decode_migration, decode_replica, decode_skip, sql_int, store_error,
 };
 use super::documents::upsert_vector;
+use super::history::insert_event;
 use super::{PostgresStore, Tx};
-use crate::domain::{QueueChange, free_slot};
+use crate::domain::{HistoryEvent, QueueChange, free_slot};
 use crate::store::batch::{ClaimedQueue, commit_items};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, LeaseRequest,
@@ -355,8 +356,10 @@ pub(super) async fn skips(
 pub(super) async fn requeue_skips(
     store: &PostgresStore,
     migration_id: &str,
+    noted: &HistoryEvent,
 ) -> Result<CountsDelta, StoreError> {
     let mut tx = store.begin_write().await?;
+    insert_event(&mut tx, noted).await?;
     let requeued = sqlx::query(
         "INSERT INTO backfill_queue (migration_id, doc_id)
          SELECT DISTINCT s.migration_id, s.doc_id FROM skips s

@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
-use crate::domain::{BackfillConfig, Counts, Migration, MigrationState};
+use crate::domain::{BackfillConfig, Counts, Evaluation, Migration, MigrationState};
 use crate::store::{
     ClaimedDocument, ReplicaProgress, Skip, StoreError, StoredDocument, StoredMetadata,
     StoredVector, VectorInfo,
@@ -105,7 +105,7 @@ fn decode_optional_time(row: &PgRow, name: &str) -> Result<Option<DateTime<Utc>>
     Ok(micros.map(|t| t + Duration::nanoseconds(i64::from(nanos))))
 }
 
-fn decode_time(row: &PgRow, name: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(super) fn decode_time(row: &PgRow, name: &str) -> Result<DateTime<Utc>, StoreError> {
     decode_optional_time(row, name)?.ok_or_else(|| StoreError::Corrupt(format!("{name} is null")))
 }
 
@@ -215,6 +215,7 @@ pub(super) fn decode_migration(row: &PgRow) -> Result<Migration, StoreError> {
         error: column(row, "error")?,
         pause_reason: column(row, "pause_reason")?,
         counts: decode_counts(row)?,
+        evaluation: column::<Option<Json<Evaluation>>>(row, "last_evaluation")?.map(|json| json.0),
     })
 }
 

@@ -10,8 +10,9 @@ use super::codec::{
     column, decode_migration, decode_state, split_optional_time, split_time, sql_int, store_error,
     stored_u64, violated_unique,
 };
+use super::history::insert_event;
 use super::{PostgresStore, Tx};
-use crate::domain::{Counts, Migration, MigrationState};
+use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
 use crate::store::StoreError;
 
 /// The partial unique index that admits one backfilling migration at a time.
@@ -42,10 +43,12 @@ pub(super) async fn backfill_estimate(
 pub(super) async fn insert_migration(
     store: &PostgresStore,
     migration: &Migration,
+    noted: &HistoryEvent,
 ) -> Result<(), StoreError> {
     let mut tx = store.begin_transition().await?;
     refuse_if_one_is_open(&mut tx).await?;
     insert_migration_row(&mut tx, migration).await?;
+    insert_event(&mut tx, noted).await?;
     tx.commit().await.map_err(store_error)
 }
 
@@ -77,9 +80,11 @@ async fn refuse_if_one_is_open(tx: &mut Tx) -> Result<(), StoreError> {
 pub(super) async fn start_migration(
     store: &PostgresStore,
     migration: &Migration,
+    noted: &HistoryEvent,
 ) -> Result<Counts, StoreError> {
     let mut tx = store.begin_transition().await?;
     persist_lifecycle(&mut tx, migration, MigrationState::Planned).await?;
+    insert_event(&mut tx, noted).await?;
     let queued = enqueue_stale(&mut tx, migration).await?;
     sqlx::query(
         "UPDATE migrations SET total = $2, processed = 0, skipped = 0, failed = 0, truncated = 0
@@ -102,9 +107,11 @@ pub(super) async fn update_migration(
     store: &PostgresStore,
     migration: &Migration,
     expected: MigrationState,
+    noted: &HistoryEvent,
 ) -> Result<(), StoreError> {
     let mut tx = store.begin_transition().await?;
     persist_lifecycle(&mut tx, migration, expected).await?;
+    insert_event(&mut tx, noted).await?;
     if matches!(
         migration.state,
         MigrationState::Cancelled | MigrationState::RolledBack
@@ -129,6 +136,7 @@ pub(super) async fn update_migration(
 pub(super) async fn complete_migration(
     store: &PostgresStore,
     migration: &Migration,
+    noted: &HistoryEvent,
 ) -> Result<bool, StoreError> {
     let mut tx = store.begin_transition().await?;
     let queued: bool =
@@ -141,8 +149,58 @@ pub(super) async fn complete_migration(
         return Ok(false);
     }
     persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
+    insert_event(&mut tx, noted).await?;
     tx.commit().await.map_err(store_error)?;
     Ok(true)
+}
+
+/// [`Store::cut_over`](crate::store::Store::cut_over) on PostgreSQL.
+pub(super) async fn cut_over(
+    store: &PostgresStore,
+    from: &str,
+    to: &str,
+    noted: &HistoryEvent,
+) -> Result<bool, StoreError> {
+    let mut tx = store.begin_transition().await?;
+    let changed =
+        sqlx::query("UPDATE meta SET value = $2 WHERE key = 'active_model' AND value = $1")
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected()
+            > 0;
+    if changed {
+        insert_event(&mut tx, noted).await?;
+    }
+    tx.commit().await.map_err(store_error)?;
+    Ok(changed)
+}
+
+/// [`Store::record_evaluation`](crate::store::Store::record_evaluation) on PostgreSQL: a
+/// transition, so other replicas refresh their view (the cutover gate reads it).
+pub(super) async fn record_evaluation(
+    store: &PostgresStore,
+    migration_id: &str,
+    evaluation: &Evaluation,
+    noted: &HistoryEvent,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(evaluation)
+        .map_err(|e| StoreError::Corrupt(format!("evaluation: {e}")))?;
+    let mut tx = store.begin_transition().await?;
+    let updated = sqlx::query("UPDATE migrations SET last_evaluation = $2::json WHERE id = $1")
+        .bind(migration_id)
+        .bind(json)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::Conflict(format!("no migration {migration_id}")));
+    }
+    insert_event(&mut tx, noted).await?;
+    tx.commit().await.map_err(store_error)
 }
 
 /// [`Store::migrations`](crate::store::Store::migrations) on PostgreSQL.

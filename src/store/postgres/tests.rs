@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::{PostgresStore, pgvector_supported, prepare_schema};
 use crate::domain::{BackfillConfig, Event, Migration, MigrationState};
-use crate::store::contract::{Backend, SOURCE, contract_tests, planned, put, write};
+use crate::store::contract::{Backend, SOURCE, contract_tests, noted, planned, put, write};
 use crate::store::{BatchItem, ClaimOutcome, DocumentWrite, LeaseRequest, Store, StoreError};
 
 /// A lease that outlasts any test.
@@ -160,6 +160,7 @@ contract_tests!(backend() =>
     a_second_open_migration_is_refused_until_the_first_closes,
     migrations_are_listed_newest_first,
     timestamps_round_trip_exactly,
+    history_records_each_change_in_order_and_nothing_refused,
     everything_survives_a_reopen,
     concurrent_writes_and_batches_keep_counts_and_vectors_consistent,
 );
@@ -198,9 +199,15 @@ async fn the_database_itself_refuses_a_second_backfilling_migration() {
     let backend = backend().await;
     let store = backend.connect().await;
     let first = planned("m1");
-    store.insert_migration(&first).await.unwrap();
+    store
+        .insert_migration(&first, &noted(&first))
+        .await
+        .unwrap();
     let running = first.apply(Event::Start, Utc::now()).unwrap();
-    store.start_migration(&running).await.unwrap();
+    store
+        .start_migration(&running, &noted(&running))
+        .await
+        .unwrap();
     let raw = sqlx::query(
         "INSERT INTO migrations (id, source_model, target_model, config, state, created_at)
          VALUES ('m2', 'a', 'b', '{}', 'paused', now())",
@@ -213,7 +220,9 @@ async fn the_database_itself_refuses_a_second_backfilling_migration() {
         Some("migrations_one_backfilling")
     );
     // Through the store: a second migration is not even stored while the first is open.
-    let refused = store.insert_migration(&planned("m3")).await;
+    let refused = store
+        .insert_migration(&planned("m3"), &noted(&planned("m3")))
+        .await;
     assert!(
         matches!(refused, Err(StoreError::Conflict(_))),
         "{refused:?}"
@@ -237,7 +246,10 @@ async fn a_write_racing_a_start_on_another_replica_is_always_queued() {
             BackfillConfig::default(),
             Utc::now(),
         );
-        starter.insert_migration(&plan).await.unwrap();
+        starter
+            .insert_migration(&plan, &noted(&plan))
+            .await
+            .unwrap();
         let running = plan.apply(Event::Start, Utc::now()).unwrap();
         let document = format!("doc-{round:02}");
         let write = {
@@ -246,7 +258,7 @@ async fn a_write_racing_a_start_on_another_replica_is_always_queued() {
         };
         let start = {
             let (starter, running) = (starter.clone(), running.clone());
-            tokio::spawn(async move { starter.start_migration(&running).await })
+            tokio::spawn(async move { starter.start_migration(&running, &noted(&running)).await })
         };
         write.await.unwrap().expect("write");
         start.await.unwrap().expect("start");
@@ -259,7 +271,7 @@ async fn a_write_racing_a_start_on_another_replica_is_always_queued() {
         assert_eq!(counts.total, queue.len() as u64, "round {round}");
         let cancelled = running.apply(Event::Cancel, Utc::now()).unwrap();
         starter
-            .update_migration(&cancelled, MigrationState::InProgress)
+            .update_migration(&cancelled, MigrationState::InProgress, &noted(&cancelled))
             .await
             .unwrap();
     }
@@ -287,7 +299,10 @@ async fn a_vector_with_a_non_finite_value_is_refused_and_nothing_is_written() {
 async fn an_unknown_stored_state_is_reported_as_corrupt() {
     let backend = backend().await;
     let store = backend.connect().await;
-    store.insert_migration(&planned("m1")).await.unwrap();
+    store
+        .insert_migration(&planned("m1"), &noted(&planned("m1")))
+        .await
+        .unwrap();
     sqlx::query("UPDATE migrations SET state = 'bogus'")
         .execute(&store.pool)
         .await
@@ -312,9 +327,15 @@ async fn a_batch_racing_a_rewrite_on_another_replica_never_leaves_a_stale_vector
     )
     .await;
     let plan = planned("m1");
-    backfill.insert_migration(&plan).await.unwrap();
+    backfill
+        .insert_migration(&plan, &noted(&plan))
+        .await
+        .unwrap();
     let running = plan.apply(Event::Start, Utc::now()).unwrap();
-    backfill.start_migration(&running).await.unwrap();
+    backfill
+        .start_migration(&running, &noted(&running))
+        .await
+        .unwrap();
     let target = running.target_model.clone();
     for id in &ids {
         let batch = {

@@ -18,8 +18,9 @@ use super::codec::{
     store_error,
 };
 use super::documents::upsert_vector;
+use super::history::insert_event;
 use super::{SqliteStore, Tx};
-use crate::domain::{Migration, QueueChange, free_slot};
+use crate::domain::{HistoryEvent, Migration, QueueChange, free_slot};
 use crate::store::batch::{ClaimedQueue, commit_items};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, ClaimedDocument, CountsDelta,
@@ -425,10 +426,12 @@ pub(super) async fn skips(
 pub(super) async fn requeue_skips(
     store: &SqliteStore,
     migration_id: &str,
+    noted: &HistoryEvent,
 ) -> Result<CountsDelta, StoreError> {
     store
         .write(async {
             let mut tx = store.begin_write().await?;
+            insert_event(&mut tx, noted).await?;
             let requeued = sqlx::query(
                 "INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id)
              SELECT DISTINCT s.migration_id, s.doc_id FROM skips s

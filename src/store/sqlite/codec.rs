@@ -234,6 +234,12 @@ pub(super) fn decode_migration(row: &SqliteRow) -> Result<Migration, StoreError>
         error: column(row, "error")?,
         pause_reason: column(row, "pause_reason")?,
         counts: decode_counts(row)?,
+        evaluation: column::<Option<String>>(row, "last_evaluation")?
+            .map(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("migration evaluation: {e}")))
+            })
+            .transpose()?,
     })
 }
 

@@ -8,8 +8,9 @@ use super::codec::{
     column, decode_migration, decode_state, encode_config, encode_time, sql_int, store_error,
     stored_u64,
 };
+use super::history::insert_event;
 use super::{SqliteStore, Tx};
-use crate::domain::{Counts, Migration, MigrationState};
+use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
 use crate::store::StoreError;
 
 /// [`Store::backfill_estimate`](crate::store::Store::backfill_estimate) on SQLite.
@@ -36,12 +37,14 @@ pub(super) async fn backfill_estimate(
 pub(super) async fn insert_migration(
     store: &SqliteStore,
     migration: &Migration,
+    noted: &HistoryEvent,
 ) -> Result<(), StoreError> {
     store
         .write(async {
             let mut tx = store.begin_write().await?;
             refuse_if_one_is_open(&mut tx).await?;
             insert_migration_row(&mut tx, migration).await?;
+            insert_event(&mut tx, noted).await?;
             tx.commit().await.map_err(store_error)
         })
         .await
@@ -70,11 +73,13 @@ async fn refuse_if_one_is_open(tx: &mut Tx) -> Result<(), StoreError> {
 pub(super) async fn start_migration(
     store: &SqliteStore,
     migration: &Migration,
+    noted: &HistoryEvent,
 ) -> Result<Counts, StoreError> {
     store
         .write(async {
             let mut tx = store.begin_write().await?;
             persist_lifecycle(&mut tx, migration, MigrationState::Planned).await?;
+            insert_event(&mut tx, noted).await?;
             let queued = enqueue_stale(&mut tx, migration).await?;
             let counts = Counts {
                 total: queued,
@@ -100,11 +105,13 @@ pub(super) async fn update_migration(
     store: &SqliteStore,
     migration: &Migration,
     expected: MigrationState,
+    noted: &HistoryEvent,
 ) -> Result<(), StoreError> {
     store
         .write(async {
             let mut tx = store.begin_write().await?;
             persist_lifecycle(&mut tx, migration, expected).await?;
+            insert_event(&mut tx, noted).await?;
             if matches!(
                 migration.state,
                 MigrationState::Cancelled | MigrationState::RolledBack
@@ -130,6 +137,7 @@ pub(super) async fn update_migration(
 pub(super) async fn complete_migration(
     store: &SqliteStore,
     migration: &Migration,
+    noted: &HistoryEvent,
 ) -> Result<bool, StoreError> {
     store
         .write(async {
@@ -145,8 +153,65 @@ pub(super) async fn complete_migration(
                 return Ok(false);
             }
             persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
+            insert_event(&mut tx, noted).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(true)
+        })
+        .await
+}
+
+/// [`Store::cut_over`](crate::store::Store::cut_over) on SQLite.
+pub(super) async fn cut_over(
+    store: &SqliteStore,
+    from: &str,
+    to: &str,
+    noted: &HistoryEvent,
+) -> Result<bool, StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let changed =
+                sqlx::query("UPDATE meta SET value = ?2 WHERE key = 'active_model' AND value = ?1")
+                    .bind(from)
+                    .bind(to)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .rows_affected()
+                    > 0;
+            if changed {
+                insert_event(&mut tx, noted).await?;
+            }
+            tx.commit().await.map_err(store_error)?;
+            Ok(changed)
+        })
+        .await
+}
+
+/// [`Store::record_evaluation`](crate::store::Store::record_evaluation) on SQLite.
+pub(super) async fn record_evaluation(
+    store: &SqliteStore,
+    migration_id: &str,
+    evaluation: &Evaluation,
+    noted: &HistoryEvent,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(evaluation)
+        .map_err(|e| StoreError::Corrupt(format!("evaluation: {e}")))?;
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let updated = sqlx::query("UPDATE migrations SET last_evaluation = ?2 WHERE id = ?1")
+                .bind(migration_id)
+                .bind(&json)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+            if updated == 0 {
+                return Err(StoreError::Conflict(format!("no migration {migration_id}")));
+            }
+            insert_event(&mut tx, noted).await?;
+            tx.commit().await.map_err(store_error)
         })
         .await
 }

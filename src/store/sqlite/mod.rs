@@ -21,6 +21,7 @@ mod backfill;
 mod bulk;
 mod codec;
 mod documents;
+mod history;
 mod lookup;
 mod migrations;
 
@@ -41,7 +42,7 @@ use super::{
     LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
     StoredMetadata, StoredVector, WriteReceipt,
 };
-use crate::domain::{Counts, Migration, MigrationState};
+use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
 use crate::run_to_end::run_to_end;
 use codec::{decode_bulk_metadata, decode_bulk_vector, free_bytes, store_error};
 
@@ -261,20 +262,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn cut_over(&self, from: &str, to: &str) -> Result<bool, StoreError> {
-        self.write(async {
-            let changed =
-                sqlx::query("UPDATE meta SET value = ?2 WHERE key = 'active_model' AND value = ?1")
-                    .bind(from)
-                    .bind(to)
-                    .execute(&self.writer)
-                    .await
-                    .map_err(store_error)?
-                    .rows_affected()
-                    > 0;
-            Ok(changed)
-        })
-        .await
+    async fn cut_over(
+        &self,
+        from: &str,
+        to: &str,
+        noted: &HistoryEvent,
+    ) -> Result<bool, StoreError> {
+        migrations::cut_over(self, from, to, noted).await
     }
 
     async fn write_documents_with(
@@ -327,24 +321,50 @@ impl Store for SqliteStore {
         migrations::backfill_estimate(self, target_model).await
     }
 
-    async fn insert_migration(&self, migration: &Migration) -> Result<(), StoreError> {
-        migrations::insert_migration(self, migration).await
+    async fn insert_migration(
+        &self,
+        migration: &Migration,
+        noted: &HistoryEvent,
+    ) -> Result<(), StoreError> {
+        migrations::insert_migration(self, migration, noted).await
     }
 
-    async fn start_migration(&self, migration: &Migration) -> Result<Counts, StoreError> {
-        migrations::start_migration(self, migration).await
+    async fn start_migration(
+        &self,
+        migration: &Migration,
+        noted: &HistoryEvent,
+    ) -> Result<Counts, StoreError> {
+        migrations::start_migration(self, migration, noted).await
     }
 
     async fn update_migration(
         &self,
         migration: &Migration,
         expected: MigrationState,
+        noted: &HistoryEvent,
     ) -> Result<(), StoreError> {
-        migrations::update_migration(self, migration, expected).await
+        migrations::update_migration(self, migration, expected, noted).await
     }
 
-    async fn complete_migration(&self, migration: &Migration) -> Result<bool, StoreError> {
-        migrations::complete_migration(self, migration).await
+    async fn complete_migration(
+        &self,
+        migration: &Migration,
+        noted: &HistoryEvent,
+    ) -> Result<bool, StoreError> {
+        migrations::complete_migration(self, migration, noted).await
+    }
+
+    async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        history::history(self, migration_id).await
+    }
+
+    async fn record_evaluation(
+        &self,
+        migration_id: &str,
+        evaluation: &Evaluation,
+        noted: &HistoryEvent,
+    ) -> Result<(), StoreError> {
+        migrations::record_evaluation(self, migration_id, evaluation, noted).await
     }
 
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
@@ -396,8 +416,12 @@ impl Store for SqliteStore {
         backfill::skips(self, migration_id).await
     }
 
-    async fn requeue_skips(&self, migration_id: &str) -> Result<CountsDelta, StoreError> {
-        backfill::requeue_skips(self, migration_id).await
+    async fn requeue_skips(
+        &self,
+        migration_id: &str,
+        noted: &HistoryEvent,
+    ) -> Result<CountsDelta, StoreError> {
+        backfill::requeue_skips(self, migration_id, noted).await
     }
 
     async fn close(&self) {

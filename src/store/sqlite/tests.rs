@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use super::{DB_FILE, SqliteStore};
 use crate::store::contract::{
-    Backend, SOURCE, all_vectors, claim_all, contract_tests, planned, put, started, write,
+    Backend, SOURCE, all_vectors, claim_all, contract_tests, noted, planned, put, started, write,
     write_text,
 };
 use crate::store::{DocumentWrite, Store, StoreError};
@@ -95,6 +95,7 @@ contract_tests!(backend() =>
     a_second_open_migration_is_refused_until_the_first_closes,
     migrations_are_listed_newest_first,
     timestamps_round_trip_exactly,
+    history_records_each_change_in_order_and_nothing_refused,
     everything_survives_a_reopen,
     concurrent_writes_and_batches_keep_counts_and_vectors_consistent,
 );
@@ -179,7 +180,10 @@ async fn hit_documents_of_no_ids_are_none_and_none_are_read_once_closed() {
 #[tokio::test]
 async fn an_unknown_stored_state_is_reported_as_corrupt() {
     let (_dir, store) = open().await;
-    store.insert_migration(&planned("m1")).await.unwrap();
+    store
+        .insert_migration(&planned("m1"), &noted(&planned("m1")))
+        .await
+        .unwrap();
     sqlx::query("UPDATE migrations SET state = 'bogus'")
         .execute(&store.writer)
         .await

@@ -56,6 +56,9 @@
 //! `max_scan_tuples`: then the exact query answers instead, as `IndexSet` scans a filter's
 //! matches exactly when they are few. Scores are cosines, `1 − cosine distance`.
 //!
+//! **Evaluation.** [`VectorSearch::nearest_in_both`] scans a model's vectors exactly, keeping
+//! only documents that also have a vector of the other model (`EXISTS` on the primary key).
+//!
 //! **Cancellation.** A query's future may be dropped at any await (a client hangs up). Its
 //! connection is then closed rather than handed back to the pool ([`Dedicated`]), so no
 //! transaction or setting outlives it; the request's time limit still applies, as nothing here
@@ -77,6 +80,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 
 use super::PostgresStore;
 use super::codec::{check_vector, store_error};
+use crate::index::Hit;
 use crate::index::filter::Filter;
 use crate::store::{ModelIndex, Nearest, StoreError, VectorSearch};
 use query::{Path, Search, ef_search};
@@ -187,6 +191,17 @@ impl VectorSearch for PostgresStore {
         }
         let hits = search.fetch(&self.pool, Path::Scan).await?;
         Ok(Nearest { hits, exact: true })
+    }
+
+    async fn nearest_in_both(
+        &self,
+        model: &str,
+        other: &str,
+        query: &[f32],
+        top_k: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        check_vector(model, query)?;
+        query::in_both(&self.pool, model, other, query, top_k).await
     }
 }
 

@@ -227,6 +227,42 @@ fn jsonb(scalar: &Scalar) -> Result<Value, StoreError> {
     })
 }
 
+/// The `top_k` of `model`'s vectors nearest to `query` among the documents that also have a
+/// vector of `other`, by a full scan (see [`VectorSearch::nearest_in_both`]).
+///
+/// [`VectorSearch::nearest_in_both`]: crate::store::VectorSearch::nearest_in_both
+pub(super) async fn in_both(
+    pool: &PgPool,
+    model: &str,
+    other: &str,
+    query: &[f32],
+    top_k: usize,
+) -> Result<Vec<Hit>, StoreError> {
+    let dimensions = i32::try_from(query.len())
+        .map_err(|_| StoreError::Corrupt(format!("{} dimensions", query.len())))?;
+    let limit = i64::try_from(top_k)
+        .map_err(|_| StoreError::Corrupt(format!("top_k {top_k} is too many")))?;
+    let rows = sqlx::query(
+        "SELECT doc_id, 1 - distance AS score FROM (
+             SELECT v.doc_id, cosine_distance(v.embedding, $1::real[]::vector) AS distance
+             FROM vectors v
+             WHERE v.model = $2 AND v.dimensions = $4
+               AND EXISTS (SELECT 1 FROM vectors o WHERE o.model = $3 AND o.doc_id = v.doc_id)
+         ) scored
+         ORDER BY distance, doc_id
+         LIMIT $5",
+    )
+    .bind(query)
+    .bind(model)
+    .bind(other)
+    .bind(dimensions)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(store_error)?;
+    rows.iter().map(decode_hit).collect()
+}
+
 /// A row of a search: `doc_id` and its cosine `score`.
 fn decode_hit(row: &PgRow) -> Result<Hit, StoreError> {
     let score: f64 = column(row, "score")?;
