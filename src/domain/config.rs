@@ -27,8 +27,10 @@ pub struct BackfillConfig {
     /// How long after completion both models keep being written, so rollback is lossless.
     pub rollback_window_secs: u64,
     /// Share of keyed queries, 0 to 100, sent to the target before the threshold (the sticky
-    /// canary). Defaulted when decoding, so rows persisted before it existed still read.
+    /// canary). Defaulted when decoding, so rows persisted before it existed still read;
+    /// always present in responses.
     #[serde(default)]
+    #[schema(required = true, minimum = 0.0, maximum = 100.0)]
     pub canary_percent: f64,
 }
 
