@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::commit_order::{CommitOrder, Turn};
 use crate::coordinator::Coordinator;
-use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing};
+use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing, RoutingKey};
 use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
 use crate::index::filter::Filter;
 use crate::index::{Found, IndexSet};
@@ -463,33 +463,35 @@ impl Documents {
         }
     }
 
-    /// Answers a query through the routing policy: embeds `text` with the current query model
-    /// and returns the `top_k` documents nearest to it in that model's index only, among those
-    /// `filter` matches. When that model's provider is unreachable (it just failed, or fails
-    /// now) and the routing names a fallback, the fallback model embeds and answers instead
-    /// (`reason: fallback`): vectors of the two models still never meet.
+    /// Answers a query through the routing policy: embeds `text` with the model the routing
+    /// plans for a query with `routing_key` (the current query model, or the target for a
+    /// canary) and returns the `top_k` documents nearest to it in that model's index only,
+    /// among those `filter` matches. When that model's provider is unreachable (it just failed,
+    /// or fails now) and the plan names a fallback, the fallback model embeds and answers
+    /// instead (`reason: fallback`): vectors of the two models still never meet.
     pub async fn query(
         &self,
         text: &str,
         top_k: usize,
         filter: &Filter,
         exact: bool,
+        routing_key: Option<&RoutingKey>,
     ) -> Result<Answer, ServiceError> {
         let routing = self.coordinator.routing(Utc::now());
-        let routed = (routing.query_model.clone(), routing.query_route);
-        let (model, route, reason, query) = match &routing.fallback {
-            Some(fallback) if self.recently_unreachable(&routed.0) => {
-                self.fall_back(&routed.0, fallback, text).await?
+        let plan = routing.query_plan(routing_key);
+        let (model, route, reason, query) = match &plan.fallback {
+            Some(fallback) if self.recently_unreachable(&plan.model) => {
+                self.fall_back(&plan.model, fallback, text).await?
             }
-            Some(fallback) => match self.embed_query_once(&routed.0, text).await {
+            Some(fallback) => match self.embed_query_once(&plan.model, text).await {
                 Err(error) if is_transient(&error) => {
-                    self.fall_back(&routed.0, fallback, text).await?
+                    self.fall_back(&plan.model, fallback, text).await?
                 }
-                result => (routed.0, routed.1, routing.query_reason, result?),
+                result => (plan.model, plan.route, plan.reason, result?),
             },
             None => {
-                let query = self.embed_query(&routed.0, text).await?;
-                (routed.0, routed.1, routing.query_reason, query)
+                let query = self.embed_query(&plan.model, text).await?;
+                (plan.model, plan.route, plan.reason, query)
             }
         };
         count_route("query", route);

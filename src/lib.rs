@@ -6,8 +6,9 @@
 //!   each (`embed`), commits document and vectors in one transaction (`store`), then applies
 //!   them to the in-memory indexes (`index`). While a migration backfills, the same
 //!   transaction queues the document for the backfill if it lacks a current target vector.
-//! - **A query** (`POST /v1/query`): the routing names the query model; the text is embedded
-//!   with it and searched in that model's index only (vectors of two models never meet).
+//! - **A query** (`POST /v1/query`): the routing names the query model (or, for a query whose
+//!   `routing_key` is in the sticky canary, the target: `Routing::query_plan`); the text is
+//!   embedded with it and searched in that model's index only (vectors of two models never meet).
 //! - **A batch** (`backfill`): the supervisor claims up to `batch_size` queued documents,
 //!   never with more than `max_concurrent` batches in flight; each batch embeds with the
 //!   target model and commits with compare-and-set on the document version, dequeuing and

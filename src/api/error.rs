@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::coordinator::CoordinatorError;
 use crate::documents::ServiceError;
-use crate::domain::{ConfigError, TransitionError};
+use crate::domain::{ConfigError, RoutingKeyTooLong, TransitionError};
 use crate::embed::EmbedError;
 use crate::store::StoreError;
 
@@ -219,6 +219,12 @@ impl IntoResponse for ApiError {
 impl From<ConfigError> for ApiError {
     fn from(error: ConfigError) -> Self {
         Self::InvalidConfig(error.to_string())
+    }
+}
+
+impl From<RoutingKeyTooLong> for ApiError {
+    fn from(error: RoutingKeyTooLong) -> Self {
+        Self::InvalidValue(error.to_string())
     }
 }
 

@@ -12,7 +12,7 @@ use utoipa::openapi::{Object, RefOr, Schema};
 
 use super::AppState;
 use super::error::{ApiError, AppJson, Problem};
-use crate::domain::{Phase, QueryReason, Route, Routing};
+use crate::domain::{Phase, QueryReason, Route, Routing, RoutingKey};
 use crate::index::filter::Filter;
 
 /// `top_k` when the query does not say, and the largest accepted.
@@ -38,6 +38,12 @@ pub struct QueryBody {
     /// selective filters are scanned exactly anyway, and the response's `exact` says which
     /// path answered.
     pub exact: Option<bool>,
+    /// A stable key of the caller (a tenant or user id), at most 256 bytes of UTF-8: before
+    /// the threshold, the migration's `canary_percent` of keys are answered by the target,
+    /// each key always by the same side. Without a key (or with an empty one) a query is
+    /// never a canary.
+    #[schema(max_length = 256)]
+    pub routing_key: Option<String>,
 }
 
 /// The schema of `filter`: an object whose values are scalars or non-empty arrays of them, or
@@ -83,8 +89,8 @@ pub struct QueryResponse {
     pub model: String,
     pub phase: Phase,
     pub migration_id: Option<String>,
-    /// Why this side answered; `fallback` when the routed model's provider failed and the
-    /// other model's index answered.
+    /// Why this side answered: `canary` when the query's `routing_key` is in the canary share;
+    /// `fallback` when the routed model's provider failed and the other model's index answered.
     pub reason: QueryReason,
     /// Whether every vector of the model (or every one the filter matches) was scored, rather
     /// than the approximate index consulted.
@@ -127,6 +133,11 @@ pub async fn query(
         }
         None => Filter::default(),
     };
+    let routing_key = body
+        .routing_key
+        .map(RoutingKey::parse)
+        .transpose()?
+        .flatten();
     let answer = state
         .documents
         .query(
@@ -134,6 +145,7 @@ pub async fn query(
             top_k as usize,
             &filter,
             body.exact.unwrap_or(false),
+            routing_key.as_ref(),
         )
         .await?;
     let hits = answer

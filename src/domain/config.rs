@@ -26,6 +26,12 @@ pub struct BackfillConfig {
     pub target_query_threshold: f64,
     /// How long after completion both models keep being written, so rollback is lossless.
     pub rollback_window_secs: u64,
+    /// Share of keyed queries, 0 to 100, sent to the target before the threshold (the sticky
+    /// canary). Defaulted when decoding, so rows persisted before it existed still read;
+    /// always present in responses.
+    #[serde(default)]
+    #[schema(required = true, minimum = 0.0, maximum = 100.0)]
+    pub canary_percent: f64,
 }
 
 impl Default for BackfillConfig {
@@ -36,6 +42,7 @@ impl Default for BackfillConfig {
             dual_write: true,
             target_query_threshold: 0.8,
             rollback_window_secs: 86_400,
+            canary_percent: 0.0,
         }
     }
 }
@@ -63,6 +70,10 @@ pub struct ConfigPatch {
     #[serde(default, deserialize_with = "optional_integer")]
     #[schema(minimum = 0, maximum = 315360000)]
     pub rollback_window_secs: Option<i64>,
+    /// 0.0 to 100.0 inclusive: the share of queries with a `routing_key` that the target
+    /// answers before the threshold.
+    #[schema(minimum = 0.0, maximum = 100.0)]
+    pub canary_percent: Option<f64>,
 }
 
 /// `deserialize_with` for an optional integer field. JSON Schema counts `5.0` as the integer
@@ -109,11 +120,14 @@ impl ConfigPatch {
             config.dual_write = v;
         }
         if let Some(v) = self.target_query_threshold {
-            config.target_query_threshold = valid_threshold(v)?;
+            config.target_query_threshold = number_in("target_query_threshold", v, 0.0, 1.0)?;
         }
         if let Some(v) = self.rollback_window_secs {
             config.rollback_window_secs =
                 in_range("rollback_window_secs", v, 0, MAX_ROLLBACK_WINDOW_SECS)?.into();
+        }
+        if let Some(v) = self.canary_percent {
+            config.canary_percent = number_in("canary_percent", v, 0.0, 100.0)?;
         }
         Ok(config)
     }
@@ -130,13 +144,14 @@ fn in_range(field: &'static str, value: i64, min: i64, max: i64) -> Result<u32, 
     }
 }
 
-fn valid_threshold(value: f64) -> Result<f64, ConfigError> {
-    if (0.0..=1.0).contains(&value) {
+/// `value` when it lies in [min, max]; NaN and the infinities never do.
+fn number_in(field: &'static str, value: f64, min: f64, max: f64) -> Result<f64, ConfigError> {
+    if (min..=max).contains(&value) {
         Ok(value)
     } else {
         Err(ConfigError {
-            field: "target_query_threshold",
-            message: format!("must be a number between 0.0 and 1.0, got {value}"),
+            field,
+            message: format!("must be a number between {min:?} and {max:?}, got {value}"),
         })
     }
 }
@@ -204,6 +219,15 @@ mod tests {
                 r#"{"rollback_window_secs": 315360000}"#,
                 with(|c| c.rollback_window_secs = 315_360_000),
             ),
+            (r#"{"canary_percent": 0}"#, with(|c| c.canary_percent = 0.0)),
+            (
+                r#"{"canary_percent": 0.5}"#,
+                with(|c| c.canary_percent = 0.5),
+            ),
+            (
+                r#"{"canary_percent": 100}"#,
+                with(|c| c.canary_percent = 100.0),
+            ),
         ];
         for (json, expected) in accepted {
             assert_eq!(patch(json).apply_to(base), Ok(expected), "{json}");
@@ -230,6 +254,9 @@ mod tests {
                 r#"{"rollback_window_secs": 315360001}"#,
                 "rollback_window_secs",
             ),
+            (r#"{"canary_percent": -0.01}"#, "canary_percent"),
+            (r#"{"canary_percent": 100.01}"#, "canary_percent"),
+            (r#"{"canary_percent": 101}"#, "canary_percent"),
         ];
         for (json, field) in rejected {
             let err = patch(json).apply_to(base).expect_err(json);
@@ -239,17 +266,27 @@ mod tests {
     }
 
     #[test]
-    fn a_nan_or_infinite_threshold_is_rejected() {
-        // JSON has no NaN literal, so these only arrive through code paths that build patches.
+    fn a_nan_or_infinite_threshold_or_percentage_is_rejected() {
+        // JSON has no NaN literal, so these only arrive through code paths that build patches
+        // (or as a number too large for an f64, which reads as infinite).
         for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let p = ConfigPatch {
+            let threshold = ConfigPatch {
                 target_query_threshold: Some(value),
                 ..ConfigPatch::default()
             };
-            let err = p
-                .apply_to(BackfillConfig::default())
-                .expect_err("non-finite threshold");
-            assert_eq!(err.field, "target_query_threshold");
+            let percent = ConfigPatch {
+                canary_percent: Some(value),
+                ..ConfigPatch::default()
+            };
+            for (p, field) in [
+                (threshold, "target_query_threshold"),
+                (percent, "canary_percent"),
+            ] {
+                let err = p
+                    .apply_to(BackfillConfig::default())
+                    .expect_err("a non-finite number");
+                assert_eq!(err.field, field);
+            }
         }
     }
 
@@ -265,6 +302,7 @@ mod tests {
             dual_write: Some(false),
             target_query_threshold: Some(0.5),
             rollback_window_secs: Some(-5),
+            canary_percent: Some(20.0),
         };
         let err = p
             .apply_to(base)
@@ -320,10 +358,30 @@ mod tests {
                 "max_concurrent": 4,
                 "dual_write": true,
                 "target_query_threshold": 0.8,
-                "rollback_window_secs": 86400
+                "rollback_window_secs": 86400,
+                "canary_percent": 0.0
             })
         );
         let back: BackfillConfig = serde_json::from_value(json).unwrap();
         assert_eq!(back, BackfillConfig::default());
+    }
+
+    #[test]
+    fn a_config_persisted_before_the_canary_reads_with_no_canary() {
+        let json = serde_json::json!({
+            "batch_size": 7,
+            "max_concurrent": 4,
+            "dual_write": true,
+            "target_query_threshold": 0.8,
+            "rollback_window_secs": 86400
+        });
+        let config: BackfillConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            config,
+            BackfillConfig {
+                batch_size: 7,
+                ..BackfillConfig::default()
+            }
+        );
     }
 }

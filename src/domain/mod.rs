@@ -1,10 +1,11 @@
-//! Pure migration policy: the lifecycle state machine, the routing table, progress arithmetic
-//! and config validation.
+//! Pure migration policy: the lifecycle state machine, the routing table and its sticky
+//! canary, progress arithmetic and config validation.
 //!
 //! Nothing here performs I/O, spawns tasks or reads a clock: every function that depends on
 //! time takes `now` as a parameter, so each row of API.md's tables is a plain unit test.
 //! The rest of the crate asks this module *what* to do and then does it durably.
 
+pub mod canary;
 pub mod config;
 pub mod cpu_share;
 pub mod evaluation;
@@ -19,6 +20,7 @@ pub mod throttle;
 #[cfg(test)]
 mod proptests;
 
+pub use canary::{RoutingKey, RoutingKeyTooLong};
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use cpu_share::{CpuShare, LoadSample};
 pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
@@ -29,5 +31,5 @@ pub use progress::{
 };
 pub use queue::{CountsDelta, QueueChange, QueueStep, QueueView, Refused, free_slot};
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
-pub use routing::{Phase, QueryReason, Route, Routing, RoutingSnapshot, route};
+pub use routing::{Phase, QueryPlan, QueryReason, Route, Routing, RoutingSnapshot, route};
 pub use throttle::{BackfillLimits, Bounds, Controller, ThrottleReason};

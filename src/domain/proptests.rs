@@ -4,9 +4,10 @@
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 
+use super::canary::RoutingKey;
 use super::config::{BackfillConfig, MAX_ROLLBACK_WINDOW_SECS};
 use super::migration::{Counts, Event, Migration, MigrationState};
-use super::routing::{Route, RoutingSnapshot, route};
+use super::routing::{Phase, QueryReason, Route, RoutingSnapshot, route};
 
 fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_700_000_000, 0).unwrap()
@@ -51,14 +52,16 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
         any::<bool>(),
         0.0..=1.0f64,
         prop_oneof![Just(0u64), 0..=7200u64, 0..=MAX_ROLLBACK_WINDOW_SECS as u64],
+        prop_oneof![Just(0.0), 0.0..=100.0f64],
     )
         .prop_map(
-            |(batch_size, max_concurrent, dual_write, threshold, window)| BackfillConfig {
+            |(batch_size, max_concurrent, dual_write, threshold, window, canary)| BackfillConfig {
                 batch_size,
                 max_concurrent,
                 dual_write,
                 target_query_threshold: threshold,
                 rollback_window_secs: window,
+                canary_percent: canary,
             },
         )
 }
@@ -322,6 +325,31 @@ proptest! {
         times.extend(ends_at);
         for now in times {
             prop_assert_eq!(&**snapshot.at(now), &route("hash-v0", latest, now), "at {}", now);
+        }
+    }
+
+    /// (6) A key moves a query only from the source to the target of a migration running
+    /// under its threshold; in every other case it gets the default side.
+    #[test]
+    fn a_key_moves_a_query_only_as_a_canary_before_the_threshold(
+        state in any_state(),
+        counts in (0..1000u64, 0..1000u64),
+        config in valid_config(),
+        key in proptest::option::of(".{1,32}"),
+    ) {
+        let mut m = planned(config, counts.0);
+        m.state = state;
+        m.counts.processed = counts.1.min(counts.0);
+        let r = route("hash-v1", Some(&m), t0());
+        let key = key.and_then(|k| RoutingKey::parse(k).unwrap());
+        let plan = r.query_plan(key.as_ref());
+        if plan.reason == QueryReason::Canary {
+            prop_assert!(key.is_some() && r.phase == Phase::Migrating);
+            prop_assert_eq!(r.query_reason, QueryReason::BelowThreshold);
+            prop_assert_eq!((plan.model.as_str(), plan.route), ("hash-v2", Route::Target));
+            prop_assert_eq!(plan.fallback, Some(("hash-v1".to_owned(), Route::Legacy)));
+        } else {
+            prop_assert_eq!(plan, r.query_plan(None));
         }
     }
 }

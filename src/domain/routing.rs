@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::canary::{RoutingKey, is_canary};
 use super::migration::{Migration, MigrationState};
 
 /// Coarse phase of the service (API.md routing `phase`).
@@ -40,6 +41,8 @@ pub enum QueryReason {
     BelowThreshold,
     /// Migrating, with the target's coverage at or over the threshold.
     ThresholdReached,
+    /// Migrating under the threshold, and the query's `routing_key` is in the canary share.
+    Canary,
     /// Completed: the target answers while both models are written.
     RollbackWindow,
     /// The migration was rolled back: the source answers.
@@ -67,9 +70,52 @@ pub struct Routing {
     /// written and complete), the target only once its coverage is past the threshold.
     #[serde(skip)]
     pub fallback: Option<(String, Route)>,
+    /// The canary share while migrating under the threshold with `canary_percent` set; a
+    /// per-query choice, so not in `GET /v1/routing`, which describes the default side.
+    #[serde(skip)]
+    pub canary: Option<CanaryShare>,
+}
+
+/// The sticky canary of a migration under its threshold (API.md `canary_percent`): which keys
+/// its target answers for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryShare {
+    migration_id: String,
+    percent: f64,
+    target_model: String,
+}
+
+/// How one query is served: the model whose index answers, its side and why, and the model
+/// whose index may answer instead when that one's provider fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPlan {
+    pub model: String,
+    pub route: Route,
+    pub reason: QueryReason,
+    pub fallback: Option<(String, Route)>,
 }
 
 impl Routing {
+    /// The plan of a query carrying `key`: the target when the key is in the canary share,
+    /// with the source (complete and always written) as its fallback, as past the threshold;
+    /// otherwise the default side.
+    pub fn query_plan(&self, key: Option<&RoutingKey>) -> QueryPlan {
+        match &self.canary {
+            Some(canary) if is_canary(&canary.migration_id, key, canary.percent) => QueryPlan {
+                model: canary.target_model.clone(),
+                route: Route::Target,
+                reason: QueryReason::Canary,
+                fallback: Some((self.query_model.clone(), self.query_route)),
+            },
+            _ => QueryPlan {
+                model: self.query_model.clone(),
+                route: self.query_route,
+                reason: self.query_reason,
+                fallback: self.fallback.clone(),
+            },
+        }
+    }
+
     /// Whether a write may go ahead without `model` when its embedder fails: only the target of
     /// a dual write while migrating or in the rollback window, because the store then queues
     /// the document and the backfill embeds it before completion (or, in the window, before
@@ -165,6 +211,7 @@ fn decide(active_model: &str, latest: Option<&Migration>, window_open: bool) -> 
             progress: coverage,
             query_reason: QueryReason::RollbackWindow,
             fallback: Some((m.source_model.clone(), Route::Legacy)),
+            canary: None,
         },
         MigrationState::Completed => stable(&m.target_model, id, Route::Target, coverage),
         MigrationState::RolledBack => Routing {
@@ -188,6 +235,7 @@ fn stable(model: &str, migration_id: Option<String>, side: Route, progress: f64)
         progress,
         query_reason: QueryReason::Stable,
         fallback: None,
+        canary: None,
     }
 }
 
@@ -230,7 +278,18 @@ fn migrating(m: &Migration, coverage: f64) -> Routing {
         progress: coverage,
         query_reason,
         fallback,
+        canary: canary_share(m, on_target),
     }
+}
+
+/// The canary share of a running migration: only under the threshold (past it every query
+/// is on the target already) and only when `canary_percent` is set.
+fn canary_share(m: &Migration, on_target: bool) -> Option<CanaryShare> {
+    (!on_target && m.config.canary_percent > 0.0).then(|| CanaryShare {
+        migration_id: m.id.clone(),
+        percent: m.config.canary_percent,
+        target_model: m.target_model.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -290,15 +349,17 @@ mod tests {
             progress,
             query_reason: QueryReason::Stable,
             fallback: None,
+            canary: None,
         }
     }
 
-    /// The decision without its query plan (reason and fallback), which
-    /// `every_query_reason_and_fallback` covers.
+    /// The decision without its query plan (reason, fallback and canary), which
+    /// `every_query_reason_and_fallback` and the canary tests cover.
     fn without_query_plan(routing: Routing) -> Routing {
         Routing {
             query_reason: QueryReason::Stable,
             fallback: None,
+            canary: None,
             ..routing
         }
     }
@@ -453,6 +514,95 @@ mod tests {
                 "{state:?}"
             );
         }
+    }
+
+    fn with_canary(mut m: Migration, percent: f64) -> Migration {
+        m.config.canary_percent = percent;
+        m
+    }
+
+    fn key(key: &str) -> RoutingKey {
+        RoutingKey::parse(key.into()).unwrap().expect("a key")
+    }
+
+    /// At 100% every keyed query is a canary wherever the canary applies: in progress or
+    /// paused under the threshold. Everywhere else the key changes nothing.
+    #[test]
+    fn the_canary_applies_only_while_migrating_under_the_threshold() {
+        use QueryReason::{BelowThreshold, RollbackWindow, Stable, ThresholdReached};
+        let completed = migration(Completed, true, 10, 10);
+        let canary = QueryPlan {
+            model: TGT.into(),
+            route: Route::Target,
+            reason: QueryReason::Canary,
+            fallback: Some((SRC.into(), Route::Legacy)),
+        };
+        let cases = [
+            (migration(InProgress, true, 7, 10), 0, canary.reason),
+            (migration(Paused, false, 0, 10), 0, canary.reason),
+            (migration(InProgress, true, 8, 10), 0, ThresholdReached),
+            (migration(Paused, true, 10, 10), 0, ThresholdReached),
+            (migration(Planned, true, 0, 10), 0, Stable),
+            (migration(Failed, true, 5, 10), 0, Stable),
+            (migration(Cancelled, true, 5, 10), 0, Stable),
+            (
+                migration(RolledBack, true, 10, 10),
+                0,
+                QueryReason::RolledBack,
+            ),
+            (completed.clone(), WINDOW_END - 1, RollbackWindow),
+            (completed, WINDOW_END, Stable),
+        ];
+        for (m, now, reason) in cases {
+            let r = route(SRC, Some(&with_canary(m.clone(), 100.0)), at(now));
+            let plan = r.query_plan(Some(&key("tenant-1")));
+            assert_eq!(plan.reason, reason, "{:?} {:?}", m.state, m.counts);
+            if reason == QueryReason::Canary {
+                assert_eq!(plan, canary);
+            } else {
+                assert_eq!(
+                    plan,
+                    r.query_plan(None),
+                    "{:?}: the key changes nothing",
+                    m.state
+                );
+            }
+            let without = route(SRC, Some(&m), at(now)).query_plan(Some(&key("tenant-1")));
+            let expected = if reason == QueryReason::Canary {
+                BelowThreshold
+            } else {
+                reason
+            };
+            assert_eq!(without.reason, expected, "{:?} without a canary", m.state);
+        }
+    }
+
+    #[test]
+    fn a_query_without_a_key_keeps_the_default_side() {
+        let r = route(
+            SRC,
+            Some(&with_canary(migration(InProgress, true, 0, 10), 100.0)),
+            at(0),
+        );
+        let plan = r.query_plan(None);
+        assert_eq!(
+            (plan.model.as_str(), plan.route, plan.reason, plan.fallback),
+            (SRC, Route::Legacy, QueryReason::BelowThreshold, None)
+        );
+    }
+
+    #[test]
+    fn the_canary_is_not_part_of_the_routing_resource() {
+        let r = route(
+            SRC,
+            Some(&with_canary(migration(InProgress, true, 0, 10), 50.0)),
+            at(0),
+        );
+        assert!(r.canary.is_some());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["query_route"], "legacy");
+        assert!(json.get("canary").is_none(), "{json}");
+        assert_eq!(serde_json::to_value(QueryReason::Canary).unwrap(), "canary");
     }
 
     fn in_progress(threshold: f64, total: u64, processed: u64, skipped: u64) -> Migration {

@@ -22,6 +22,7 @@ mod wire;
 mod active_model;
 mod backfill;
 mod bad_input;
+mod canary;
 mod cli;
 mod crash;
 mod documents;

@@ -11,7 +11,7 @@ use crate::helpers::{PATIENCE, TestApp};
 use crate::probe::{HELD, POISON, Probe};
 use crate::wire::{Migration, MigrationConfig};
 
-/// API.md's defaults: 100, 4, true, 0.8, 86400.
+/// API.md's defaults: 100, 4, true, 0.8, 86400, and no canary.
 pub fn default_config() -> MigrationConfig {
     MigrationConfig {
         batch_size: 100,
@@ -19,6 +19,7 @@ pub fn default_config() -> MigrationConfig {
         dual_write: true,
         target_query_threshold: 0.8,
         rollback_window_secs: 86_400,
+        canary_percent: 0.0,
     }
 }
 
@@ -117,6 +118,7 @@ async fn the_documented_example_body_is_accepted_as_given() {
         dual_write: true,
         target_query_threshold: 0.9,
         rollback_window_secs: 3600,
+        canary_percent: 0.0,
     };
     assert_eq!(app.migration("mig-001").await.config, expected);
     let done = app.wait_for_state("mig-001", "completed", PATIENCE).await;

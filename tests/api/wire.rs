@@ -136,6 +136,7 @@ pub struct MigrationConfig {
     pub dual_write: bool,
     pub target_query_threshold: f64,
     pub rollback_window_secs: u64,
+    pub canary_percent: f64,
 }
 
 /// `GET /v1/migrations`.
