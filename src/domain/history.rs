@@ -298,6 +298,7 @@ fn config_fields(config: &BackfillConfig) -> Vec<(&'static str, String)> {
             "rollback_window_secs",
             config.rollback_window_secs.to_string(),
         ),
+        ("canary_percent", config.canary_percent.to_string()),
     ]
 }
 
@@ -394,7 +395,7 @@ mod tests {
         assert_eq!(
             entry.detail,
             "from hash-v1 to hash-v2; batch_size 100, max_concurrent 4, dual_write true, \
-             target_query_threshold 0.8, rollback_window_secs 86400"
+             target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0"
         );
     }
 }
