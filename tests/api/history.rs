@@ -13,6 +13,22 @@ fn kinds(events: &[HistoryEntry]) -> Vec<&str> {
     events.iter().map(|e| e.kind.as_str()).collect()
 }
 
+/// The history of `MIGRATION` once it holds an entry of `kind`.
+async fn history_once(app: &TestApp, kind: &str) -> Vec<HistoryEntry> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let events = app.history(MIGRATION).await.events;
+        if events.iter().any(|e| e.kind == kind) {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} entry within {PATIENCE:?}: {events:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_is_recorded_in_order_with_its_cause_and_kept_across_a_restart() {
     let arrived = arrive(Reached::Paused, json!({ "batch_size": 2 })).await;
@@ -27,7 +43,8 @@ async fn every_change_is_recorded_in_order_with_its_cause_and_kept_across_a_rest
     let refused = app.action(MIGRATION, "pause").await;
     refused.problem(409, "invalid-transition");
 
-    let events = app.history(MIGRATION).await.events;
+    // The window task makes the target active just after the finalize, on its own.
+    let events = history_once(&app, "window_closed").await;
     assert_eq!(
         kinds(&events),
         [
