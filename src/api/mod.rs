@@ -99,6 +99,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(migrations::retry_skips))
         .routes(routes!(confidence::get_history))
         .routes(routes!(confidence::evaluate_migration))
+        .routes(routes!(confidence::cutover_migration))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::get_metrics))

@@ -62,6 +62,7 @@ const LINKS: [(&str, &str, &str, &[&str]); 3] = [
             "retry_skips",
             "get_history",
             "evaluate_migration",
+            "cutover_migration",
             "finalize_migration",
             "rollback_migration",
             "cancel_migration",

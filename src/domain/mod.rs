@@ -9,6 +9,7 @@ pub mod canary;
 pub mod config;
 pub mod cpu_share;
 pub mod evaluation;
+pub mod gate;
 pub mod history;
 pub mod migration;
 pub mod progress;
@@ -24,6 +25,7 @@ pub use canary::{RoutingKey, RoutingKeyTooLong};
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use cpu_share::{CpuShare, LoadSample};
 pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
+pub use gate::{CutoverGate, GateOverride, GateState, GateStatus, ShadowEvidence};
 pub use history::{Actor, Cause, HistoryEvent, HistoryKind};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{

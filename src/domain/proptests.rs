@@ -62,6 +62,7 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
                 target_query_threshold: threshold,
                 rollback_window_secs: window,
                 canary_percent: canary,
+                cutover_gate: None,
             },
         )
 }

@@ -556,7 +556,7 @@ pub(crate) async fn after_completion_a_write_lacking_the_target_conflicts_and_ch
     let done = m.apply(Event::Complete, at(5)).unwrap();
     assert!(
         store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
@@ -1054,7 +1054,7 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
     done.completed_at = Some(at(5));
     assert!(
         !store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
@@ -1069,7 +1069,7 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
         .unwrap();
     assert!(
         store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
@@ -1261,7 +1261,7 @@ pub(crate) async fn history_records_each_change_in_order_and_nothing_refused(
     };
     let early = HistoryEvent::of(&Event::Complete, &running, &done, at(3), &test_cause());
     assert!(
-        !store.complete_migration(&done, &early).await.unwrap(),
+        !store.complete_migration(&done, &[early]).await.unwrap(),
         "d1 is still queued"
     );
     store
@@ -1316,7 +1316,7 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
     let first = first.apply(Event::Complete, at(4)).unwrap();
     assert!(
         store
-            .complete_migration(&first, &noted(&first))
+            .complete_migration(&first, &[noted(&first)])
             .await
             .unwrap()
     );

@@ -322,11 +322,12 @@ pub trait Store: Send + Sync + 'static {
         noted: &HistoryEvent,
     ) -> Result<(), StoreError>;
     /// Persists `migration` (completed) only if its queue is empty; `false` when documents
-    /// were queued meanwhile and the backfill must go on.
+    /// were queued meanwhile and the backfill must go on. Records each of `noted` (the gate's
+    /// passing, the completion).
     async fn complete_migration(
         &self,
         migration: &Migration,
-        noted: &HistoryEvent,
+        noted: &[HistoryEvent],
     ) -> Result<bool, StoreError>;
     /// The history of a migration, oldest first (empty for an unknown id).
     async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;

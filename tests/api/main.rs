@@ -31,6 +31,7 @@ mod evaluation;
 mod fallback;
 mod filters;
 mod full_disk;
+mod gate;
 mod history;
 mod lifecycle;
 mod migrations;

@@ -416,7 +416,7 @@ impl Store for PostgresStore {
     async fn complete_migration(
         &self,
         migration: &Migration,
-        noted: &HistoryEvent,
+        noted: &[HistoryEvent],
     ) -> Result<bool, StoreError> {
         migrations::complete_migration(self, migration, noted).await
     }

@@ -349,7 +349,7 @@ impl Store for SqliteStore {
     async fn complete_migration(
         &self,
         migration: &Migration,
-        noted: &HistoryEvent,
+        noted: &[HistoryEvent],
     ) -> Result<bool, StoreError> {
         migrations::complete_migration(self, migration, noted).await
     }
