@@ -73,6 +73,7 @@ pub(crate) fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite
             .iter()
             .map(|m| ((*m).to_owned(), vector_of(m, text)))
             .collect(),
+        kept: None,
     }
 }
 
