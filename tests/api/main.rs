@@ -47,5 +47,6 @@ mod shutdown;
 mod slow_clients;
 mod timeouts;
 mod truncated;
+mod unchanged;
 mod walkthrough;
 mod yielding;
