@@ -91,6 +91,7 @@ contract_tests!(backend() =>
     a_batch_does_not_overwrite_a_document_rewritten_without_the_target,
     a_batch_does_not_overwrite_or_recount_a_dual_written_document,
     a_skip_leaves_the_queue_for_the_skip_list_once,
+    retried_skips_leave_out_documents_dual_written_since,
     a_failed_attempt_counts_each_queued_document_once,
     failed_goes_down_as_documents_leave_the_queue_by_any_way,
     completion_is_refused_while_documents_are_queued,
