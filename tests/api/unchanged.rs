@@ -209,3 +209,27 @@ async fn a_rewrite_during_a_dual_writing_migration_keeps_both_vectors() {
         ("hash-v2", reached[7].0.as_str())
     );
 }
+
+/// Many rewrites of one id at once, all with its unchanged text: each keep races the others,
+/// and a write whose keep keeps conflicting embeds on its last attempt rather than failing
+/// with 503, so a contended id cannot starve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rewrites_of_one_id_all_succeed() {
+    let (_fake, app) = served_by_the_fake().await;
+    let text = "a much rewritten document";
+    app.put_document("hot", text).await;
+    let rewrites = (0..16).map(|round| {
+        let body = json!({ "text": text, "metadata": { "round": round } });
+        let app = &app;
+        async move { app.put_document_reply("hot", &body).await }
+    });
+    let replies = futures_util::future::join_all(rewrites).await;
+    let mut versions: Vec<u64> = replies.iter().map(|r| r.ok::<Written>().version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=17).collect::<Vec<u64>>());
+    let document = app.get_document("hot").await;
+    assert_eq!(
+        (document.version, document.embeddings[MODEL].version),
+        (17, 17)
+    );
+}
