@@ -53,6 +53,8 @@ pub struct NewDocument {
 #[derive(Debug, Clone)]
 pub struct Upserted {
     pub outcomes: Vec<WriteOutcome>,
+    /// The write models whose vector every document holds for its new version: embedded now,
+    /// or kept (`store::Kept`). A best-effort target that failed is left out.
     pub embedded_with: Vec<String>,
     pub routing: Arc<Routing>,
 }
