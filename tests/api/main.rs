@@ -48,5 +48,6 @@ mod shutdown;
 mod slow_clients;
 mod timeouts;
 mod truncated;
+mod unchanged;
 mod walkthrough;
 mod yielding;

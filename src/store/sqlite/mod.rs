@@ -295,6 +295,10 @@ impl Store for SqliteStore {
         documents::list_documents(self, after, limit).await
     }
 
+    async fn stored_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
+        documents::stored_documents(self, ids).await
+    }
+
     async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
         self.lookups.documents(ids).await
     }
