@@ -853,7 +853,7 @@ pub(crate) async fn a_kept_target_vector_dequeues_like_a_dual_write_and_is_never
     let done = done.unwrap();
     assert!(
         store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
