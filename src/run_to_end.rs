@@ -62,6 +62,19 @@ where
     E: From<StoreError> + Send + 'static,
 {
     let _ = SECTION_BEGUN.try_with(|begun| begun.store(true, Ordering::SeqCst));
+    run_to_end_unanswered(section).await
+}
+
+/// As [`run_to_end`], for a section that changes nothing (a read transaction's `BEGIN`, which
+/// must not be abandoned halfway for its connection's sake): it is not the request's answer,
+/// so the request's time limit still applies around it.
+pub async fn run_to_end_unanswered<T, E>(
+    section: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
     match tokio::spawn(section.in_current_span()).await {
         Ok(outcome) => outcome,
         // The section's own bug: let it surface where it would have without the task.

@@ -17,7 +17,7 @@ use super::codec::{
 };
 use super::{PostgresStore, Tx};
 use crate::domain::queue::QueueView;
-use crate::run_to_end::run_to_end;
+use crate::run_to_end::run_to_end_unanswered;
 use crate::store::writes::{DocumentTx, delete_document as remove, write_documents};
 use crate::store::{
     CountsDelta, DocumentWrite, Kept, OverInputLimit, StoreError, StoredDocument, VectorInfo,
@@ -208,10 +208,11 @@ pub(super) async fn hit_documents(
 }
 
 /// A read-only transaction whose statements all see one snapshot. Begun to its end whoever
-/// waits, as writes are (see `PostgresStore::begin_gated`).
+/// waits, as writes are (see `PostgresStore::begin_gated`), but not the request's answer: a
+/// request that reads before it embeds is still answered 503 when its time runs out.
 async fn begin_read(store: &PostgresStore) -> Result<Tx, StoreError> {
     let pool = store.pool.clone();
-    run_to_end(async move {
+    run_to_end_unanswered(async move {
         let mut tx = pool.begin().await.map_err(store_error)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
