@@ -137,6 +137,7 @@ pub struct MigrationConfig {
     pub target_query_threshold: f64,
     pub rollback_window_secs: u64,
     pub canary_percent: f64,
+    pub shadow_percent: f64,
 }
 
 /// `GET /v1/migrations`.
