@@ -108,12 +108,20 @@ pub struct WorstQuery {
     pub target_hits: Vec<String>,
 }
 
-/// The `n` samples of `samples` with the lowest overlap, lowest first (later first among
-/// equals): a batch's candidates for the worst list.
+/// The `n` samples of `samples` with the lowest overlap (the later among equals), in the order
+/// of `samples`: a batch's candidates for the worst list, recorded in the order they were
+/// taken so that a store's order of insertion stays the order of recency.
 pub fn lowest(samples: &[ShadowSample], n: usize) -> Vec<&ShadowSample> {
-    let mut ranked: Vec<(usize, &ShadowSample)> = samples.iter().enumerate().collect();
-    ranked.sort_by(|(i, a), (j, b)| a.overlap.total_cmp(&b.overlap).then(j.cmp(i)));
-    ranked.into_iter().take(n).map(|(_, s)| s).collect()
+    let mut ranked: Vec<usize> = (0..samples.len()).collect();
+    ranked.sort_by(|&i, &j| {
+        samples[i]
+            .overlap
+            .total_cmp(&samples[j].overlap)
+            .then(j.cmp(&i))
+    });
+    ranked.truncate(n);
+    ranked.sort_unstable();
+    ranked.into_iter().map(|i| &samples[i]).collect()
 }
 
 /// What a store keeps of a migration's comparison.
@@ -236,11 +244,12 @@ mod tests {
     }
 
     #[test]
-    fn the_lowest_come_first_and_later_ones_win_ties() {
+    fn the_lowest_are_kept_in_their_order_and_later_ones_win_ties() {
         let samples = [
             sample(0.5, "first"),
             sample(0.0, "second"),
             sample(0.5, "third"),
+            sample(0.9, "fourth"),
         ];
         let texts: Vec<&str> = lowest(&samples, 2)
             .iter()

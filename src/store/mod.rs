@@ -21,7 +21,9 @@ use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 pub use crate::domain::CountsDelta;
-use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
+use crate::domain::{
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowSample,
+};
 
 /// A document as stored, with which models hold a vector for it and for which version.
 #[derive(Debug, Clone, PartialEq)]
@@ -338,6 +340,21 @@ pub trait Store: Send + Sync + 'static {
         evaluation: &Evaluation,
         noted: &HistoryEvent,
     ) -> Result<(), StoreError>;
+    /// Records a batch of a migration's shadow samples and `dropped` more shadowed queries
+    /// dropped, in one transaction that also prunes to the bounds of `domain::comparison`:
+    /// every sample's figures, of which the newest `SAMPLES_KEPT` are kept, and the texts and
+    /// hits of those among the `WORST_KEPT` lowest overlaps (the newer among equals).
+    /// Every replica's samples land together.
+    async fn record_shadow_samples(
+        &self,
+        migration_id: &str,
+        samples: &[ShadowSample],
+        dropped: u64,
+    ) -> Result<(), StoreError>;
+    /// What is kept of a migration's comparison: the newest `SAMPLES_KEPT` figures, the drops
+    /// and the `WORST_KEPT` lowest overlaps, lowest first (empty for an unknown id). The
+    /// cutover gate summarises it as the endpoint does (`Comparison::of`).
+    async fn comparison(&self, migration_id: &str) -> Result<ComparisonData, StoreError>;
     /// All migrations, newest first.
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
     async fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError>;
