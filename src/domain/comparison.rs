@@ -138,7 +138,9 @@ pub struct ComparisonData {
 /// The 50th and 99th percentile of one side's latency, in milliseconds; null without samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
 pub struct Latency {
+    #[schema(required = true)]
     pub p50: Option<f64>,
+    #[schema(required = true)]
     pub p99: Option<f64>,
 }
 
@@ -163,8 +165,10 @@ pub struct Comparison {
     /// The k of overlap@k.
     pub k: usize,
     /// Mean overlap@k; null without samples.
+    #[schema(required = true)]
     pub mean_overlap: Option<f64>,
     /// 10th percentile of overlap@k; null without samples.
+    #[schema(required = true)]
     pub p10_overlap: Option<f64>,
     pub source_latency_ms: Latency,
     pub target_latency_ms: Latency,
