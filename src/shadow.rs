@@ -40,7 +40,7 @@ use crate::store::Store;
 use crate::supervise::spawn_supervised;
 
 /// Shadow requests waiting for the worker, at most; more are dropped and counted.
-pub const QUEUE_CAPACITY: usize = 256;
+const QUEUE_CAPACITY: usize = 256;
 /// How often pending samples and drops are written to the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Pending samples that are written at once, without waiting for `FLUSH_EVERY`.
@@ -49,8 +49,11 @@ const FLUSH_AT: usize = 100;
 /// What a shadowed query hands to the worker: the query, the side that answered it and how.
 /// Not `Debug`, so that its text cannot reach a log line by accident.
 pub struct ShadowRequest {
+    /// The other model, and the migration whose comparison the sample joins.
     pub plan: ShadowPlan,
+    /// The query text, whole: the other model embeds what the answered one did.
     pub text: String,
+    /// The query's `top_k` and `exact`, so the other side searches as the answer did.
     pub top_k: usize,
     pub exact: bool,
     /// The model that answered, the query's vector in it, and how long the answer took

@@ -57,7 +57,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 /// Persisted (figures, and for the lowest overlaps the rest): renaming needs a data migration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowSample {
+    /// overlap@`SHADOW_K` of `source_hits` and `target_hits`.
     pub overlap: f64,
+    /// Each side's latency in milliseconds: embedding and search, as a live query.
     pub source_ms: f64,
     pub target_ms: f64,
     /// The query text, already cut to `TEXT_CHARS`. Never logged.
@@ -91,6 +93,7 @@ impl ShadowSample {
 /// The figures of one sample, kept for the newest `SAMPLES_KEPT`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleFigures {
+    /// As in `ShadowSample`.
     pub overlap: f64,
     pub source_ms: f64,
     pub target_ms: f64,
@@ -101,6 +104,7 @@ pub struct SampleFigures {
 pub struct WorstQuery {
     /// The query text, cut to its first 1,000 characters.
     pub text: String,
+    /// overlap@k of the two hit lists.
     pub overlap: f64,
     /// The source's top k among the documents both models have, best first.
     pub source_hits: Vec<String>,
@@ -138,8 +142,10 @@ pub struct ComparisonData {
 /// The 50th and 99th percentile of one side's latency, in milliseconds; null without samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
 pub struct Latency {
+    /// The median.
     #[schema(required = true)]
     pub p50: Option<f64>,
+    /// The 99th percentile.
     #[schema(required = true)]
     pub p99: Option<f64>,
 }
@@ -170,7 +176,9 @@ pub struct Comparison {
     /// 10th percentile of overlap@k; null without samples.
     #[schema(required = true)]
     pub p10_overlap: Option<f64>,
+    /// The source's side: its answers, or its shadow reads.
     pub source_latency_ms: Latency,
+    /// The target's side: its answers, or its shadow reads.
     pub target_latency_ms: Latency,
     /// At most 20 queries, lowest overlap first.
     pub worst: Vec<WorstQuery>,
