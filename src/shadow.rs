@@ -278,3 +278,45 @@ async fn pair(
 fn millis(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64() * 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(migration_id: &str) -> ShadowRequest {
+        ShadowRequest {
+            plan: ShadowPlan {
+                migration_id: migration_id.to_owned(),
+                other_model: "hash-v2".to_owned(),
+                answered_by_source: true,
+            },
+            text: "a query".to_owned(),
+            top_k: 10,
+            exact: false,
+            answered_model: "hash-v1".to_owned(),
+            answered_vector: vec![1.0],
+            answered_latency: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        let (queue, inbox) = channel();
+        for _ in 0..QUEUE_CAPACITY + 3 {
+            queue.offer(request("m"));
+        }
+        queue.offer(request("other"));
+        let drops = inbox.drops.take();
+        assert_eq!(drops, HashMap::from([("m".into(), 3), ("other".into(), 1)]));
+        assert!(inbox.drops.take().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_stopped_worker_counts_every_offer_as_dropped() {
+        let (queue, inbox) = channel();
+        let drops = inbox.drops.clone();
+        drop(inbox);
+        queue.offer(request("m"));
+        assert_eq!(drops.take(), HashMap::from([("m".into(), 1)]));
+    }
+}

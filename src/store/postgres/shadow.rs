@@ -4,7 +4,8 @@
 //! and the `WORST_KEPT` lowest overlaps per migration. Two replicas recording at once may each
 //! prune without seeing the other's rows, leaving a few rows over a bound until the next
 //! batch; reads apply the bounds themselves, so they never show it. No gate lock: the samples
-//! touch neither documents nor migration state.
+//! touch neither documents nor migration state. The `BEGIN` runs to its end whoever waits for
+//! it, as every transaction of this backend does (see `PostgresStore::begin_gated`).
 
 use sqlx::postgres::PgRow;
 
@@ -13,6 +14,7 @@ use super::{PostgresStore, Tx};
 use crate::domain::comparison::{
     ComparisonData, SAMPLES_KEPT, SampleFigures, ShadowSample, WORST_KEPT, WorstQuery, lowest,
 };
+use crate::run_to_end::run_to_end;
 use crate::store::StoreError;
 
 /// [`Store::record_shadow_samples`](crate::store::Store::record_shadow_samples) on PostgreSQL.
@@ -22,7 +24,8 @@ pub(super) async fn record_shadow_samples(
     samples: &[ShadowSample],
     dropped: u64,
 ) -> Result<(), StoreError> {
-    let mut tx = store.pool.begin().await.map_err(store_error)?;
+    let pool = store.pool.clone();
+    let mut tx = run_to_end(async move { pool.begin().await.map_err(store_error) }).await?;
     insert_figures(&mut tx, migration_id, samples).await?;
     insert_worst(&mut tx, migration_id, samples).await?;
     add_drops(&mut tx, migration_id, dropped).await?;
