@@ -25,9 +25,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::domain::{
-    Actor, BackfillLimits, Cause, ConfigError, ConfigPatch, Evaluation, Event, HistoryEvent,
-    Migration, MigrationState, ProgressSnapshot, Routing, RoutingSnapshot, ThroughputMeter,
-    TransitionError, Waiting, route,
+    Actor, BackfillLimits, Cause, ConfigError, ConfigPatch, Evaluation, Event, GateState,
+    HistoryEvent, HistoryKind, Migration, MigrationState, ProgressSnapshot, Routing,
+    RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, ReplicaProgress, Store, StoreError};
@@ -673,7 +673,19 @@ impl Coordinator {
             return Ok(false);
         };
         let cause = self.cause(Actor::Service);
-        let noted = HistoryEvent::of(&Event::Complete, current, &next, now, &cause);
+        let mut noted = vec![HistoryEvent::of(
+            &Event::Complete,
+            current,
+            &next,
+            now,
+            &cause,
+        )];
+        let gate = current.gate();
+        if gate.state == GateState::Passing {
+            let passed =
+                HistoryEvent::new(&next.id, HistoryKind::GatePassed, gate.reason, now, &cause);
+            noted.insert(0, passed);
+        }
         if !self.store.complete_migration(&next, &noted).await? {
             return Ok(false);
         }

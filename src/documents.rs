@@ -26,8 +26,8 @@ use crate::index::{Found, IndexSet};
 use crate::run_to_end::run_to_end;
 use crate::shadow::{ShadowQueue, ShadowRequest};
 use crate::store::{
-    AfterCommit, BatchItem, BatchReceipt, Claim, DocumentWrite, Store, StoreError, StoredDocument,
-    WriteOutcome, WriteReceipt,
+    AfterCommit, BatchItem, BatchReceipt, Claim, DocumentWrite, Kept, Store, StoreError,
+    StoredDocument, WriteOutcome, WriteReceipt,
 };
 
 /// How many times a write is re-routed when it raced a migration completing.
@@ -54,6 +54,8 @@ pub struct NewDocument {
 #[derive(Debug, Clone)]
 pub struct Upserted {
     pub outcomes: Vec<WriteOutcome>,
+    /// The write models whose vector every document holds for its new version: embedded now,
+    /// or kept (`store::Kept`). A best-effort target that failed is left out.
     pub embedded_with: Vec<String>,
     pub routing: Arc<Routing>,
 }
@@ -134,6 +136,12 @@ impl Documents {
     /// Embeds `docs` with every current write model and commits them. Re-routes when the
     /// write raced a migration completing.
     ///
+    /// A document whose text is unchanged keeps its stored vectors that are current, and no
+    /// model embeds it again (`store::Kept`): only its version moves, and the kept vectors
+    /// follow. When another write changed the document in between, the commit conflicts and
+    /// the write reads again; its last attempt keeps nothing and embeds everything, so a
+    /// heavily contended id cannot starve on keeps.
+    ///
     /// A write model whose embedder fails refuses the write (nothing changes), except the target
     /// of a dual write while migrating: then the documents are written on the source alone and
     /// the store queues them, so the backfill embeds them later (API.md: "a failed dual write").
@@ -141,7 +149,8 @@ impl Documents {
         let mut attempt = 1;
         loop {
             let routing = self.coordinator.routing(Utc::now());
-            let (writes, embedded_with) = self.embed_for_write(docs, &routing).await?;
+            let keep = attempt < MAX_WRITE_ATTEMPTS;
+            let (writes, embedded_with) = self.embed_for_write(docs, &routing, keep).await?;
             match self.commit_writes(writes).await {
                 Ok(outcomes) => {
                     count_route("write", routing.write_route);
@@ -152,7 +161,7 @@ impl Documents {
                     });
                 }
                 Err(StoreError::Conflict(reason)) if attempt < MAX_WRITE_ATTEMPTS => {
-                    tracing::debug!(%reason, attempt, "write raced a migration change; re-routing");
+                    tracing::debug!(%reason, attempt, "write raced a concurrent change; retrying");
                     attempt += 1;
                 }
                 // Not the client's transition: the migration kept changing under the write.
@@ -168,42 +177,82 @@ impl Documents {
         }
     }
 
+    /// The writes of `docs` for `routing`, each embedded with every write model that it does
+    /// not keep a vector of (with `keep`, see `kept_vectors`), and the write models whose
+    /// vector every document holds for its new version once committed (`embedded_with`).
     async fn embed_for_write(
         &self,
         docs: &[NewDocument],
         routing: &Routing,
+        keep: bool,
     ) -> Result<(Vec<DocumentWrite>, Vec<String>), ServiceError> {
-        let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
+        let kept = if keep {
+            self.kept_vectors(docs).await?
+        } else {
+            vec![None; docs.len()]
+        };
         let mut writes: Vec<DocumentWrite> = docs
             .iter()
-            .map(|d| DocumentWrite {
+            .zip(kept)
+            .map(|(d, kept)| DocumentWrite {
                 id: d.id.clone(),
                 text: d.text.clone(),
                 metadata: d.metadata.clone(),
                 vectors: Vec::with_capacity(routing.write_models.len()),
+                kept,
             })
             .collect();
         let mut embedded_with = Vec::with_capacity(routing.write_models.len());
         for model in &routing.write_models {
-            let best_effort = routing.is_best_effort_write(model);
-            if best_effort && self.recently_unreachable(model) {
-                tracing::debug!(%model, "dual write target unreachable; queued for the backfill");
-                continue;
+            if self.embed_missing(model, routing, &mut writes).await? {
+                embedded_with.push(model.clone());
             }
-            let vectors = match self.embed(model, &texts, Lane::Interactive).await {
-                Ok(vectors) => vectors,
-                Err(error) if best_effort => {
-                    tracing::warn!(%error, "dual write to the target failed; queued for the backfill");
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            for (write, vector) in writes.iter_mut().zip(vectors) {
-                write.vectors.push((model.clone(), vector));
-            }
-            embedded_with.push(model.clone());
         }
         Ok((writes, embedded_with))
+    }
+
+    /// What each of `docs` may keep of its stored vectors (`Kept::read_all`).
+    async fn kept_vectors(&self, docs: &[NewDocument]) -> Result<Vec<Option<Kept>>, ServiceError> {
+        let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+        let stored = self.store.stored_documents(&ids).await?;
+        let texts = docs.iter().map(|d| (d.id.as_str(), d.text.as_str()));
+        Ok(Kept::read_all(&stored, texts))
+    }
+
+    /// Embeds with `model` the writes that neither keep nor carry a vector of it, in one call
+    /// (none when every write keeps one), and adds the vectors to them. Whether every write
+    /// now carries a `model` vector: `false` when a best-effort model (the target of a dual
+    /// write) failed or is known to be unreachable, and the store queues the documents.
+    async fn embed_missing(
+        &self,
+        model: &str,
+        routing: &Routing,
+        writes: &mut [DocumentWrite],
+    ) -> Result<bool, ServiceError> {
+        let missing: Vec<usize> = (0..writes.len())
+            .filter(|&i| !writes[i].carries(model))
+            .collect();
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        let best_effort = routing.is_best_effort_write(model);
+        if best_effort && self.recently_unreachable(model) {
+            tracing::debug!(%model, "dual write target unreachable; queued for the backfill");
+            return Ok(false);
+        }
+        let texts: Vec<String> = missing.iter().map(|&i| writes[i].text.clone()).collect();
+        let vectors = match self.embed(model, &texts, Lane::Interactive).await {
+            Ok(vectors) => vectors,
+            Err(error) if best_effort => {
+                tracing::warn!(%error, "dual write to the target failed; queued for the backfill");
+                return Ok(false);
+            }
+            Err(error) => return Err(error),
+        };
+        for (i, vector) in missing.into_iter().zip(vectors) {
+            writes[i].vectors.push((model.to_owned(), vector));
+        }
+        Ok(true)
     }
 
     /// Embeds `texts` with `model`, checking the provider kept its promised dimensions, and
@@ -335,6 +384,9 @@ impl Documents {
                 indexes.upsert_metadata(&write.id, outcome.version, &write.metadata);
                 for (model, vector) in &write.vectors {
                     indexes.upsert(model, &write.id, outcome.version, vector);
+                }
+                if let Some(kept) = &write.kept {
+                    restamp_kept(indexes, &write.id, kept, outcome.version);
                 }
             }
         }
@@ -666,6 +718,17 @@ fn no_vector_index() -> StoreError {
     StoreError::Unavailable(
         "no vector index: the store searches none and none is kept in memory".to_owned(),
     )
+}
+
+/// Moves the vectors `kept` in the in-memory indexes to `version`, as the store did. The
+/// commit order guarantees the indexes hold what the store held before this commit, so a row
+/// not at `kept.version` is one the index never took (a logged refusal), not a stale one.
+fn restamp_kept(indexes: &IndexSet, id: &str, kept: &Kept, version: u64) {
+    for model in &kept.models {
+        if !indexes.restamp(model, id, kept.version, version) {
+            tracing::warn!(%model, %id, from = kept.version, to = version, "kept vector not in the index");
+        }
+    }
 }
 
 /// Whether `error` is a provider failing for the moment (down, overloaded, timing out), for

@@ -62,10 +62,7 @@ async fn score(
 }
 
 fn side(model: &str, scores: &[Scores]) -> ModelScores {
-    ModelScores {
-        model: model.to_owned(),
-        scores: evaluation::mean(scores),
-    }
+    ModelScores::new(model, evaluation::mean(scores))
 }
 
 /// The relevant ids of `queries` that have a vector of both `source` and `target`.

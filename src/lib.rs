@@ -3,9 +3,11 @@
 //! # A tour
 //! - **A write** (`PUT /v1/documents/{id}`): `api::documents` asks `documents::Documents` to
 //!   upsert; it reads the routing from the `coordinator` (which models to write), embeds with
-//!   each (`embed`), commits document and vectors in one transaction (`store`), then applies
-//!   them to the in-memory indexes (`index`). While a migration backfills, the same
-//!   transaction queues the document for the backfill if it lacks a current target vector.
+//!   each (`embed`) — except where the text is unchanged and the stored vector current, which
+//!   the write keeps (`store::Kept`) — commits document and vectors in one transaction
+//!   (`store`), then applies them to the in-memory indexes (`index`). While a migration
+//!   backfills, the same transaction queues the document for the backfill if it lacks a
+//!   current target vector.
 //! - **A query** (`POST /v1/query`): the routing names the query model (or, for a query whose
 //!   `routing_key` is in the sticky canary, the target: `Routing::query_plan`); the text is
 //!   embedded with it and searched in that model's index only (vectors of two models never meet).

@@ -382,6 +382,7 @@ async fn fill(data_dir: &Path, peer_dir: &Path, n: usize) -> anyhow::Result<Dura
             text,
             metadata: json!({ "bucket": bucket }),
             vectors: vec![(MODEL.to_owned(), vector)],
+            kept: None,
         });
         if chunk.len() == 1000 {
             store.write_documents(&chunk).await?;

@@ -263,6 +263,7 @@ pub async fn fill_store(
             text,
             metadata: serde_json::json!({}),
             vectors: vec![(model.to_owned(), vector)],
+            kept: None,
         });
         if chunk.len() == 1000 {
             store.write_documents(&chunk).await?;

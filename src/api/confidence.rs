@@ -1,5 +1,6 @@
 //! The evidence for switching models (API.md "Confidence"): a migration's history, labelled
-//! evaluations of its two models, and their comparison on live queries (shadow reads).
+//! evaluations of its two models, their comparison on live queries (shadow reads), and the
+//! operator's cutover past a gate.
 
 use axum::extract::State;
 use chrono::Utc;
@@ -9,8 +10,9 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::Requester;
 use super::error::{ApiError, AppJson, AppPath, Problem};
+use super::migrations::MigrationView;
 use crate::domain::config::optional_integer;
-use crate::domain::{Comparison, Evaluation, HistoryEvent, LabelledQuery};
+use crate::domain::{Comparison, Evaluation, Event, HistoryEvent, LabelledQuery};
 use crate::evaluation::evaluate;
 
 /// `k` when the body does not say, and the largest accepted (as `top_k` of a query).
@@ -20,6 +22,9 @@ const MAX_K: i64 = 1000;
 /// query with both models and answers when all are scored.
 const MAX_QUERIES: usize = 1000;
 const MAX_RELEVANT_IDS: usize = 1000;
+
+/// Longest `reason` of a cutover, in characters.
+const MAX_REASON_CHARS: usize = 1000;
 
 /// Response of `GET /v1/migrations/{id}/history`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -147,4 +152,44 @@ pub async fn evaluate_migration(
         .record_evaluation(&id, evaluation.clone(), actor)
         .await?;
     Ok(AppJson(evaluation))
+}
+
+/// Body of `POST /v1/migrations/{id}/cutover`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverBody {
+    /// Why the gate is overridden, for the history: 1 to 1000 characters.
+    #[schema(min_length = 1, max_length = 1000)]
+    pub reason: String,
+}
+
+/// Overrides the cutover gate of a migration in progress: queries switch to the target at
+/// the threshold, and the migration completes, whatever the evidence says. The reason is kept
+/// in the history. 409 when the migration has no gate or is not in progress.
+#[utoipa::path(post, path = "/v1/migrations/{id}/cutover", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    request_body = CutoverBody,
+    responses((status = 200, body = MigrationView), (status = 400, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+pub async fn cutover_migration(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+    Requester(actor): Requester,
+    AppJson(body): AppJson<CutoverBody>,
+) -> Result<AppJson<MigrationView>, ApiError> {
+    let length = body.reason.chars().count();
+    if !(1..=MAX_REASON_CHARS).contains(&length) {
+        return Err(ApiError::InvalidValue(format!(
+            "reason must be 1 to {MAX_REASON_CHARS} characters, got {length}"
+        )));
+    }
+    let event = Event::OverrideGate {
+        reason: body.reason,
+    };
+    let migration = state
+        .coordinator
+        .transition(&id, event, Utc::now(), actor)
+        .await?;
+    Ok(AppJson(migration.into()))
 }

@@ -57,7 +57,8 @@ pub struct BulkBody {
 pub struct WriteResult {
     pub id: String,
     pub version: u64,
-    /// The models the document was embedded with, in routing order.
+    /// The write models, in routing order, holding a vector of this version once written:
+    /// embedded by this write, or kept from the stored version when the text is unchanged.
     pub embedded_with: Vec<String>,
     pub write_route: Route,
 }

@@ -14,8 +14,8 @@ use super::error::{ApiError, AppJson, AppPath, Problem, optional_object};
 use crate::coordinator::Progress;
 use crate::documents::ServiceError;
 use crate::domain::{
-    Actor, BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Evaluation, Event, Migration,
-    MigrationState, Phase, Route, ThrottleReason, estimate_secs, estimate_tokens,
+    Actor, BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Evaluation, Event, GateStatus,
+    Migration, MigrationState, Phase, Route, ThrottleReason, estimate_secs, estimate_tokens,
 };
 use crate::embed::{EmbedError, Lane, ModelRegistry};
 
@@ -116,6 +116,8 @@ pub struct ProgressView {
     /// Each replica that claimed batches of this migration (one entry on SQLite).
     pub replicas: Vec<ReplicaView>,
     pub query_route: Route,
+    /// Where the cutover gate stands and why, in words (`none` without a gate).
+    pub gate: GateStatus,
     /// Seconds callers of the target model have spent held back by its pacing and back-offs
     /// in this process (summed over concurrent batches).
     pub throttled_secs: f64,
@@ -201,6 +203,7 @@ impl ProgressView {
     pub fn new(p: Progress, models: &ModelRegistry) -> Self {
         let throttled_secs = models.throttled(&p.migration.target_model).as_secs_f64();
         let m = p.migration;
+        let gate = m.gate();
         let limits = p.limits.unwrap_or(BackfillLimits::at(Bounds {
             max_concurrent: m.config.max_concurrent,
             batch_size: m.config.batch_size,
@@ -230,6 +233,7 @@ impl ProgressView {
                 })
                 .collect(),
             query_route: p.routing.query_route,
+            gate,
             throttled_secs,
             waiting: p.waiting.map(|w| WaitingView {
                 model: w.model,

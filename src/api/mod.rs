@@ -100,6 +100,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(confidence::get_history))
         .routes(routes!(confidence::get_comparison))
         .routes(routes!(confidence::evaluate_migration))
+        .routes(routes!(confidence::cutover_migration))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::get_metrics))

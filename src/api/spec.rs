@@ -63,6 +63,7 @@ const LINKS: [(&str, &str, &str, &[&str]); 3] = [
             "get_history",
             "get_comparison",
             "evaluate_migration",
+            "cutover_migration",
             "finalize_migration",
             "rollback_migration",
             "cancel_migration",

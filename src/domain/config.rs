@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+
+use super::gate::CutoverGate;
 
 /// Largest accepted `batch_size`: bounds memory per batch and the length of one transaction.
 pub const MAX_BATCH_SIZE: i64 = 10_000;
@@ -38,6 +41,11 @@ pub struct BackfillConfig {
     #[serde(default)]
     #[schema(required = true, minimum = 0.0, maximum = 100.0)]
     pub shadow_percent: f64,
+    /// The evidence queries need before they switch at the threshold, and the migration
+    /// before it completes; `None` lets the threshold alone decide. Defaulted when decoding.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub cutover_gate: Option<CutoverGate>,
 }
 
 impl Default for BackfillConfig {
@@ -50,6 +58,7 @@ impl Default for BackfillConfig {
             rollback_window_secs: 86_400,
             canary_percent: 0.0,
             shadow_percent: 0.0,
+            cutover_gate: None,
         }
     }
 }
@@ -85,6 +94,109 @@ pub struct ConfigPatch {
     /// to compare the two (`GET /v1/migrations/{id}/comparison`).
     #[schema(minimum = 0.0, maximum = 100.0)]
     pub shadow_percent: Option<f64>,
+    /// A cutover gate: `{"min_samples", "min_overlap"}` and/or `{"min_recall_ratio"}`; null
+    /// removes the gate.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(schema_with = gate_patch_schema)]
+    pub cutover_gate: Option<Option<GatePatch>>,
+}
+
+/// A cutover gate as a client sent it, numbers not yet range-checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatePatch {
+    #[serde(default, deserialize_with = "optional_integer")]
+    pub min_samples: Option<i64>,
+    pub min_overlap: Option<f64>,
+    pub min_recall_ratio: Option<f64>,
+}
+
+/// Most shadow samples a gate may ask for.
+const MAX_GATE_SAMPLES: i64 = 1_000_000_000;
+/// Largest `min_recall_ratio`: a target asked to recall ten times the source never passes.
+const MAX_RECALL_RATIO: f64 = 10.0;
+
+impl GatePatch {
+    /// The gate, or the first of its values out of bounds; `min_samples` and `min_overlap`
+    /// come together, and at least one condition is set.
+    fn validate(&self) -> Result<CutoverGate, ConfigError> {
+        let invalid = |message: &str| ConfigError {
+            field: "cutover_gate",
+            message: message.to_owned(),
+        };
+        let overlap = match (self.min_samples, self.min_overlap) {
+            (Some(samples), Some(overlap)) => Some((
+                in_range("cutover_gate.min_samples", samples, 1, MAX_GATE_SAMPLES)?,
+                number_in("cutover_gate.min_overlap", overlap, 0.0, 1.0)?,
+            )),
+            (None, None) => None,
+            _ => return Err(invalid("min_samples and min_overlap go together")),
+        };
+        let ratio = self
+            .min_recall_ratio
+            .map(|r| number_in("cutover_gate.min_recall_ratio", r, 0.0, MAX_RECALL_RATIO))
+            .transpose()?;
+        if overlap.is_none() && ratio.is_none() {
+            return Err(invalid(
+                "set min_samples with min_overlap, and/or min_recall_ratio",
+            ));
+        }
+        Ok(CutoverGate {
+            min_samples: overlap.map(|(samples, _)| u64::from(samples)),
+            min_overlap: overlap.map(|(_, min)| min),
+            min_recall_ratio: ratio,
+        })
+    }
+}
+
+/// `deserialize_with` for a field where absent (`None`, by `default`) differs from `null`
+/// (`Some(None)`).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The schema of `cutover_gate` in a patch: the overlap pair (optionally with the ratio), the
+/// ratio alone, or null — exactly what `GatePatch::validate` accepts, bounds included.
+fn gate_patch_schema() -> OneOfBuilder {
+    let number = |min: f64, max: f64| {
+        ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .minimum(Some(min))
+            .maximum(Some(max))
+            .build()
+    };
+    let samples = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(1.0))
+        .maximum(Some(MAX_GATE_SAMPLES as f64))
+        .build();
+    let ratio = || number(0.0, MAX_RECALL_RATIO);
+    let with_overlap = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("min_samples", samples)
+        .property("min_overlap", number(0.0, 1.0))
+        .property("min_recall_ratio", ratio())
+        .required("min_samples")
+        .required("min_overlap")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build();
+    let ratio_alone = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("min_recall_ratio", ratio())
+        .required("min_recall_ratio")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build();
+    let null = ObjectBuilder::new().schema_type(Type::Null).build();
+    OneOfBuilder::new()
+        .description(Some(
+            "A cutover gate: min_samples with min_overlap, and/or min_recall_ratio; null \
+             removes it.",
+        ))
+        .item(with_overlap)
+        .item(ratio_alone)
+        .item(null)
 }
 
 /// `deserialize_with` for an optional integer field. JSON Schema counts `5.0` as the integer
@@ -142,6 +254,9 @@ impl ConfigPatch {
         }
         if let Some(v) = self.shadow_percent {
             config.shadow_percent = number_in("shadow_percent", v, 0.0, 100.0)?;
+        }
+        if let Some(gate) = self.cutover_gate {
+            config.cutover_gate = gate.map(|g| g.validate()).transpose()?;
         }
         Ok(config)
     }
@@ -335,6 +450,7 @@ mod tests {
             rollback_window_secs: Some(-5),
             canary_percent: Some(20.0),
             shadow_percent: Some(5.0),
+            cutover_gate: Some(None),
         };
         let err = p
             .apply_to(base)
@@ -381,6 +497,47 @@ mod tests {
     }
 
     #[test]
+    fn a_gate_takes_the_overlap_pair_and_or_the_ratio_and_null_lifts_it() {
+        let gated = patch(r#"{"cutover_gate": {"min_samples": 50, "min_overlap": 0.7}}"#)
+            .apply_to(BackfillConfig::default())
+            .expect("valid");
+        let gate = gated.cutover_gate.expect("a gate");
+        assert_eq!(
+            (gate.min_samples, gate.min_overlap, gate.min_recall_ratio),
+            (Some(50), Some(0.7), None)
+        );
+        let both = patch(
+            r#"{"cutover_gate": {"min_samples": 1, "min_overlap": 0, "min_recall_ratio": 0.9}}"#,
+        )
+        .apply_to(gated)
+        .expect("valid");
+        assert_eq!(
+            both.cutover_gate.and_then(|g| g.min_recall_ratio),
+            Some(0.9)
+        );
+        let kept = patch(r#"{"batch_size": 5}"#).apply_to(both).expect("valid");
+        assert_eq!(
+            kept.cutover_gate, both.cutover_gate,
+            "absent keeps the gate"
+        );
+        let lifted = patch(r#"{"cutover_gate": null}"#)
+            .apply_to(kept)
+            .expect("valid");
+        assert_eq!(lifted.cutover_gate, None);
+        for bad in [
+            r#"{"cutover_gate": {}}"#,
+            r#"{"cutover_gate": {"min_samples": 5}}"#,
+            r#"{"cutover_gate": {"min_overlap": 0.5, "min_recall_ratio": 1}}"#,
+            r#"{"cutover_gate": {"min_samples": 0, "min_overlap": 0.5}}"#,
+            r#"{"cutover_gate": {"min_samples": 5, "min_overlap": -0.1}}"#,
+            r#"{"cutover_gate": {"min_recall_ratio": 10.5}}"#,
+        ] {
+            let err = patch(bad).apply_to(gated).expect_err(bad);
+            assert!(err.to_string().starts_with("cutover_gate"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn the_persisted_form_keeps_its_field_names() {
         let json = serde_json::to_value(BackfillConfig::default()).unwrap();
         assert_eq!(
@@ -388,6 +545,7 @@ mod tests {
             serde_json::json!({
                 "batch_size": 100,
                 "max_concurrent": 4,
+                "cutover_gate": null,
                 "dual_write": true,
                 "target_query_threshold": 0.8,
                 "rollback_window_secs": 86400,

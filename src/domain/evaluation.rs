@@ -94,12 +94,26 @@ pub fn judge(relevant_ids: &[String], in_both: &HashSet<String>) -> Judged {
     }
 }
 
-/// One model's side of an evaluation.
+/// One model's side of an evaluation: its [`Scores`] beside its id. (Not `#[serde(flatten)]`:
+/// with serde_json's `arbitrary_precision`, a flattened f64 does not read back.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelScores {
     pub model: String,
-    #[serde(flatten)]
-    pub scores: Scores,
+    pub recall: f64,
+    pub mrr: f64,
+    pub ndcg: f64,
+}
+
+impl ModelScores {
+    /// `scores` of `model`.
+    pub fn new(model: &str, scores: Scores) -> Self {
+        Self {
+            model: model.to_owned(),
+            recall: scores.recall,
+            mrr: scores.mrr,
+            ndcg: scores.ndcg,
+        }
+    }
 }
 
 /// The answer of an evaluation, kept with the migration (the last one) for the cutover gate.
@@ -168,6 +182,28 @@ mod tests {
         let judged = judge(&ids(&["a", "b", "b", "c"]), &set(&["a", "c", "d"]));
         assert_eq!(judged.relevant, set(&["a", "c"]));
         assert_eq!(judged.excluded, 1);
+    }
+
+    #[test]
+    fn an_evaluation_reads_back_as_it_was_written() {
+        let evaluation = Evaluation {
+            at: Utc::now(),
+            k: 10,
+            queries: 3,
+            excluded_relevant: 1,
+            source: ModelScores::new(
+                "hash-v1",
+                Scores {
+                    recall: 0.5,
+                    mrr: 1.0 / 3.0,
+                    ndcg: 0.1,
+                },
+            ),
+            target: ModelScores::new("hash-v2", Scores::default()),
+        };
+        let json = serde_json::to_string(&evaluation).expect("serializes");
+        let read: Evaluation = serde_json::from_str(&json).expect("reads back");
+        assert_eq!(read, evaluation);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::config::BackfillConfig;
 use super::evaluation::{Evaluation, ModelScores};
+use super::gate::CutoverGate;
 use super::migration::{Event, Migration};
 
 /// What kind of thing happened (API.md "Confidence": `kind`).
@@ -34,11 +35,15 @@ pub enum HistoryKind {
     WindowClosed,
     /// A labelled evaluation of the two models was run and kept.
     Evaluated,
+    /// An operator cut over past the cutover gate.
+    GateOverridden,
+    /// The cutover gate's conditions held when the migration completed.
+    GatePassed,
 }
 
 impl HistoryKind {
     /// Every kind, for parsing persisted names.
-    pub const ALL: [HistoryKind; 13] = [
+    pub const ALL: [HistoryKind; 15] = [
         Self::Created,
         Self::Started,
         Self::Paused,
@@ -52,6 +57,8 @@ impl HistoryKind {
         Self::Finalized,
         Self::WindowClosed,
         Self::Evaluated,
+        Self::GateOverridden,
+        Self::GatePassed,
     ];
 
     /// The wire and storage name.
@@ -70,6 +77,8 @@ impl HistoryKind {
             Self::Finalized => "finalized",
             Self::WindowClosed => "window_closed",
             Self::Evaluated => "evaluated",
+            Self::GateOverridden => "gate_overridden",
+            Self::GatePassed => "gate_passed",
         }
     }
 
@@ -192,7 +201,7 @@ impl HistoryEvent {
         let side = |s: &ModelScores| {
             format!(
                 "{} recall {:.3}, MRR {:.3}, nDCG {:.3}",
-                s.model, s.scores.recall, s.scores.mrr, s.scores.ndcg
+                s.model, s.recall, s.mrr, s.ndcg
             )
         };
         let detail = format!(
@@ -254,6 +263,7 @@ fn describe(event: &Event, before: &Migration, after: &Migration) -> (HistoryKin
             HistoryKind::ConfigChanged,
             config_changes(&before.config, config),
         ),
+        Event::OverrideGate { reason } => (HistoryKind::GateOverridden, reason.clone()),
         Event::RetrySkips => (
             HistoryKind::SkipsRetried,
             format!("{} skipped documents queued again", before.counts.skipped),
@@ -300,7 +310,14 @@ fn config_fields(config: &BackfillConfig) -> Vec<(&'static str, String)> {
         ),
         ("canary_percent", config.canary_percent.to_string()),
         ("shadow_percent", config.shadow_percent.to_string()),
+        ("cutover_gate", describe_gate(config.cutover_gate.as_ref())),
     ]
+}
+
+/// A gate's conditions as its JSON, or "none".
+fn describe_gate(gate: Option<&CutoverGate>) -> String {
+    gate.and_then(|g| serde_json::to_string(g).ok())
+        .unwrap_or_else(|| "none".to_owned())
 }
 
 #[cfg(test)]
@@ -397,7 +414,7 @@ mod tests {
             entry.detail,
             "from hash-v1 to hash-v2; batch_size 100, max_concurrent 4, dual_write true, \
              target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, \
-             shadow_percent 0"
+             shadow_percent 0, cutover_gate none"
         );
     }
 }

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::config::BackfillConfig;
 use super::evaluation::Evaluation;
+use super::gate::{self, GateOverride, GateStatus, ShadowEvidence};
 
 /// Lifecycle state of a migration (API.md "States").
 ///
@@ -93,6 +94,10 @@ pub enum Event {
     },
     /// The skipped documents go back on the queue (the store requeues them); the state stays.
     RetrySkips,
+    /// The operator cuts over past the cutover gate, saying why; the state stays.
+    OverrideGate {
+        reason: String,
+    },
 }
 
 impl Event {
@@ -109,6 +114,7 @@ impl Event {
             Self::Fail { .. } => "fail",
             Self::Reconfigure { .. } => "reconfigure",
             Self::RetrySkips => "retry the skips of",
+            Self::OverrideGate { .. } => "cut over",
         }
     }
 }
@@ -174,6 +180,10 @@ pub struct Migration {
     pub counts: Counts,
     /// The last labelled evaluation of the two models (`POST .../evaluate`), if any.
     pub evaluation: Option<Evaluation>,
+    /// An operator's cutover past the gate (`POST .../cutover`), if any.
+    pub gate_override: Option<GateOverride>,
+    /// What the shadow reads of every replica showed so far (counted with the samples).
+    pub shadow: ShadowEvidence,
 }
 
 /// An event that the current state does not accept (API.md: 409 `invalid-transition`).
@@ -209,6 +219,8 @@ impl Migration {
             pause_reason: None,
             counts: Counts::default(),
             evaluation: None,
+            gate_override: None,
+            shadow: ShadowEvidence::default(),
         }
     }
 
@@ -247,10 +259,19 @@ impl Migration {
             (Event::Finalize, Completed) if self.window_open(now) => {
                 next.rollback_window_ends_at = Some(now);
             }
-            (Event::Complete, InProgress) if self.counts.is_done() => {
+            (Event::Complete, InProgress) if self.counts.is_done() && !self.gate_blocks() => {
                 next.state = Completed;
                 next.completed_at = Some(now);
                 next.rollback_window_ends_at = Some(window_end(now, self.config));
+            }
+            (Event::Complete, InProgress) if self.counts.is_done() => {
+                return Err(TransitionError {
+                    unmet: Some(format!(
+                        "its cutover gate is blocked: {}",
+                        self.gate().reason
+                    )),
+                    ..illegal()
+                });
             }
             (Event::Fail { error }, InProgress) => {
                 next.state = Failed;
@@ -260,9 +281,37 @@ impl Migration {
                 next.config = *config;
             }
             (Event::RetrySkips, InProgress | Paused | Failed) => {}
+            (Event::OverrideGate { .. }, InProgress) if self.config.cutover_gate.is_none() => {
+                return Err(TransitionError {
+                    unmet: Some("it has no cutover gate".to_owned()),
+                    ..illegal()
+                });
+            }
+            (Event::OverrideGate { reason }, InProgress) => {
+                next.gate_override = Some(GateOverride {
+                    at: now,
+                    reason: reason.clone(),
+                });
+            }
             _ => return Err(illegal()),
         }
         Ok(next)
+    }
+
+    /// Where its cutover gate stands on the evidence it holds (`domain::gate`).
+    pub fn gate(&self) -> GateStatus {
+        gate::check(
+            self.config.cutover_gate.as_ref(),
+            self.gate_override.as_ref(),
+            self.shadow,
+            self.evaluation.as_ref(),
+        )
+    }
+
+    /// Whether its cutover gate holds queries on the source at the threshold and keeps it from
+    /// completing.
+    pub fn gate_blocks(&self) -> bool {
+        !self.gate().lets_through()
     }
 
     /// Completed, and `now` is before the end of the rollback window or documents still wait

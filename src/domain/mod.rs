@@ -10,6 +10,7 @@ pub mod comparison;
 pub mod config;
 pub mod cpu_share;
 pub mod evaluation;
+pub mod gate;
 pub mod history;
 pub mod migration;
 pub mod progress;
@@ -27,6 +28,7 @@ pub use comparison::{Comparison, ComparisonData, ShadowSample};
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use cpu_share::{CpuShare, LoadSample};
 pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
+pub use gate::{CutoverGate, GateOverride, GateState, GateStatus, ShadowEvidence};
 pub use history::{Actor, Cause, HistoryEvent, HistoryKind};
 pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
 pub use progress::{

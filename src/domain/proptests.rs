@@ -65,6 +65,7 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
                     rollback_window_secs: window,
                     canary_percent: canary,
                     shadow_percent: shadow,
+                    cutover_gate: None,
                 }
             },
         )

@@ -175,8 +175,14 @@ pub enum QueueChange {
     /// An attempt to embed the queued document failed; `newly` unless it had failed before.
     Failed { newly: bool },
     /// Re-queueing the skip list: `listed` skips cleared, `requeued` of them back on the
-    /// queue (the others were deleted since).
-    SkipsRequeued { listed: u64, requeued: u64 },
+    /// queue, `current` of them not, as they hold a current target vector by now (a dual
+    /// write gave it): those count as processed, as a dual write before the batch does; the
+    /// others were deleted since.
+    SkipsRequeued {
+        listed: u64,
+        requeued: u64,
+        current: u64,
+    },
 }
 
 impl QueueChange {
@@ -212,8 +218,13 @@ impl QueueChange {
                 failed: i64::from(newly),
                 ..none
             },
-            Self::SkipsRequeued { listed, requeued } => CountsDelta {
-                total: signed(requeued) - signed(listed),
+            Self::SkipsRequeued {
+                listed,
+                requeued,
+                current,
+            } => CountsDelta {
+                total: signed(requeued) + signed(current) - signed(listed),
+                processed: current,
                 skipped: -signed(listed),
                 ..none
             },

@@ -106,8 +106,17 @@ fn each_queue_change_moves_the_counts_it_names() {
             QueueChange::SkipsRequeued {
                 listed: 5,
                 requeued: 3,
+                current: 0,
             },
             delta(-2, 0, -5, 0, 0),
+        ),
+        (
+            QueueChange::SkipsRequeued {
+                listed: 5,
+                requeued: 2,
+                current: 1,
+            },
+            delta(-2, 1, -5, 0, 0),
         ),
     ];
     for (change, expected) in cases {

@@ -42,6 +42,9 @@ pub enum QueryReason {
     BelowThreshold,
     /// Migrating, with the target's coverage at or over the threshold.
     ThresholdReached,
+    /// Migrating, with the target's coverage at or over the threshold, but its cutover gate
+    /// blocked: the source answers.
+    GateBlocked,
     /// Migrating under the threshold, and the query's `routing_key` is in the canary share.
     Canary,
     /// Completed: the target answers while both models are written.
@@ -249,7 +252,8 @@ fn stable(model: &str, migration_id: Option<String>, side: Route, progress: f64)
 /// In progress or paused: a pause keeps routing where it was (API.md's first departure from
 /// lattice-embed), and the threshold compares coverage so skips cannot pin queries to the source.
 fn migrating(m: &Migration, coverage: f64) -> Routing {
-    let on_target = coverage >= m.config.target_query_threshold;
+    let reached = coverage >= m.config.target_query_threshold;
+    let on_target = reached && !m.gate_blocks();
     let (query_model, query_route, query_reason, fallback) = if on_target {
         let source = (m.source_model.clone(), Route::Legacy);
         (
@@ -259,13 +263,13 @@ fn migrating(m: &Migration, coverage: f64) -> Routing {
             Some(source),
         )
     } else {
-        // The target's index lacks too much to answer for the source.
-        (
-            &m.source_model,
-            Route::Legacy,
-            QueryReason::BelowThreshold,
-            None,
-        )
+        // The target's index lacks too much to answer for the source, or its gate holds it.
+        let reason = if reached {
+            QueryReason::GateBlocked
+        } else {
+            QueryReason::BelowThreshold
+        };
+        (&m.source_model, Route::Legacy, reason, None)
     };
     let (write_models, write_route) = if m.config.dual_write {
         (

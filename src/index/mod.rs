@@ -165,6 +165,19 @@ impl VectorIndex {
         Ok(true)
     }
 
+    /// Moves the vector of document `handle` from version `from` to `to` without changing it,
+    /// for a write that kept it (`store::Kept`); `false`, changing nothing, unless the row is
+    /// still at `from`. The document stays synced if it was: the graph holds the same vector.
+    pub fn restamp(&mut self, handle: u32, from: u64, to: u64) -> bool {
+        match self.row(handle) {
+            Some(row) if self.versions[row] == from => {
+                self.versions[row] = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Removes document `handle`; `false` when it was not indexed. The last row moves into the
     /// hole, so storage stays contiguous and removal costs one row copy.
     pub fn remove(&mut self, handle: u32) -> bool {

@@ -279,6 +279,20 @@ impl IndexSet {
         }
     }
 
+    /// Moves the vector of `id` in `model`'s index from version `from` to `to`, unchanged, for
+    /// a write that kept it; the graph is not fed again, since it holds the same vector.
+    /// `false` when the index does not hold `id` at `from`.
+    pub fn restamp(&self, model: &str, id: &str, from: u64, to: u64) -> bool {
+        let Some(index) = self.by_model.get(model) else {
+            return false;
+        };
+        let handles = read(&self.handles);
+        let Some(handle) = handles.get(id) else {
+            return false;
+        };
+        write(&index.rows).restamp(handle, from, to)
+    }
+
     /// Removes `id` from every index and from the filters, then frees its handle: with the
     /// handles locked throughout, no write can give the handle a row in between.
     pub fn remove(&self, id: &str) {

@@ -543,3 +543,24 @@ fn sizes_and_searches_are_safe_while_the_graph_is_fed() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
+
+/// A kept vector moves to the new version unchanged: the graph is not fed it again, a late
+/// write of the old version no longer replaces it, and only a row at the expected version
+/// moves.
+#[test]
+fn a_restamped_row_keeps_its_vector_and_its_graph_entry() {
+    let set = set();
+    let mut corpus = Corpus::new(7);
+    let (kept, other) = (corpus.document(), corpus.document());
+    set.upsert("m", "a", 1, &kept);
+    wait_for_graph(&set, "m");
+    assert!(set.restamp("m", "a", 1, 2));
+    assert_eq!(set.unsynced("m"), 0, "the graph holds the same vector");
+    assert!(!set.restamp("m", "a", 1, 3), "no longer at version 1");
+    assert!(!set.restamp("other", "a", 2, 3), "no row in that model");
+    assert!(!set.restamp("m", "missing", 1, 2));
+    set.upsert("m", "a", 1, &other);
+    let hits = set.search("m", &kept, 1, &Filter::default(), true).hits;
+    assert_eq!(hits[0].id, "a");
+    assert!((hits[0].score - 1.0).abs() < 1e-5, "{hits:?}");
+}

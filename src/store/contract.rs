@@ -18,7 +18,7 @@ use crate::domain::{
     Migration, MigrationState, ShadowSample,
 };
 use crate::store::{
-    AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, LeaseRequest,
+    AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, Kept, LeaseRequest,
     ReplicaProgress, Store, StoreError, StoredVector, VectorInfo,
 };
 
@@ -74,11 +74,31 @@ pub(crate) fn write_text(id: &str, text: &str, models: &[&str]) -> DocumentWrite
             .iter()
             .map(|m| ((*m).to_owned(), vector_of(m, text)))
             .collect(),
+        kept: None,
     }
 }
 
 pub(crate) fn write(id: &str, models: &[&str]) -> DocumentWrite {
     write_text(id, &format!("text of {id}"), models)
+}
+
+/// A write of `id` with `text` and `metadata` that embeds nothing and keeps the vectors of
+/// `models` stored at `version`.
+fn keeping(id: &str, text: &str, version: u64, models: &[&str]) -> DocumentWrite {
+    DocumentWrite {
+        metadata: json!({ "source": "kept", "round": version + 1 }),
+        kept: Some(Kept {
+            version,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+        }),
+        ..write_text(id, text, &[])
+    }
+}
+
+/// What a write of `text` over the stored document `id` may keep, as `Documents` reads it.
+async fn keep_read(store: &dyn Store, id: &str, text: &str) -> Option<Kept> {
+    let stored = store.stored_documents(&[id.to_owned()]).await.unwrap();
+    Kept::read_all(&stored, [(id, text)]).remove(0)
 }
 
 /// A vector that differs by model and text, so tests can tell which write produced it.
@@ -447,6 +467,147 @@ pub(crate) async fn a_recreated_document_continues_its_version_so_an_old_claim_f
     assert_eq!(backend.queued("m1").await, [("a".to_owned(), 2)]);
 }
 
+// ---- Kept vectors (no wasted embeddings) ---------------------------------------------------
+
+pub(crate) async fn stored_documents_list_the_given_ids_with_their_embeddings(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])],
+    )
+    .await;
+    put(&*store, vec![write("a", &[SOURCE])]).await;
+    let ids = ["b", "missing", "a"].map(str::to_owned);
+    let mut stored = store.stored_documents(&ids).await.unwrap();
+    stored.sort_by(|x, y| x.id.cmp(&y.id));
+    let found: Vec<_> = stored.iter().map(|d| (d.id.as_str(), d.version)).collect();
+    assert_eq!(found, [("a", 2), ("b", 1)]);
+    assert_eq!(stored[0], store.get_document("a").await.unwrap().unwrap());
+    assert!(store.stored_documents(&[]).await.unwrap().is_empty());
+}
+
+/// An unchanged text keeps every current vector: the version and the metadata move, the
+/// vectors follow the version without changing by a bit, and a stale vector stays stale.
+pub(crate) async fn an_unchanged_text_keeps_its_current_vectors_at_the_new_version(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write_text("a", "same", &[SOURCE, TARGET])]).await;
+    put(&*store, vec![write_text("a", "same", &[SOURCE])]).await;
+    let before = all_vectors(&*store, SOURCE).await.unwrap();
+    let kept = keep_read(&*store, "a", "same").await;
+    assert_eq!(
+        kept,
+        Some(Kept {
+            version: 2,
+            models: vec![SOURCE.to_owned()]
+        })
+    );
+    let receipt = store
+        .write_documents(&[keeping("a", "same", 2, &[SOURCE])])
+        .await;
+    assert_eq!(receipt.unwrap().outcomes[0].version, 3);
+    let a = store.get_document("a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.version, &a.metadata),
+        (3, &json!({ "source": "kept", "round": 3 }))
+    );
+    let versions: Vec<_> = a
+        .embeddings
+        .iter()
+        .map(|e| (e.model.as_str(), e.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [(SOURCE, 3), (TARGET, 1)],
+        "the stale target stays stale"
+    );
+    let after = all_vectors(&*store, SOURCE).await.unwrap();
+    assert_eq!(after, [("a".to_owned(), 3, before[0].2.clone())]);
+}
+
+/// A changed text keeps nothing: the write embeds again and its vectors replace the old ones.
+pub(crate) async fn a_changed_text_keeps_nothing_and_its_new_vectors_replace_the_old(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(&*store, vec![write_text("a", "old", &[SOURCE])]).await;
+    assert_eq!(keep_read(&*store, "a", "a new text").await, None);
+    put(&*store, vec![write_text("a", "a new text", &[SOURCE])]).await;
+    let fresh = write_text("a", "a new text", &[SOURCE]).vectors.remove(0).1;
+    let after = all_vectors(&*store, SOURCE).await.unwrap();
+    assert_eq!(after, [("a".to_owned(), 2, fresh)]);
+}
+
+/// A keep read before another write changed the document (its text, or only its version, or
+/// deleted it) no longer holds: the write conflicts and changes nothing, and the other write's
+/// vectors stand.
+pub(crate) async fn a_keep_conflicts_when_the_document_changed_since_it_was_read(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        vec![
+            write_text("a", "same", &[SOURCE]),
+            write_text("b", "same", &[SOURCE]),
+        ],
+    )
+    .await;
+    let stale = keep_read(&*store, "a", "same").await.expect("a keep");
+    put(
+        &*store,
+        vec![write_text("a", "changed meanwhile", &[SOURCE])],
+    )
+    .await;
+    let refused = store
+        .write_documents(&[
+            write("b", &[SOURCE]),
+            keeping("a", "same", stale.version, &[SOURCE]),
+        ])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    let a = store.get_document("a").await.unwrap().unwrap();
+    assert_eq!((a.text.as_str(), a.version), ("changed meanwhile", 2));
+    assert_eq!(
+        version_of(&*store, "b").await,
+        Some(1),
+        "nothing of the write"
+    );
+    let fresh = write_text("a", "changed meanwhile", &[SOURCE])
+        .vectors
+        .remove(0)
+        .1;
+    assert!(
+        all_vectors(&*store, SOURCE)
+            .await
+            .unwrap()
+            .contains(&("a".to_owned(), 2, fresh))
+    );
+    put(&*store, vec![write_text("b", "same", &[SOURCE])]).await;
+    let moved = store
+        .write_documents(&[keeping("b", "same", 1, &[SOURCE])])
+        .await;
+    assert!(
+        matches!(moved, Err(StoreError::Conflict(_))),
+        "same text, newer version: {moved:?}"
+    );
+    store.delete_document("b").await.unwrap();
+    let gone = store
+        .write_documents(&[keeping("b", "same", 2, &[SOURCE])])
+        .await;
+    assert!(
+        matches!(gone, Err(StoreError::Conflict(_))),
+        "deleted: {gone:?}"
+    );
+    assert_eq!(version_of(&*store, "b").await, None);
+}
+
 // ---- Writes during a migration ------------------------------------------------------------
 
 pub(crate) async fn start_queues_exactly_the_documents_lacking_a_current_target_vector(
@@ -557,7 +718,7 @@ pub(crate) async fn after_completion_a_write_lacking_the_target_conflicts_and_ch
     let done = m.apply(Event::Complete, at(5)).unwrap();
     assert!(
         store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
@@ -640,6 +801,67 @@ pub(crate) async fn a_long_write_counts_truncated_only_when_it_satisfies_a_queue
     let receipt = store.write_documents_with(&unembedded, &target_limit).await;
     assert_eq!(receipt.unwrap().migration.unwrap().1.truncated, 0);
     assert_eq!(stored(&*store, "m1").await.counts, counts(2, 1, 0, 0));
+}
+
+/// A kept target vector counts for the queue exactly as a dual-written one: the document is
+/// taken off the queue (processed + 1) once and never queued again by a rewrite that keeps it,
+/// so no claim hands it out; and after completion a write keeping the target is not refused.
+pub(crate) async fn a_kept_target_vector_dequeues_like_a_dual_write_and_is_never_claimed(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    put(
+        &*store,
+        vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])],
+    )
+    .await;
+    started(&*store, "m1").await;
+    assert_eq!(backend.queued("m1").await, [("b".to_owned(), 1)]);
+    put(&*store, vec![write("b", &[SOURCE, TARGET])]).await;
+    assert_eq!(stored(&*store, "m1").await.counts, counts(1, 1, 0, 0));
+    let rewrites = [
+        keeping("a", "text of a", 1, &[SOURCE, TARGET]),
+        keeping("b", "text of b", 2, &[SOURCE, TARGET]),
+    ];
+    let receipt = store.write_documents(&rewrites).await.unwrap();
+    assert_eq!(receipt.migration, None, "nothing queued, nothing counted");
+    let only_source = [keeping("a", "text of a", 2, &[SOURCE])];
+    let receipt = store.write_documents(&only_source).await.unwrap();
+    assert_eq!(
+        receipt.migration.map(|(_, d)| d.total),
+        Some(1),
+        "the target left behind: queued"
+    );
+    let keep_both = keep_read(&*store, "b", "text of b").await.unwrap();
+    assert_eq!(
+        keep_both.models,
+        [SOURCE, TARGET],
+        "a rewrite without the target keeps it too"
+    );
+    let rewrite = DocumentWrite {
+        kept: Some(keep_both),
+        ..write("b", &[])
+    };
+    store.write_documents(&[rewrite]).await.unwrap();
+    assert_eq!(backend.queued("m1").await, [("a".to_owned(), 3)]);
+    let claim = claim_all(&*store, "m1").await;
+    assert_eq!(claimed_ids(&claim), ["a"]);
+    store
+        .commit_batch(&claim, &[embedded("a", 3)])
+        .await
+        .unwrap();
+    let done = stored(&*store, "m1").await.apply(Event::Complete, at(5));
+    let done = done.unwrap();
+    assert!(
+        store
+            .complete_migration(&done, &[noted(&done)])
+            .await
+            .unwrap()
+    );
+    let accepted = store
+        .write_documents(&[keeping("b", "text of b", 4, &[SOURCE, TARGET])])
+        .await;
+    assert_eq!(accepted.unwrap().outcomes[0].version, 5);
 }
 
 // ---- Backfill batches ---------------------------------------------------------------------
@@ -769,6 +991,37 @@ pub(crate) async fn a_skip_leaves_the_queue_for_the_skip_list_once(backend: &dyn
     );
     assert!(backend.queued("m1").await.is_empty());
     assert_eq!(stored(&*store, "m1").await.counts, counts(1, 0, 1, 0));
+}
+
+/// Retrying the skips puts back the skipped documents still lacking a current target vector;
+/// one that a dual write gave its target vector since is not queued again (no claim hands it
+/// out to be embedded twice) and counts as processed, as a dual write before its batch does.
+pub(crate) async fn retried_skips_leave_out_documents_dual_written_since(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let ids = ["a", "b", "gone"];
+    put(&*store, ids.iter().map(|id| write(id, &[SOURCE])).collect()).await;
+    let m = started(&*store, "m1").await;
+    let claim = claim_all(&*store, &m.id).await;
+    let skips: Vec<BatchItem> = ids
+        .iter()
+        .map(|id| BatchItem::Skipped {
+            id: (*id).to_owned(),
+            reason: "rejected".to_owned(),
+        })
+        .collect();
+    store.commit_batch(&claim, &skips).await.unwrap();
+    let dual = store
+        .write_documents(&[write("b", &[SOURCE, TARGET])])
+        .await;
+    assert_eq!(dual.unwrap().migration, None, "not queued: nothing counted");
+    store.delete_document("gone").await.unwrap();
+    let delta = store.requeue_skips(&m.id, &noted(&m)).await.unwrap();
+    let moved = (delta.total, delta.processed, delta.skipped);
+    assert_eq!(moved, (-1, 1, -3), "a requeued, b processed, gone left");
+    assert_eq!(backend.queued("m1").await, [("a".to_owned(), 1)]);
+    assert_eq!(stored(&*store, "m1").await.counts, counts(2, 1, 0, 0));
+    let claim = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&claim), ["a"]);
 }
 
 pub(crate) async fn a_failed_attempt_counts_each_queued_document_once(backend: &dyn Backend) {
@@ -1055,7 +1308,7 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
     done.completed_at = Some(at(5));
     assert!(
         !store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
@@ -1070,7 +1323,7 @@ pub(crate) async fn completion_is_refused_while_documents_are_queued(backend: &d
         .unwrap();
     assert!(
         store
-            .complete_migration(&done, &noted(&done))
+            .complete_migration(&done, &[noted(&done)])
             .await
             .unwrap()
     );
@@ -1262,7 +1515,7 @@ pub(crate) async fn history_records_each_change_in_order_and_nothing_refused(
     };
     let early = HistoryEvent::of(&Event::Complete, &running, &done, at(3), &test_cause());
     assert!(
-        !store.complete_migration(&done, &early).await.unwrap(),
+        !store.complete_migration(&done, &[early]).await.unwrap(),
         "d1 is still queued"
     );
     store
@@ -1412,7 +1665,7 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
     let first = first.apply(Event::Complete, at(4)).unwrap();
     assert!(
         store
-            .complete_migration(&first, &noted(&first))
+            .complete_migration(&first, &[noted(&first)])
             .await
             .unwrap()
     );

@@ -12,6 +12,7 @@
 mod batch;
 #[cfg(test)]
 pub(crate) mod contract;
+mod kept;
 pub mod postgres;
 pub mod sqlite;
 mod writes;
@@ -24,6 +25,7 @@ pub use crate::domain::CountsDelta;
 use crate::domain::{
     ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowSample,
 };
+pub use kept::Kept;
 
 /// A document as stored, with which models hold a vector for it and for which version.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +46,8 @@ pub struct VectorInfo {
     pub dimensions: usize,
 }
 
-/// One document to upsert, already embedded with every model it must be written with.
+/// One document to upsert, already embedded with every model it must be written with that
+/// does not keep its stored vector.
 #[derive(Debug, Clone)]
 pub struct DocumentWrite {
     pub id: String,
@@ -52,6 +55,19 @@ pub struct DocumentWrite {
     pub metadata: Value,
     /// (model id, normalised vector); stored tagged with the document's new version.
     pub vectors: Vec<(String, Vec<f32>)>,
+    /// The stored vectors this write keeps, its text being unchanged (see [`Kept`]): they move
+    /// to the new version if the document is still as the write read it, or the write
+    /// conflicts. `None` when it keeps none.
+    pub kept: Option<Kept>,
+}
+
+impl DocumentWrite {
+    /// Whether the document holds a current vector of `model` once this write commits: one it
+    /// carries, or one it keeps.
+    pub fn carries(&self, model: &str) -> bool {
+        self.vectors.iter().any(|(m, _)| m == model)
+            || self.kept.as_ref().is_some_and(|kept| kept.keeps(model))
+    }
 }
 
 /// The version a write produced for one document.
@@ -182,7 +198,8 @@ pub enum StoreError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     /// The write raced a state change (for example, a migration completed while a write that
-    /// lacked its target vector was in flight). Nothing was written; re-route and retry.
+    /// lacked its target vector was in flight, or another write changed a document whose
+    /// vectors this one meant to keep). Nothing was written; re-route and retry.
     #[error("write conflicts with a concurrent migration change: {0}")]
     Conflict(String),
     /// Stored data does not decode (an unknown state name, a wrong-sized vector blob).
@@ -257,12 +274,15 @@ pub trait Store: Send + Sync + 'static {
     async fn set_active_model(&self, model: &str) -> Result<(), StoreError>;
 
     /// Upserts documents and their vectors in one transaction: each version grows by one, each
-    /// given vector is stored at the new version. While the latest migration is backfilling
-    /// (`MigrationState::is_backfilling`), a document now lacking a current target vector is
-    /// queued (total + 1 if newly queued) and one whose queued entry is satisfied by a target
-    /// vector in this write is dequeued (processed + 1). If the latest migration is
-    /// `completed` and a document is written without its target vector, nothing is written
-    /// and `Conflict` is returned. No text counts as truncated (`write_documents_with`).
+    /// given vector is stored at the new version, and each kept vector (`DocumentWrite::kept`)
+    /// is re-stamped with it — or, if a document is no longer at the version and text its
+    /// keep read, nothing is written and `Conflict` is returned. While the latest migration is
+    /// backfilling (`MigrationState::is_backfilling`), a document now lacking a current target
+    /// vector is queued (total + 1 if newly queued) and one whose queued entry is satisfied by
+    /// a target vector in this write, given or kept, is dequeued (processed + 1). If the
+    /// latest migration is `completed` and a document is written without its target vector,
+    /// nothing is written and `Conflict` is returned. No text counts as truncated
+    /// (`write_documents_with`).
     async fn write_documents(&self, writes: &[DocumentWrite]) -> Result<WriteReceipt, StoreError> {
         self.write_documents_with(writes, &|_, _| false).await
     }
@@ -284,6 +304,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredDocument>, StoreError>;
+    /// The given documents with their embeddings, read before a write embeds, to tell which
+    /// stored vectors it may keep (`Kept::read`); missing ids are left out.
+    async fn stored_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError>;
     /// The given documents without their embeddings (for query hits); missing ids are left
     /// out.
     async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError>;
@@ -324,11 +347,12 @@ pub trait Store: Send + Sync + 'static {
         noted: &HistoryEvent,
     ) -> Result<(), StoreError>;
     /// Persists `migration` (completed) only if its queue is empty; `false` when documents
-    /// were queued meanwhile and the backfill must go on.
+    /// were queued meanwhile and the backfill must go on. Records each of `noted` (the gate's
+    /// passing, the completion).
     async fn complete_migration(
         &self,
         migration: &Migration,
-        noted: &HistoryEvent,
+        noted: &[HistoryEvent],
     ) -> Result<bool, StoreError>;
     /// The history of a migration, oldest first (empty for an unknown id).
     async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;

@@ -2,11 +2,17 @@
 //! each write is planned against the latest migration (`domain::queue::plan`) before anything
 //! is written, so a refused write changes nothing; then each document is upserted one version
 //! up and the plan carried out on the queue; the counts move by what the queue reported, last.
+//! A write that keeps stored vectors (`Kept`) is checked against the document as the
+//! transaction finds it before it is upserted, and its kept vectors are re-stamped after; a
+//! kept target vector counts for the queue exactly as a given one. A failed check is a
+//! `Conflict`, and the transaction, dropped uncommitted, changes nothing.
 //! Each backend supplies the operations on its own transaction ([`DocumentTx`]).
 
 use async_trait::async_trait;
 
-use super::{CountsDelta, DocumentWrite, OverInputLimit, StoreError, WriteOutcome, WriteReceipt};
+use super::{
+    CountsDelta, DocumentWrite, Kept, OverInputLimit, StoreError, WriteOutcome, WriteReceipt,
+};
 use crate::domain::queue::{self, QueueChange, QueueStep, QueueView};
 
 /// A backend's write transaction, as the shared write path sees it.
@@ -15,6 +21,17 @@ pub(crate) trait DocumentTx: Send {
     /// Upserts the document one version up (a new one continues from its tombstone) with its
     /// vectors at that version; returns the version.
     async fn upsert_document(&mut self, write: &DocumentWrite) -> Result<u64, StoreError>;
+    /// The stored version and text of the document, `None` if it does not exist: what a keep
+    /// is checked against.
+    async fn stored_text(&mut self, id: &str) -> Result<Option<(u64, String)>, StoreError>;
+    /// Moves the document's vectors of `kept.models` still at `kept.version` to `version`, in
+    /// place; how many it moved.
+    async fn restamp_vectors(
+        &mut self,
+        id: &str,
+        kept: &Kept,
+        version: u64,
+    ) -> Result<usize, StoreError>;
     /// Deletes the document, its vectors and any queue entry, and remembers `version`.
     async fn remove_document(&mut self, id: &str, version: u64) -> Result<(), StoreError>;
     /// Queues the document; whether it was not queued yet.
@@ -47,7 +64,13 @@ pub(crate) async fn write_documents<T: DocumentTx>(
     let mut delta = CountsDelta::default();
     let mut outcomes = Vec::with_capacity(writes.len());
     for (write, step) in writes.iter().zip(steps) {
+        if let Some(kept) = &write.kept {
+            check_kept(tx, write, kept).await?;
+        }
         let version = tx.upsert_document(write).await?;
+        if let Some(kept) = &write.kept {
+            restamp_kept(tx, write, kept, version).await?;
+        }
         if let Some(migration) = followed
             && let Some(change) = follow_write(tx, migration, write, step, over_input_limit).await?
         {
@@ -93,15 +116,46 @@ fn plan_writes(
     writes
         .iter()
         .map(|write| {
-            let carries = latest.is_some_and(|m| has_vector_of(write, &m.target_model));
+            let carries = latest.is_some_and(|m| write.carries(&m.target_model));
             queue::plan(latest, &write.id, carries)
                 .map_err(|refused| StoreError::Conflict(refused.to_string()))
         })
         .collect()
 }
 
-fn has_vector_of(write: &DocumentWrite, model: &str) -> bool {
-    write.vectors.iter().any(|(m, _)| m == model)
+/// `Conflict` unless the document is still at the version and text `kept` was read from.
+async fn check_kept<T: DocumentTx>(
+    tx: &mut T,
+    write: &DocumentWrite,
+    kept: &Kept,
+) -> Result<(), StoreError> {
+    let stored = tx.stored_text(&write.id).await?;
+    let stored = stored.as_ref().map(|(v, text)| (*v, text.as_str()));
+    if kept.still_holds(stored, &write.text) {
+        return Ok(());
+    }
+    Err(StoreError::Conflict(format!(
+        "document {} changed since its vectors at version {} were read to be kept",
+        write.id, kept.version
+    )))
+}
+
+/// Moves the kept vectors to `version`; `Conflict` if one of them is no longer at the version
+/// it was read at (changed or deleted by another transaction).
+async fn restamp_kept<T: DocumentTx>(
+    tx: &mut T,
+    write: &DocumentWrite,
+    kept: &Kept,
+    version: u64,
+) -> Result<(), StoreError> {
+    let moved = tx.restamp_vectors(&write.id, kept, version).await?;
+    if moved == kept.models.len() {
+        return Ok(());
+    }
+    Err(StoreError::Conflict(format!(
+        "a kept vector of document {} left version {} before the write",
+        write.id, kept.version
+    )))
 }
 
 /// Carries out a write's `step` on the followed migration's queue and reports the change: a

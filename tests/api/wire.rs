@@ -165,9 +165,18 @@ pub struct Progress {
     pub in_flight_batches: u64,
     pub replicas: Vec<Replica>,
     pub query_route: String,
+    pub gate: Gate,
     pub throttle_reason: Option<String>,
     pub waiting: Option<Waiting>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Progress `gate`: where the cutover gate stands and why.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    pub state: String,
+    pub reason: String,
 }
 
 /// Progress `replicas`: one replica's share of the backfill.

@@ -9,7 +9,9 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
-use crate::domain::{BackfillConfig, Counts, Evaluation, Migration, MigrationState};
+use crate::domain::{
+    BackfillConfig, Counts, Evaluation, GateOverride, Migration, MigrationState, ShadowEvidence,
+};
 use crate::store::{
     ClaimedDocument, ReplicaProgress, Skip, StoreError, StoredDocument, StoredMetadata,
     StoredVector, VectorInfo,
@@ -124,6 +126,15 @@ pub(super) fn check_vector(model: &str, vector: &[f32]) -> Result<(), StoreError
     Ok(())
 }
 
+/// A migration's gate override as the JSON its column keeps, or NULL.
+pub(super) fn encode_gate_override(m: &Migration) -> Result<Option<String>, StoreError> {
+    m.gate_override
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("migration gate override: {e}")))
+}
+
 pub(super) fn decode_state(name: &str) -> Result<MigrationState, StoreError> {
     MigrationState::parse(name)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown migration state {name:?}")))
@@ -216,6 +227,18 @@ pub(super) fn decode_migration(row: &PgRow) -> Result<Migration, StoreError> {
         pause_reason: column(row, "pause_reason")?,
         counts: decode_counts(row)?,
         evaluation: column::<Option<Json<Evaluation>>>(row, "last_evaluation")?.map(|json| json.0),
+        gate_override: column::<Option<Json<GateOverride>>>(row, "gate_override")?.map(|j| j.0),
+        shadow: decode_shadow(row)?,
+    })
+}
+
+/// The shadow evidence counted on a migration's row.
+fn decode_shadow(row: &PgRow) -> Result<ShadowEvidence, StoreError> {
+    let samples = stored_u64(column(row, "shadow_samples")?, "shadow samples")?;
+    let overlap_sum: f64 = column(row, "shadow_overlap_sum")?;
+    Ok(ShadowEvidence {
+        samples,
+        mean_overlap: (samples > 0).then(|| overlap_sum / samples as f64),
     })
 }
 

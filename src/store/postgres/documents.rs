@@ -1,12 +1,14 @@
 //! Documents and their vectors in PostgreSQL: versioned upserts and deletes with tombstones,
 //! each carrying out `domain::queue`'s plan for the backfilling migration in the same
-//! transaction, and the reads of single documents, pages and query hits.
+//! transaction and re-stamping the vectors a write keeps (`store::Kept`), and the reads of
+//! single documents, pages, query hits and the documents a write is about to replace.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::Utc;
 use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
 
 use super::backfill::{apply_delta, dequeue, enqueue};
 use super::codec::{
@@ -18,7 +20,7 @@ use crate::domain::queue::QueueView;
 use crate::run_to_end::run_to_end;
 use crate::store::writes::{DocumentTx, delete_document as remove, write_documents};
 use crate::store::{
-    CountsDelta, DocumentWrite, OverInputLimit, StoreError, StoredDocument, VectorInfo,
+    CountsDelta, DocumentWrite, Kept, OverInputLimit, StoreError, StoredDocument, VectorInfo,
     WriteReceipt,
 };
 
@@ -67,6 +69,19 @@ struct WriteTx<'t>(&'t mut Tx);
 impl DocumentTx for WriteTx<'_> {
     async fn upsert_document(&mut self, write: &DocumentWrite) -> Result<u64, StoreError> {
         upsert_document(self.0, write).await
+    }
+
+    async fn stored_text(&mut self, id: &str) -> Result<Option<(u64, String)>, StoreError> {
+        stored_text(self.0, id).await
+    }
+
+    async fn restamp_vectors(
+        &mut self,
+        id: &str,
+        kept: &Kept,
+        version: u64,
+    ) -> Result<usize, StoreError> {
+        restamp_vectors(self.0, id, kept, version).await
     }
 
     async fn remove_document(&mut self, id: &str, version: u64) -> Result<(), StoreError> {
@@ -135,7 +150,36 @@ pub(super) async fn list_documents(
         .iter()
         .map(|row| column(row, "id"))
         .collect::<Result<_, _>>()?;
-    let mut embeddings = page_embeddings(&mut tx, &ids).await?;
+    let embeddings = page_embeddings(&mut tx, &ids).await?;
+    with_embeddings(&rows, embeddings)
+}
+
+/// [`Store::stored_documents`](crate::store::Store::stored_documents) on PostgreSQL: the
+/// documents and their embeddings from one snapshot.
+pub(super) async fn stored_documents(
+    store: &PostgresStore,
+    ids: &[String],
+) -> Result<Vec<StoredDocument>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = begin_read(store).await?;
+    let rows = sqlx::query(
+        "SELECT id, text, metadata::text AS metadata, version FROM documents WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    let embeddings = page_embeddings(&mut tx, ids).await?;
+    with_embeddings(&rows, embeddings)
+}
+
+/// The documents of `rows`, each with its embeddings from `embeddings` (none if absent).
+fn with_embeddings(
+    rows: &[PgRow],
+    mut embeddings: HashMap<String, Vec<VectorInfo>>,
+) -> Result<Vec<StoredDocument>, StoreError> {
     rows.iter()
         .map(|row| {
             let mut document = decode_document(row)?;
@@ -234,6 +278,41 @@ async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, Stor
         upsert_vector(tx, model, &write.id, version, vector).await?;
     }
     Ok(version)
+}
+
+/// The document's version and text as this transaction, holding its row lock, finds them.
+async fn stored_text(tx: &mut Tx, id: &str) -> Result<Option<(u64, String)>, StoreError> {
+    let row = sqlx::query("SELECT version, text FROM documents WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    row.map(|row| {
+        let version = stored_u64(column(&row, "version")?, "document version")?;
+        Ok((version, column(&row, "text")?))
+    })
+    .transpose()
+}
+
+/// Moves the kept vectors to `version` in place: the embedding is not rewritten.
+async fn restamp_vectors(
+    tx: &mut Tx,
+    id: &str,
+    kept: &Kept,
+    version: u64,
+) -> Result<usize, StoreError> {
+    let moved = sqlx::query(
+        "UPDATE vectors SET version = $1 WHERE doc_id = $2 AND version = $3 AND model = ANY($4)",
+    )
+    .bind(sql_int(version)?)
+    .bind(id)
+    .bind(sql_int(kept.version)?)
+    .bind(&kept.models)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?
+    .rows_affected();
+    usize::try_from(moved).map_err(|_| StoreError::Corrupt(format!("{moved} vectors moved")))
 }
 
 pub(super) async fn upsert_vector(

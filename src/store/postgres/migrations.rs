@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use super::codec::{
-    column, decode_migration, decode_state, split_optional_time, split_time, sql_int, store_error,
-    stored_u64, violated_unique,
+    column, decode_migration, decode_state, encode_gate_override, split_optional_time, split_time,
+    sql_int, store_error, stored_u64, violated_unique,
 };
 use super::history::insert_event;
 use super::{PostgresStore, Tx};
@@ -136,7 +136,7 @@ pub(super) async fn update_migration(
 pub(super) async fn complete_migration(
     store: &PostgresStore,
     migration: &Migration,
-    noted: &HistoryEvent,
+    noted: &[HistoryEvent],
 ) -> Result<bool, StoreError> {
     let mut tx = store.begin_transition().await?;
     let queued: bool =
@@ -149,7 +149,9 @@ pub(super) async fn complete_migration(
         return Ok(false);
     }
     persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
-    insert_event(&mut tx, noted).await?;
+    for event in noted {
+        insert_event(&mut tx, event).await?;
+    }
     tx.commit().await.map_err(store_error)?;
     Ok(true)
 }
@@ -292,7 +294,8 @@ async fn persist_lifecycle(
     sqlx::query(
         "UPDATE migrations SET config = $2, state = $3, started_at = $4, started_at_nanos = $5,
              completed_at = $6, completed_at_nanos = $7, rollback_window_ends_at = $8,
-             rollback_window_ends_at_nanos = $9, error = $10, pause_reason = $11
+             rollback_window_ends_at_nanos = $9, error = $10, pause_reason = $11,
+             gate_override = $12::json
          WHERE id = $1",
     )
     .bind(&m.id)
@@ -306,6 +309,7 @@ async fn persist_lifecycle(
     .bind(window_ends_at_nanos)
     .bind(&m.error)
     .bind(&m.pause_reason)
+    .bind(encode_gate_override(m)?)
     .execute(&mut **tx)
     .await
     .map_err(|e| lifecycle_error(e, &m.id))?;

@@ -362,6 +362,10 @@ impl Store for PostgresStore {
         documents::list_documents(self, after, limit).await
     }
 
+    async fn stored_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
+        documents::stored_documents(self, ids).await
+    }
+
     async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
         documents::hit_documents(self, ids).await
     }
@@ -419,7 +423,7 @@ impl Store for PostgresStore {
     async fn complete_migration(
         &self,
         migration: &Migration,
-        noted: &HistoryEvent,
+        noted: &[HistoryEvent],
     ) -> Result<bool, StoreError> {
         migrations::complete_migration(self, migration, noted).await
     }

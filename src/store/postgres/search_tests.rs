@@ -108,6 +108,7 @@ async fn corpus(
                 text: format!("text of {id}"),
                 metadata: metadata.clone(),
                 vectors: vec![(model.to_owned(), vector.clone())],
+                kept: None,
             })
             .collect();
         store.write_documents(&writes).await.expect("write");

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use super::codec::{
     decode_claimed, decode_migration, decode_replica, decode_skip, encode_time, sql_int,
-    store_error,
+    store_error, stored_u64,
 };
 use super::documents::upsert_vector;
 use super::history::insert_event;
@@ -432,11 +432,17 @@ pub(super) async fn requeue_skips(
         .write(async {
             let mut tx = store.begin_write().await?;
             insert_event(&mut tx, noted).await?;
+            let current = current_skips(&mut tx, migration_id).await?;
+            // A skipped document holding a current target vector is not queued again: the
+            // backfill would embed what a dual write already did.
             let requeued = sqlx::query(
                 "INSERT OR IGNORE INTO backfill_queue (migration_id, doc_id)
              SELECT DISTINCT s.migration_id, s.doc_id FROM skips s
              JOIN documents d ON d.id = s.doc_id
-             WHERE s.migration_id = ?1",
+             JOIN migrations m ON m.id = s.migration_id
+             WHERE s.migration_id = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM vectors v
+                 WHERE v.model = m.target_model AND v.doc_id = d.id AND v.version = d.version)",
             )
             .bind(migration_id)
             .execute(&mut *tx)
@@ -449,7 +455,12 @@ pub(super) async fn requeue_skips(
                 .await
                 .map_err(store_error)?
                 .rows_affected();
-            let delta = QueueChange::SkipsRequeued { listed, requeued }.delta();
+            let delta = QueueChange::SkipsRequeued {
+                listed,
+                requeued,
+                current,
+            }
+            .delta();
             if !delta.is_zero() {
                 apply_delta(&mut tx, migration_id, delta).await?;
             }
@@ -457,6 +468,24 @@ pub(super) async fn requeue_skips(
             Ok(delta)
         })
         .await
+}
+
+/// How many skipped documents of the migration hold a current target vector (a dual write
+/// gave it since the skip) and are not queued.
+async fn current_skips(tx: &mut Tx, migration_id: &str) -> Result<u64, StoreError> {
+    let current: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT s.doc_id) FROM skips s
+         JOIN documents d ON d.id = s.doc_id
+         JOIN migrations m ON m.id = s.migration_id
+         JOIN vectors v ON v.model = m.target_model AND v.doc_id = d.id AND v.version = d.version
+         WHERE s.migration_id = ?1 AND NOT EXISTS (
+             SELECT 1 FROM backfill_queue q WHERE q.migration_id = ?1 AND q.doc_id = d.id)",
+    )
+    .bind(migration_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    stored_u64(current, "current skips")
 }
 
 /// One `commit_claimed` transaction, as the shared batch commit drives it

@@ -11,7 +11,7 @@ use sqlx::{Row, Sqlite};
 
 use super::bulk;
 
-use crate::domain::{Counts, Migration, MigrationState};
+use crate::domain::{Counts, Migration, MigrationState, ShadowEvidence};
 use crate::store::{
     ClaimedDocument, ReplicaProgress, Skip, StoreError, StoredDocument, StoredMetadata,
     StoredVector, VectorInfo,
@@ -116,6 +116,15 @@ pub(super) fn encode_json(value: &Value) -> Result<String, StoreError> {
 pub(super) fn encode_config(m: &Migration) -> Result<String, StoreError> {
     serde_json::to_string(&m.config)
         .map_err(|e| StoreError::Corrupt(format!("migration config: {e}")))
+}
+
+/// A migration's gate override as the JSON its column keeps, or NULL.
+pub(super) fn encode_gate_override(m: &Migration) -> Result<Option<String>, StoreError> {
+    m.gate_override
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("migration gate override: {e}")))
 }
 
 pub(super) fn decode_state(name: &str) -> Result<MigrationState, StoreError> {
@@ -240,6 +249,23 @@ pub(super) fn decode_migration(row: &SqliteRow) -> Result<Migration, StoreError>
                     .map_err(|e| StoreError::Corrupt(format!("migration evaluation: {e}")))
             })
             .transpose()?,
+        gate_override: column::<Option<String>>(row, "gate_override")?
+            .map(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("migration gate override: {e}")))
+            })
+            .transpose()?,
+        shadow: decode_shadow(row)?,
+    })
+}
+
+/// The shadow evidence counted on a migration's row.
+fn decode_shadow(row: &SqliteRow) -> Result<ShadowEvidence, StoreError> {
+    let samples = stored_u64(column(row, "shadow_samples")?, "shadow samples")?;
+    let overlap_sum: f64 = column(row, "shadow_overlap_sum")?;
+    Ok(ShadowEvidence {
+        samples,
+        mean_overlap: (samples > 0).then(|| overlap_sum / samples as f64),
     })
 }
 

@@ -1,12 +1,13 @@
 //! Documents and their vectors in SQLite: versioned upserts and deletes with tombstones, each
-//! carrying out `domain::queue`'s plan for the backfilling migration in the same transaction,
-//! and the reads of single documents and pages.
+//! carrying out `domain::queue`'s plan for the backfilling migration in the same transaction
+//! and re-stamping the vectors a write keeps (`store::Kept`), and the reads of single
+//! documents, pages and the documents a write is about to replace.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::sqlite::SqliteConnection;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use super::backfill::{apply_delta, dequeue, enqueue};
 use super::codec::{
@@ -18,7 +19,7 @@ use crate::domain::Counts;
 use crate::domain::queue::QueueView;
 use crate::store::writes::{DocumentTx, delete_document as remove, write_documents};
 use crate::store::{
-    CountsDelta, DocumentWrite, OverInputLimit, StoreError, StoredDocument, VectorInfo,
+    CountsDelta, DocumentWrite, Kept, OverInputLimit, StoreError, StoredDocument, VectorInfo,
     WriteReceipt,
 };
 
@@ -70,6 +71,19 @@ impl DocumentTx for WriteTx<'_> {
         upsert_document(self.0, write).await
     }
 
+    async fn stored_text(&mut self, id: &str) -> Result<Option<(u64, String)>, StoreError> {
+        stored_text(self.0, id).await
+    }
+
+    async fn restamp_vectors(
+        &mut self,
+        id: &str,
+        kept: &Kept,
+        version: u64,
+    ) -> Result<usize, StoreError> {
+        restamp_vectors(self.0, id, kept, version).await
+    }
+
     async fn remove_document(&mut self, id: &str, version: u64) -> Result<(), StoreError> {
         remove_document(self.0, id, version).await
     }
@@ -112,6 +126,37 @@ pub(super) async fn get_document(
     Ok(Some(document))
 }
 
+/// [`Store::stored_documents`](crate::store::Store::stored_documents) on SQLite: the documents
+/// and their embeddings from one snapshot.
+pub(super) async fn stored_documents(
+    store: &SqliteStore,
+    ids: &[String],
+) -> Result<Vec<StoredDocument>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One JSON array bind instead of one placeholder per id: no limit on the id count.
+    let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut tx = store.begin_read().await?;
+    let rows = sqlx::query(
+        "SELECT id, text, metadata, version FROM documents
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    let vectors = sqlx::query(
+        "SELECT doc_id, model, version, dimensions FROM vectors
+         WHERE doc_id IN (SELECT value FROM json_each(?1)) ORDER BY doc_id, model",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    with_embeddings(&rows, group_by_document(&vectors)?)
+}
+
 /// [`Store::list_documents`](crate::store::Store::list_documents) on SQLite.
 pub(super) async fn list_documents(
     store: &SqliteStore,
@@ -128,7 +173,15 @@ pub(super) async fn list_documents(
     .fetch_all(&mut *tx)
     .await
     .map_err(store_error)?;
-    let mut embeddings = page_embeddings(&mut tx, after, limit).await?;
+    let embeddings = page_embeddings(&mut tx, after, limit).await?;
+    with_embeddings(&rows, embeddings)
+}
+
+/// The documents of `rows`, each with its embeddings from `embeddings` (none if absent).
+fn with_embeddings(
+    rows: &[SqliteRow],
+    mut embeddings: HashMap<String, Vec<VectorInfo>>,
+) -> Result<Vec<StoredDocument>, StoreError> {
     rows.iter()
         .map(|row| {
             let mut document = decode_document(row)?;
@@ -186,6 +239,42 @@ async fn upsert_document(tx: &mut Tx, write: &DocumentWrite) -> Result<u64, Stor
         upsert_vector(tx, model, &write.id, version, vector).await?;
     }
     Ok(version)
+}
+
+async fn stored_text(tx: &mut Tx, id: &str) -> Result<Option<(u64, String)>, StoreError> {
+    let row = sqlx::query("SELECT version, text FROM documents WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    row.map(|row| {
+        let version = stored_u64(column(&row, "version")?, "document version")?;
+        Ok((version, column(&row, "text")?))
+    })
+    .transpose()
+}
+
+async fn restamp_vectors(
+    tx: &mut Tx,
+    id: &str,
+    kept: &Kept,
+    version: u64,
+) -> Result<usize, StoreError> {
+    let models =
+        serde_json::to_string(&kept.models).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let moved = sqlx::query(
+        "UPDATE vectors SET version = ?1
+         WHERE doc_id = ?2 AND version = ?3 AND model IN (SELECT value FROM json_each(?4))",
+    )
+    .bind(sql_int(version)?)
+    .bind(id)
+    .bind(sql_int(kept.version)?)
+    .bind(models)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?
+    .rows_affected();
+    usize::try_from(moved).map_err(|_| StoreError::Corrupt(format!("{moved} vectors moved")))
 }
 
 /// One more than the stored version, or than the version the document had when it was
@@ -290,8 +379,13 @@ async fn page_embeddings(
     .fetch_all(conn)
     .await
     .map_err(store_error)?;
+    group_by_document(&rows)
+}
+
+/// Rows of `SELECT doc_id, model, version, dimensions` grouped by document, in row order.
+fn group_by_document(rows: &[SqliteRow]) -> Result<HashMap<String, Vec<VectorInfo>>, StoreError> {
     let mut grouped: HashMap<String, Vec<VectorInfo>> = HashMap::new();
-    for row in &rows {
+    for row in rows {
         let info = decode_vector_info(row)?;
         grouped
             .entry(column(row, "doc_id")?)

@@ -5,8 +5,8 @@
 use chrono::Utc;
 
 use super::codec::{
-    column, decode_migration, decode_state, encode_config, encode_time, sql_int, store_error,
-    stored_u64,
+    column, decode_migration, decode_state, encode_config, encode_gate_override, encode_time,
+    sql_int, store_error, stored_u64,
 };
 use super::history::insert_event;
 use super::{SqliteStore, Tx};
@@ -137,7 +137,7 @@ pub(super) async fn update_migration(
 pub(super) async fn complete_migration(
     store: &SqliteStore,
     migration: &Migration,
-    noted: &HistoryEvent,
+    noted: &[HistoryEvent],
 ) -> Result<bool, StoreError> {
     store
         .write(async {
@@ -153,7 +153,9 @@ pub(super) async fn complete_migration(
                 return Ok(false);
             }
             persist_lifecycle(&mut tx, migration, MigrationState::InProgress).await?;
-            insert_event(&mut tx, noted).await?;
+            for event in noted {
+                insert_event(&mut tx, event).await?;
+            }
             tx.commit().await.map_err(store_error)?;
             Ok(true)
         })
@@ -288,7 +290,7 @@ async fn persist_lifecycle(
     check_state(tx, &m.id, expected).await?;
     sqlx::query(
         "UPDATE migrations SET config = ?2, state = ?3, started_at = ?4, completed_at = ?5,
-             rollback_window_ends_at = ?6, error = ?7, pause_reason = ?8
+             rollback_window_ends_at = ?6, error = ?7, pause_reason = ?8, gate_override = ?9
          WHERE id = ?1",
     )
     .bind(&m.id)
@@ -299,6 +301,7 @@ async fn persist_lifecycle(
     .bind(m.rollback_window_ends_at.map(encode_time))
     .bind(&m.error)
     .bind(&m.pause_reason)
+    .bind(encode_gate_override(m)?)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;

@@ -298,6 +298,10 @@ impl Store for SqliteStore {
         documents::list_documents(self, after, limit).await
     }
 
+    async fn stored_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
+        documents::stored_documents(self, ids).await
+    }
+
     async fn hit_documents(&self, ids: &[String]) -> Result<Vec<StoredDocument>, StoreError> {
         self.lookups.documents(ids).await
     }
@@ -352,7 +356,7 @@ impl Store for SqliteStore {
     async fn complete_migration(
         &self,
         migration: &Migration,
-        noted: &HistoryEvent,
+        noted: &[HistoryEvent],
     ) -> Result<bool, StoreError> {
         migrations::complete_migration(self, migration, noted).await
     }
