@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::domain::{
     Actor, BackfillLimits, Cause, ConfigError, ConfigPatch, Evaluation, Event, GateState,
     HistoryEvent, HistoryKind, Migration, MigrationState, ProgressSnapshot, Routing,
-    RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
+    RoutingSnapshot, ShadowEvidence, ThroughputMeter, TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, ReplicaProgress, Store, StoreError};
@@ -758,6 +758,29 @@ impl Coordinator {
         if let Some(m) = latest.as_mut().filter(|m| m.id == migration_id) {
             m.counts = delta.applied_to(m.counts);
             meter.record(now, m.counts.processed);
+            *updated_at = now;
+        }
+        self.publish_routing(&live);
+        drop(live);
+        self.publish();
+    }
+
+    /// Follows the shadow evidence of `migration_id` as a committed batch of samples left it
+    /// (`Store::record_shadow_samples`): at once in this process's view, where the cutover
+    /// gate judges it, or, on a shared store, by asking for a refresh (`counts_moved`), since
+    /// other replicas' samples count too. A gate it lets through moves routing and lets the
+    /// backfill complete, so the change is published.
+    pub fn follow_shadow(&self, migration_id: &str, evidence: ShadowEvidence, now: DateTime<Utc>) {
+        if self.shared {
+            self.counts_moved.notify_one();
+            return;
+        }
+        let mut live = self.live();
+        let Live {
+            latest, updated_at, ..
+        } = &mut *live;
+        if let Some(m) = latest.as_mut().filter(|m| m.id == migration_id) {
+            m.shadow = evidence;
             *updated_at = now;
         }
         self.publish_routing(&live);

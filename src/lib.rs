@@ -157,6 +157,7 @@ impl App {
         shadow::spawn(
             shadow_inbox,
             documents.clone(),
+            coordinator.clone(),
             store.clone(),
             &workers,
             stopping.clone(),

@@ -21,18 +21,22 @@
 //!   just failed). `exact` queries are shadowed, the other side searching exactly too.
 //! - **Persisted in batches.** Samples and drops are written to the store every `FLUSH_EVERY`
 //!   or `FLUSH_AT` samples, in one transaction per migration (`Store::record_shadow_samples`),
-//!   so they survive a restart and every replica's count in the comparison. Samples pending
-//!   when the store fails are lost (logged); their drops are kept for the next write.
+//!   so they survive a restart and every replica's count in the comparison. The same
+//!   transaction counts them on the migration (its `ShadowEvidence`), which the coordinator
+//!   then follows (commit, then publish) for the cutover gate. Samples pending when the store
+//!   fails are lost (logged); their drops are kept for the next write.
 //! - **Texts are never logged**, at any level: nothing here formats a request or a sample.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::coordinator::Coordinator;
 use crate::documents::{Documents, ServiceError};
 use crate::domain::ShadowPlan;
 use crate::domain::comparison::{self, SHADOW_K, ShadowSample};
@@ -124,6 +128,7 @@ impl ShadowQueue {
 pub fn spawn(
     inbox: ShadowInbox,
     documents: Arc<Documents>,
+    coordinator: Arc<Coordinator>,
     store: Arc<dyn Store>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
@@ -134,6 +139,7 @@ pub fn spawn(
         let worker = Worker {
             inbox: inbox.clone(),
             documents: documents.clone(),
+            coordinator: coordinator.clone(),
             store: store.clone(),
             pending: Vec::new(),
         };
@@ -146,6 +152,7 @@ pub fn spawn(
 struct Worker {
     inbox: Arc<ShadowInbox>,
     documents: Arc<Documents>,
+    coordinator: Arc<Coordinator>,
     store: Arc<dyn Store>,
     pending: Vec<(String, ShadowSample)>,
 }
@@ -204,7 +211,8 @@ impl Worker {
         }
     }
 
-    /// Writes the pending samples and drops, one transaction per migration.
+    /// Writes the pending samples and drops, one transaction per migration, and has the
+    /// coordinator follow the evidence each committed.
     async fn flush(&mut self) {
         let mut batches: HashMap<String, (Vec<ShadowSample>, u64)> = HashMap::new();
         for (migration, sample) in self.pending.drain(..) {
@@ -218,10 +226,15 @@ impl Worker {
                 .store
                 .record_shadow_samples(&migration, &samples, dropped)
                 .await;
-            if let Err(error) = recorded {
-                let lost = samples.len();
-                tracing::warn!(%error, migration, lost, "cannot record shadow samples");
-                self.inbox.drops.add(&migration, dropped);
+            match recorded {
+                Ok(evidence) => self
+                    .coordinator
+                    .follow_shadow(&migration, evidence, Utc::now()),
+                Err(error) => {
+                    let lost = samples.len();
+                    tracing::warn!(%error, migration, lost, "cannot record shadow samples");
+                    self.inbox.drops.add(&migration, dropped);
+                }
             }
         }
     }

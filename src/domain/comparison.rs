@@ -6,14 +6,19 @@
 //! models, so overlap@k measures the models, not the target's coverage: a target that has
 //! embedded a tenth of the corpus is not blamed for the rest. overlap@k is |A ∩ B| / max(|A|,
 //! |B|) of the two top-k id lists; a pair whose lists are both empty (no document has both
-//! vectors yet) tells nothing and is not a sample. Percentiles are nearest-rank, so each is a
-//! value that was observed. Everything kept is bounded: the newest `SAMPLES_KEPT` figures per
-//! migration, the `WORST_KEPT` lowest-overlap queries with their texts cut to `TEXT_CHARS`.
+//! vectors yet) tells nothing and is not a sample. `samples` and `mean_overlap` count every
+//! sample ever recorded (kept on the migration as its `ShadowEvidence`, which the cutover gate
+//! judges, so the gate and the comparison read the same numbers); the percentiles are taken
+//! over the newest `SAMPLES_KEPT`, and are nearest-rank, so each is a value that was observed.
+//! Everything kept is bounded: the newest `SAMPLES_KEPT` figures per migration, the
+//! `WORST_KEPT` lowest-overlap queries with their texts cut to `TEXT_CHARS`.
 
 use std::collections::HashSet;
 
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use super::gate::ShadowEvidence;
 
 /// The k of overlap@k, whatever a shadowed query's own `top_k`: one k makes the samples of a
 /// migration comparable (and is the `k` of the comparison).
@@ -131,6 +136,8 @@ pub fn lowest(samples: &[ShadowSample], n: usize) -> Vec<&ShadowSample> {
 /// What a store keeps of a migration's comparison.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ComparisonData {
+    /// Every sample recorded: how many, and their mean overlap.
+    pub evidence: ShadowEvidence,
     /// The newest `SAMPLES_KEPT` samples' figures, in any order.
     pub figures: Vec<SampleFigures>,
     /// Samples dropped because the shadow queue was full, on every replica.
@@ -164,21 +171,21 @@ impl Latency {
 /// cutover gate reads (`samples`, `mean_overlap`).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Comparison {
-    /// Samples summarised: the newest 10,000 at most.
+    /// Every sample recorded, on every replica.
     pub samples: u64,
     /// Shadowed queries dropped because the shadow queue was full.
     pub dropped: u64,
     /// The k of overlap@k.
     pub k: usize,
-    /// Mean overlap@k; null without samples.
+    /// Mean overlap@k of every sample; null without samples.
     #[schema(required = true)]
     pub mean_overlap: Option<f64>,
-    /// 10th percentile of overlap@k; null without samples.
+    /// 10th percentile of overlap@k over the newest 10,000 samples; null without samples.
     #[schema(required = true)]
     pub p10_overlap: Option<f64>,
-    /// The source's side: its answers, or its shadow reads.
+    /// The source's side (its answers, or its shadow reads), over the newest 10,000 samples.
     pub source_latency_ms: Latency,
-    /// The target's side: its answers, or its shadow reads.
+    /// The target's side (its answers, or its shadow reads), over the newest 10,000 samples.
     pub target_latency_ms: Latency,
     /// At most 20 queries, lowest overlap first.
     pub worst: Vec<WorstQuery>,
@@ -190,13 +197,11 @@ impl Comparison {
         let figures = &data.figures;
         let mut overlaps: Vec<f64> = figures.iter().map(|f| f.overlap).collect();
         overlaps.sort_by(f64::total_cmp);
-        let mean =
-            (!overlaps.is_empty()).then(|| overlaps.iter().sum::<f64>() / overlaps.len() as f64);
         Self {
-            samples: figures.len() as u64,
+            samples: data.evidence.samples,
             dropped: data.dropped,
             k: SHADOW_K,
-            mean_overlap: mean,
+            mean_overlap: data.evidence.mean_overlap,
             p10_overlap: percentile(&overlaps, 10.0),
             source_latency_ms: Latency::of(figures.iter().map(|f| f.source_ms).collect()),
             target_latency_ms: Latency::of(figures.iter().map(|f| f.target_ms).collect()),
@@ -287,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_is_taken_by_hand() {
+    fn the_summary_counts_every_sample_and_takes_percentiles_of_the_newest() {
         let figures = (1..=10)
             .map(|i| SampleFigures {
                 overlap: f64::from(i) / 10.0,
@@ -295,12 +300,17 @@ mod tests {
                 target_ms: f64::from(100 - i),
             })
             .collect();
+        let evidence = ShadowEvidence {
+            samples: 12_000,
+            mean_overlap: Some(0.5),
+        };
         let summary = Comparison::of(ComparisonData {
+            evidence,
             figures,
             ..ComparisonData::default()
         });
-        assert_eq!(summary.samples, 10);
-        assert!((summary.mean_overlap.unwrap() - 0.55).abs() < 1e-12);
+        assert_eq!(summary.samples, 12_000, "every sample counts");
+        assert_eq!(summary.mean_overlap, Some(0.5), "over every sample");
         assert_eq!(summary.p10_overlap, Some(0.1));
         assert_eq!(
             summary.source_latency_ms,

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::domain::comparison::{SAMPLES_KEPT, WORST_KEPT};
 use crate::domain::{
     Actor, BackfillConfig, Cause, ComparisonData, Counts, Event, HistoryEvent, HistoryKind,
-    Migration, MigrationState, ShadowSample,
+    Migration, MigrationState, ShadowEvidence, ShadowSample,
 };
 use crate::store::{
     AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, Kept, LeaseRequest,
@@ -1558,9 +1558,10 @@ fn shadow_sample(overlap: f64, n: usize) -> ShadowSample {
     }
 }
 
-/// Every handle's samples and drops land together and survive a reopen; the worst list keeps
-/// the `WORST_KEPT` lowest overlaps, lowest first and the newer among equals, with their texts
-/// and hits as recorded.
+/// Every handle's samples and drops land together and survive a reopen, counted on the
+/// migration (its shadow evidence, which each record returns as committed); the worst list
+/// keeps the `WORST_KEPT` lowest overlaps, lowest first and the newer among equals, with their
+/// texts and hits as recorded. A batch for an unknown migration is refused whole.
 pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_overlaps(
     backend: &dyn Backend,
 ) {
@@ -1570,15 +1571,25 @@ pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_over
         .map(|n| shadow_sample((n % 5) as f64 / 4.0, n))
         .collect();
     let second: Vec<ShadowSample> = (25..30).map(|n| shadow_sample(0.0, n)).collect();
-    one.record_shadow_samples("m", &first, 3).await.unwrap();
-    other.record_shadow_samples("m", &second, 4).await.unwrap();
+    let evidence = one.record_shadow_samples("m", &first, 3).await.unwrap();
+    assert_eq!(evidence, shadow_evidence(25, 12.5));
+    let evidence = other.record_shadow_samples("m", &second, 4).await.unwrap();
+    assert_eq!(evidence, shadow_evidence(30, 12.5), "both handles count");
     other.record_shadow_samples("m", &[], 1).await.unwrap();
+    let unknown = one.record_shadow_samples("unknown", &second, 1).await;
+    assert!(unknown.is_err(), "{unknown:?}");
     one.close().await;
     other.close().await;
 
     let store = backend.open().await;
     let kept = store.comparison("m").await.unwrap();
     assert_eq!(kept.dropped, 8);
+    assert_eq!(kept.evidence, shadow_evidence(30, 12.5));
+    assert_eq!(
+        stored(&*store, "m").await.shadow,
+        kept.evidence,
+        "on the row"
+    );
     let mut figures: Vec<f64> = kept.figures.iter().map(|f| f.source_ms).collect();
     figures.sort_by(f64::total_cmp);
     assert_eq!(figures, (0..30).map(|n| n as f64).collect::<Vec<_>>());
@@ -1607,6 +1618,14 @@ pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_over
     store.close().await;
 }
 
+/// The evidence of `samples` samples whose overlaps sum to `overlap_sum`.
+fn shadow_evidence(samples: u64, overlap_sum: f64) -> ShadowEvidence {
+    ShadowEvidence {
+        samples,
+        mean_overlap: Some(overlap_sum / samples as f64),
+    }
+}
+
 /// Only the newest `SAMPLES_KEPT` figures of a migration are kept, and another migration's
 /// samples are its own.
 pub(crate) async fn only_the_newest_shadow_figures_are_kept(backend: &dyn Backend) {
@@ -1625,6 +1644,12 @@ pub(crate) async fn only_the_newest_shadow_figures_are_kept(backend: &dyn Backen
     }
     let kept = store.comparison("m").await.unwrap();
     assert_eq!(kept.figures.len(), SAMPLES_KEPT);
+    let every = SAMPLES_KEPT as u64 + 5;
+    assert_eq!(
+        kept.evidence,
+        shadow_evidence(every, SAMPLES_KEPT as f64),
+        "every sample counts"
+    );
     assert!(
         kept.figures.iter().all(|f| f.overlap == 1.0),
         "the oldest went"

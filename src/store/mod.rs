@@ -23,7 +23,8 @@ use serde_json::Value;
 
 pub use crate::domain::CountsDelta;
 use crate::domain::{
-    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowSample,
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
+    ShadowSample,
 };
 pub use kept::Kept;
 
@@ -366,18 +367,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Records a batch of a migration's shadow samples and `dropped` more shadowed queries
     /// dropped, in one transaction that also prunes to the bounds of `domain::comparison`:
-    /// every sample's figures, of which the newest `SAMPLES_KEPT` are kept, and the texts and
-    /// hits of those among the `WORST_KEPT` lowest overlaps (the newer among equals).
-    /// Every replica's samples land together.
+    /// the samples are counted on the migration's row (its `shadow` evidence, which the
+    /// cutover gate judges), their figures kept for the newest `SAMPLES_KEPT`, and the texts
+    /// and hits of those among the `WORST_KEPT` lowest overlaps (the newer among equals).
+    /// Every replica's samples land together. Returns the migration's evidence as committed;
+    /// an error, recording nothing, for an unknown migration.
     async fn record_shadow_samples(
         &self,
         migration_id: &str,
         samples: &[ShadowSample],
         dropped: u64,
-    ) -> Result<(), StoreError>;
-    /// What is kept of a migration's comparison: the newest `SAMPLES_KEPT` figures, the drops
-    /// and the `WORST_KEPT` lowest overlaps, lowest first (empty for an unknown id). The
-    /// cutover gate summarises it as the endpoint does (`Comparison::of`).
+    ) -> Result<ShadowEvidence, StoreError>;
+    /// What is kept of a migration's comparison: its evidence, the newest `SAMPLES_KEPT`
+    /// figures, the drops and the `WORST_KEPT` lowest overlaps, lowest first (empty for an
+    /// unknown id), as `Comparison::of` summarises it.
     async fn comparison(&self, migration_id: &str) -> Result<ComparisonData, StoreError>;
     /// All migrations, newest first.
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;

@@ -340,3 +340,34 @@ async fn shadow_percent_outside_0_to_100_is_422_and_an_unknown_migration_404() {
         .await
         .problem(404, "not-found");
 }
+
+/// The cutover gate judges the shadow samples: behind `min_samples` 20 and `min_overlap` 0.9,
+/// a backfilled migration to a target built to agree stays in progress until twenty shadowed
+/// queries agree, then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agreeing_samples_let_a_gate_on_overlap_pass_and_the_migration_complete() {
+    let app = TestApp::with_models(registry_with("hash-v1-twin", str::to_owned)).await;
+    app.load(&corpus(), 100).await;
+    let gate = json!({ "min_samples": 20, "min_overlap": 0.9 });
+    let config = json!({ "shadow_percent": 100, "cutover_gate": gate });
+    app.start_migration(&json!({ "id": "m", "target_model": "hash-v1-twin", "config": config }))
+        .await;
+    let blocked = eventually(PATIENCE, "the backfill done behind the gate", || async {
+        let progress = app.progress("m").await;
+        (progress.remaining == 0)
+            .then_some(())
+            .ok_or(format!("{progress:?}"))
+            .map(|()| progress)
+    })
+    .await;
+    assert_eq!(blocked.state, "in_progress", "{blocked:?}");
+    assert_eq!(blocked.gate.state, "blocked", "{blocked:?}");
+    assert!(
+        blocked.gate.reason.contains("of 20 shadow samples"),
+        "{blocked:?}"
+    );
+
+    let comparison = shadowed(&app, &topic_queries()).await;
+    assert_eq!(comparison.mean_overlap, Some(1.0), "{comparison:?}");
+    app.wait_for_state("m", "completed", PATIENCE).await;
+}

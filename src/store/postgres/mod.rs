@@ -64,7 +64,8 @@ use super::{
     StoredMetadata, StoredVector, VectorSearch, WriteReceipt,
 };
 use crate::domain::{
-    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowSample,
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
+    ShadowSample,
 };
 use crate::run_to_end::run_to_end;
 use codec::{decode_metadata, decode_vector, store_error};
@@ -446,7 +447,7 @@ impl Store for PostgresStore {
         migration_id: &str,
         samples: &[ShadowSample],
         dropped: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ShadowEvidence, StoreError> {
         shadow::record_shadow_samples(self, migration_id, samples, dropped).await
     }
 

@@ -1,16 +1,19 @@
 //! Shadow samples in PostgreSQL (`GET /v1/migrations/{id}/comparison`), shared by every
 //! replica: each replica records its batches of samples in transactions of their own, which
-//! also prune beyond the bounds of `domain::comparison` — the newest `SAMPLES_KEPT` figures
-//! and the `WORST_KEPT` lowest overlaps per migration. Two replicas recording at once may each
-//! prune without seeing the other's rows, leaving a few rows over a bound until the next
-//! batch; reads apply the bounds themselves, so they never show it. No gate lock: the samples
-//! touch neither documents nor migration state. The `BEGIN` runs to its end whoever waits for
-//! it, as every transaction of this backend does (see `PostgresStore::begin_gated`).
+//! count them on the migration's row (the cutover gate's evidence, added to, never set, so
+//! replicas' counts add up) and prune beyond the bounds of `domain::comparison` — the newest
+//! `SAMPLES_KEPT` figures and the `WORST_KEPT` lowest overlaps per migration. Two replicas
+//! recording at once may each prune without seeing the other's rows, leaving a few rows over
+//! a bound until the next batch; reads apply the bounds themselves, so they never show it. No
+//! gate lock: the samples touch neither documents nor the migration's state, and the row's
+//! lock is taken last, for the commit only. The `BEGIN` runs to its end whoever waits for it,
+//! as every transaction of this backend does (see `PostgresStore::begin_gated`).
 
 use sqlx::postgres::PgRow;
 
-use super::codec::{column, sql_int, store_error, stored_u64};
+use super::codec::{column, decode_shadow, sql_int, store_error, stored_u64};
 use super::{PostgresStore, Tx};
+use crate::domain::ShadowEvidence;
 use crate::domain::comparison::{
     ComparisonData, SAMPLES_KEPT, SampleFigures, ShadowSample, WORST_KEPT, WorstQuery, lowest,
 };
@@ -23,13 +26,16 @@ pub(super) async fn record_shadow_samples(
     migration_id: &str,
     samples: &[ShadowSample],
     dropped: u64,
-) -> Result<(), StoreError> {
+) -> Result<ShadowEvidence, StoreError> {
     let pool = store.pool.clone();
     let mut tx = run_to_end(async move { pool.begin().await.map_err(store_error) }).await?;
     insert_figures(&mut tx, migration_id, samples).await?;
     insert_worst(&mut tx, migration_id, samples).await?;
     add_drops(&mut tx, migration_id, dropped).await?;
-    tx.commit().await.map_err(store_error)
+    // Last, so the migration's row is locked only for the commit.
+    let evidence = count_samples(&mut tx, migration_id, samples).await?;
+    tx.commit().await.map_err(store_error)?;
+    Ok(evidence)
 }
 
 /// Inserts every sample's figures in one statement, then prunes all but the newest.
@@ -116,6 +122,32 @@ async fn add_drops(tx: &mut Tx, migration_id: &str, dropped: u64) -> Result<(), 
     Ok(())
 }
 
+/// Counts `samples` on the migration's row (the cutover gate's evidence) and returns the
+/// evidence it now holds; `Conflict` for an unknown migration (whose samples the foreign keys
+/// refuse before this, in practice).
+async fn count_samples(
+    tx: &mut Tx,
+    migration_id: &str,
+    samples: &[ShadowSample],
+) -> Result<ShadowEvidence, StoreError> {
+    let overlap_sum: f64 = samples.iter().map(|s| s.overlap).sum();
+    let row = sqlx::query(
+        "UPDATE migrations SET shadow_samples = shadow_samples + $2,
+             shadow_overlap_sum = shadow_overlap_sum + $3
+         WHERE id = $1 RETURNING shadow_samples, shadow_overlap_sum",
+    )
+    .bind(migration_id)
+    .bind(sql_int(samples.len())?)
+    .bind(overlap_sum)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    match row {
+        Some(row) => decode_shadow(&row),
+        None => Err(StoreError::Conflict(format!("no migration {migration_id}"))),
+    }
+}
+
 /// [`Store::comparison`](crate::store::Store::comparison) on PostgreSQL.
 pub(super) async fn comparison(
     store: &PostgresStore,
@@ -145,7 +177,18 @@ pub(super) async fn comparison(
             .fetch_optional(&store.pool)
             .await
             .map_err(store_error)?;
+    let evidence =
+        sqlx::query("SELECT shadow_samples, shadow_overlap_sum FROM migrations WHERE id = $1")
+            .bind(migration_id)
+            .fetch_optional(&store.pool)
+            .await
+            .map_err(store_error)?;
     Ok(ComparisonData {
+        evidence: evidence
+            .as_ref()
+            .map(decode_shadow)
+            .transpose()?
+            .unwrap_or_default(),
         figures: figures
             .iter()
             .map(decode_figures)

@@ -44,7 +44,8 @@ use super::{
     StoredMetadata, StoredVector, WriteReceipt,
 };
 use crate::domain::{
-    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowSample,
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
+    ShadowSample,
 };
 use crate::run_to_end::run_to_end;
 use codec::{decode_bulk_metadata, decode_bulk_vector, free_bytes, store_error};
@@ -379,7 +380,7 @@ impl Store for SqliteStore {
         migration_id: &str,
         samples: &[ShadowSample],
         dropped: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ShadowEvidence, StoreError> {
         shadow::record_shadow_samples(self, migration_id, samples, dropped).await
     }
 

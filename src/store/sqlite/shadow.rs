@@ -1,12 +1,14 @@
 //! Shadow samples in SQLite (`GET /v1/migrations/{id}/comparison`): a batch of samples is
-//! recorded in one transaction, which also prunes what it added beyond the bounds of
-//! `domain::comparison` — the newest `SAMPLES_KEPT` figures and the `WORST_KEPT` lowest
-//! overlaps per migration — so the tables never grow with the traffic.
+//! recorded in one transaction, which counts them on the migration's row (the cutover gate's
+//! evidence) and prunes what it added beyond the bounds of `domain::comparison` — the newest
+//! `SAMPLES_KEPT` figures and the `WORST_KEPT` lowest overlaps per migration — so the tables
+//! never grow with the traffic.
 
 use sqlx::sqlite::SqliteRow;
 
-use super::codec::{column, sql_int, store_error, stored_u64};
+use super::codec::{column, decode_shadow, sql_int, store_error, stored_u64};
 use super::{SqliteStore, Tx};
+use crate::domain::ShadowEvidence;
 use crate::domain::comparison::{
     ComparisonData, SAMPLES_KEPT, SampleFigures, ShadowSample, WORST_KEPT, WorstQuery, lowest,
 };
@@ -18,14 +20,16 @@ pub(super) async fn record_shadow_samples(
     migration_id: &str,
     samples: &[ShadowSample],
     dropped: u64,
-) -> Result<(), StoreError> {
+) -> Result<ShadowEvidence, StoreError> {
     store
         .write(async {
             let mut tx = store.begin_write().await?;
             insert_figures(&mut tx, migration_id, samples).await?;
             insert_worst(&mut tx, migration_id, samples).await?;
             add_drops(&mut tx, migration_id, dropped).await?;
-            tx.commit().await.map_err(store_error)
+            let evidence = count_samples(&mut tx, migration_id, samples).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(evidence)
         })
         .await
 }
@@ -111,6 +115,32 @@ async fn add_drops(tx: &mut Tx, migration_id: &str, dropped: u64) -> Result<(), 
     Ok(())
 }
 
+/// Counts `samples` on the migration's row (the cutover gate's evidence) and returns the
+/// evidence it now holds; `Conflict` for an unknown migration (whose samples the foreign keys
+/// refuse before this, in practice).
+async fn count_samples(
+    tx: &mut Tx,
+    migration_id: &str,
+    samples: &[ShadowSample],
+) -> Result<ShadowEvidence, StoreError> {
+    let overlap_sum: f64 = samples.iter().map(|s| s.overlap).sum();
+    let row = sqlx::query(
+        "UPDATE migrations SET shadow_samples = shadow_samples + ?2,
+             shadow_overlap_sum = shadow_overlap_sum + ?3
+         WHERE id = ?1 RETURNING shadow_samples, shadow_overlap_sum",
+    )
+    .bind(migration_id)
+    .bind(sql_int(samples.len())?)
+    .bind(overlap_sum)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    match row {
+        Some(row) => decode_shadow(&row),
+        None => Err(StoreError::Conflict(format!("no migration {migration_id}"))),
+    }
+}
+
 /// [`Store::comparison`](crate::store::Store::comparison) on SQLite, read from one snapshot.
 pub(super) async fn comparison(
     store: &SqliteStore,
@@ -141,7 +171,18 @@ pub(super) async fn comparison(
             .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?;
+    let evidence =
+        sqlx::query("SELECT shadow_samples, shadow_overlap_sum FROM migrations WHERE id = ?1")
+            .bind(migration_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
     Ok(ComparisonData {
+        evidence: evidence
+            .as_ref()
+            .map(decode_shadow)
+            .transpose()?
+            .unwrap_or_default(),
         figures: figures
             .iter()
             .map(decode_figures)
