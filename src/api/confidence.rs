@@ -48,11 +48,12 @@ pub async fn get_history(
     Ok(AppJson(HistoryList { events }))
 }
 
-/// How the two models agree on live queries (shadow reads, `shadow_percent`): overlap@k of
-/// each shadowed query's two rankings over the documents that have vectors in both models,
-/// its mean and 10th percentile, each side's latency, and the 20 queries on which they agree
-/// least, from every replica's samples (the newest 10,000). Without samples, `samples` is 0
-/// and the overlaps and latencies are null.
+/// How the two models agree on live queries (shadow reads, `shadow_percent`), from every
+/// replica's samples: overlap@k of each shadowed query's two rankings over the documents that
+/// have vectors in both models, its mean over every sample (what a cutover gate's
+/// `min_overlap` judges), its 10th percentile and each side's latency over the newest 10,000,
+/// and the 20 queries on which the models agree least. Without samples, `samples` is 0 and the
+/// overlaps and latencies are null.
 #[utoipa::path(get, path = "/v1/migrations/{id}/comparison", tag = "migrations",
     params(("id" = String, Path, description = "Migration id")),
     responses((status = 200, body = Comparison), (status = 404, body = Problem),
