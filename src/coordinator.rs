@@ -707,8 +707,9 @@ impl Coordinator {
         self.publish();
     }
 
-    /// Publishes the non-count fields of `next`; counts stay as the live copy has them,
-    /// since batches may have committed while the transition was being persisted.
+    /// Publishes the non-count fields of `next`; counts and shadow evidence stay as the live
+    /// copy has them, since batches and shadow samples may have committed while the transition
+    /// was being persisted.
     fn publish_state(&self, mut next: Migration) -> Migration {
         let mut live = self.live();
         let Live {
@@ -720,6 +721,7 @@ impl Coordinator {
         } = &mut *live;
         if let Some(current) = latest.as_mut().filter(|m| m.id == next.id) {
             next.counts = current.counts;
+            next.shadow = current.shadow;
             if current.state != next.state {
                 // A new state starts over: a resumed backfill probes the provider afresh.
                 *waiting = None;
