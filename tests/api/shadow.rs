@@ -129,6 +129,7 @@ fn topic_queries() -> Vec<String> {
     TOPICS.iter().map(|t| (*t).to_owned()).collect()
 }
 
+/// Also: the samples survive a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_built_to_agree_overlaps_fully() {
     let app = migrated_to("hash-v1-twin", str::to_owned).await;
@@ -144,6 +145,20 @@ async fn a_target_built_to_agree_overlaps_fully() {
     }
     let first = &comparison.worst[0];
     assert_eq!(first.source_hits, first.target_hits);
+
+    let app = app
+        .restart(registry_with("hash-v1-twin", str::to_owned))
+        .await;
+    let restarted = app.comparison("m").await;
+    assert_eq!(
+        (
+            restarted.samples,
+            restarted.mean_overlap,
+            restarted.worst.len()
+        ),
+        (20, Some(1.0), 20),
+        "kept across a restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
