@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::domain::{
     Actor, BackfillLimits, Cause, ConfigError, ConfigPatch, Evaluation, Event, GateState,
     HistoryEvent, HistoryKind, Migration, MigrationState, ProgressSnapshot, Routing,
-    RoutingSnapshot, ThroughputMeter, TransitionError, Waiting, route,
+    RoutingSnapshot, ShadowEvidence, ThroughputMeter, TransitionError, Waiting, route,
 };
 use crate::run_to_end::run_to_end;
 use crate::store::{CountsDelta, ReplicaProgress, Store, StoreError};
@@ -707,8 +707,9 @@ impl Coordinator {
         self.publish();
     }
 
-    /// Publishes the non-count fields of `next`; counts stay as the live copy has them,
-    /// since batches may have committed while the transition was being persisted.
+    /// Publishes the non-count fields of `next`; counts and shadow evidence stay as the live
+    /// copy has them, since batches and shadow samples may have committed while the transition
+    /// was being persisted.
     fn publish_state(&self, mut next: Migration) -> Migration {
         let mut live = self.live();
         let Live {
@@ -720,6 +721,7 @@ impl Coordinator {
         } = &mut *live;
         if let Some(current) = latest.as_mut().filter(|m| m.id == next.id) {
             next.counts = current.counts;
+            next.shadow = current.shadow;
             if current.state != next.state {
                 // A new state starts over: a resumed backfill probes the provider afresh.
                 *waiting = None;
@@ -758,6 +760,29 @@ impl Coordinator {
         if let Some(m) = latest.as_mut().filter(|m| m.id == migration_id) {
             m.counts = delta.applied_to(m.counts);
             meter.record(now, m.counts.processed);
+            *updated_at = now;
+        }
+        self.publish_routing(&live);
+        drop(live);
+        self.publish();
+    }
+
+    /// Follows the shadow evidence of `migration_id` as a committed batch of samples left it
+    /// (`Store::record_shadow_samples`): at once in this process's view, where the cutover
+    /// gate judges it, or, on a shared store, by asking for a refresh (`counts_moved`), since
+    /// other replicas' samples count too. A gate it lets through moves routing and lets the
+    /// backfill complete, so the change is published.
+    pub fn follow_shadow(&self, migration_id: &str, evidence: ShadowEvidence, now: DateTime<Utc>) {
+        if self.shared {
+            self.counts_moved.notify_one();
+            return;
+        }
+        let mut live = self.live();
+        let Live {
+            latest, updated_at, ..
+        } = &mut *live;
+        if let Some(m) = latest.as_mut().filter(|m| m.id == migration_id) {
+            m.shadow = evidence;
             *updated_at = now;
         }
         self.publish_routing(&live);

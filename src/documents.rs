@@ -24,6 +24,7 @@ use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
 use crate::index::filter::Filter;
 use crate::index::{Found, IndexSet};
 use crate::run_to_end::run_to_end;
+use crate::shadow::{ShadowQueue, ShadowRequest};
 use crate::store::{
     AfterCommit, BatchItem, BatchReceipt, Claim, DocumentWrite, Kept, Store, StoreError,
     StoredDocument, WriteOutcome, WriteReceipt,
@@ -108,16 +109,19 @@ pub struct Documents {
     indexes: Option<Arc<IndexSet>>,
     /// Held from a store commit until its effect is applied to `indexes` (see module doc).
     commit_order: CommitOrder,
+    /// Where a shadowed query leaves its request for the shadow worker, never waiting.
+    shadow: ShadowQueue,
 }
 
 impl Documents {
     /// Wires the write path to its collaborators; `indexes` are the in-memory indexes, `None`
-    /// when the store searches its own.
+    /// when the store searches its own; `shadow` takes the shadowed queries (`shadow`).
     pub fn new(
         coordinator: Arc<Coordinator>,
         store: Arc<dyn Store>,
         models: ModelRegistry,
         indexes: Option<Arc<IndexSet>>,
+        shadow: ShadowQueue,
     ) -> Self {
         Self {
             coordinator,
@@ -125,6 +129,7 @@ impl Documents {
             models,
             indexes,
             commit_order: CommitOrder::default(),
+            shadow,
         }
     }
 
@@ -520,7 +525,9 @@ impl Documents {
     /// canary) and returns the `top_k` documents nearest to it in that model's index only,
     /// among those `filter` matches. When that model's provider is unreachable (it just failed,
     /// or fails now) and the plan names a fallback, the fallback model embeds and answers
-    /// instead (`reason: fallback`): vectors of the two models still never meet.
+    /// instead (`reason: fallback`): vectors of the two models still never meet. Once
+    /// answered, an unfiltered query in the migration's shadow share is offered to the shadow
+    /// worker without waiting (`shadow`).
     pub async fn query(
         &self,
         text: &str,
@@ -529,6 +536,7 @@ impl Documents {
         exact: bool,
         routing_key: Option<&RoutingKey>,
     ) -> Result<Answer, ServiceError> {
+        let started = Instant::now();
         let routing = self.coordinator.routing(Utc::now());
         let plan = routing.query_plan(routing_key);
         let (model, route, reason, query) = match &plan.fallback {
@@ -548,6 +556,22 @@ impl Documents {
         };
         count_route("query", route);
         let (hits, exact) = self.search(&model, &query, top_k, filter, exact).await?;
+        let shadow = routing
+            .shadow
+            .as_ref()
+            .filter(|_| filter.is_empty() && reason != QueryReason::Fallback)
+            .and_then(|share| share.plan(&model, rand::random()));
+        if let Some(plan) = shadow {
+            self.shadow.offer(ShadowRequest {
+                plan,
+                text: text.to_owned(),
+                top_k,
+                exact,
+                answered_model: model.clone(),
+                answered_vector: query,
+                answered_latency: started.elapsed(),
+            });
+        }
         Ok(Answer {
             routing,
             model,
@@ -556,6 +580,23 @@ impl Documents {
             hits,
             exact,
         })
+    }
+
+    /// Embeds `text` as a query with `model` and searches its index as an unfiltered live
+    /// query would, asking the provider once (no retries): the other side of a shadow read,
+    /// which its caller times. Returns the query's vector, to rank it again among the
+    /// documents both models have (`rank_vector_in_both`).
+    pub async fn search_as_query(
+        &self,
+        model: &str,
+        text: &str,
+        top_k: usize,
+        exact: bool,
+    ) -> Result<Vec<f32>, ServiceError> {
+        let query = self.embed_query_once(model, text).await?;
+        self.search(model, &query, top_k, &Filter::default(), exact)
+            .await?;
+        Ok(query)
     }
 
     /// The ids of the `top_k` documents nearest to `text`, embedded as a query with `model`,
@@ -569,9 +610,21 @@ impl Documents {
         top_k: usize,
     ) -> Result<Vec<String>, ServiceError> {
         let query = self.embed_query(model, text).await?;
+        self.rank_vector_in_both(model, other, &query, top_k).await
+    }
+
+    /// `rank_in_both` of a query already embedded with `model`: a shadow read ranks the
+    /// vectors its two sides embedded (`shadow`).
+    pub async fn rank_vector_in_both(
+        &self,
+        model: &str,
+        other: &str,
+        query: &[f32],
+        top_k: usize,
+    ) -> Result<Vec<String>, ServiceError> {
         let hits = match (&self.indexes, self.store.vector_search()) {
-            (Some(indexes), _) => indexes.search_in_both(model, other, &query, top_k),
-            (None, Some(search)) => search.nearest_in_both(model, other, &query, top_k).await?,
+            (Some(indexes), _) => indexes.search_in_both(model, other, query, top_k),
+            (None, Some(search)) => search.nearest_in_both(model, other, query, top_k).await?,
             (None, None) => return Err(no_vector_index().into()),
         };
         Ok(hits.into_iter().map(|hit| hit.id).collect())

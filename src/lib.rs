@@ -11,6 +11,8 @@
 //! - **A query** (`POST /v1/query`): the routing names the query model (or, for a query whose
 //!   `routing_key` is in the sticky canary, the target: `Routing::query_plan`); the text is
 //!   embedded with it and searched in that model's index only (vectors of two models never meet).
+//!   A share of queries (`shadow_percent`) is then offered, without waiting, to the `shadow`
+//!   worker, which runs it on the other model too and records how the two agree.
 //! - **A batch** (`backfill`): the supervisor claims up to `batch_size` queued documents,
 //!   never with more than `max_concurrent` batches in flight; each batch embeds with the
 //!   target model and commits with compare-and-set on the document version, dequeuing and
@@ -34,6 +36,7 @@ pub mod index;
 pub mod load;
 mod run_to_end;
 mod serving;
+pub mod shadow;
 mod snapshot;
 pub mod store;
 mod supervise;
@@ -57,6 +60,7 @@ use documents::Documents;
 use embed::ModelRegistry;
 use index::IndexSet;
 use load::RequestCount;
+use shadow::ShadowInbox;
 use store::postgres::{self, PostgresStore};
 use store::sqlite::SqliteStore;
 use store::{LeaseRequest, ModelIndex, Store};
@@ -73,6 +77,9 @@ pub struct App {
     pub documents: Arc<Documents>,
     /// Counts every request, so the backfill can yield CPU to them.
     pub requests: Arc<RequestCount>,
+    /// The shadow worker's end of the queue that `documents` offers shadowed queries to;
+    /// `serve` starts the worker on it.
+    pub shadow_inbox: ShadowInbox,
 }
 
 impl App {
@@ -86,11 +93,13 @@ impl App {
         let coordinator = Arc::new(Coordinator::load(store.clone(), models.active_model()).await?);
         check_active_model(&coordinator, store.as_ref(), &models, &config).await?;
         let indexes = load_indexes(&config, &models, store.as_ref()).await?;
+        let (shadow_queue, shadow_inbox) = shadow::channel();
         let documents = Arc::new(Documents::new(
             coordinator.clone(),
             store.clone(),
             models.clone(),
             indexes.clone(),
+            shadow_queue,
         ));
         Ok(Self {
             config,
@@ -100,6 +109,7 @@ impl App {
             indexes,
             documents,
             requests: Arc::new(RequestCount::default()),
+            shadow_inbox,
         })
     }
 
@@ -124,6 +134,7 @@ impl App {
             indexes,
             documents,
             requests,
+            shadow_inbox,
         } = self;
         let workers = TaskTracker::new();
         let stopping = CancellationToken::new();
@@ -143,6 +154,14 @@ impl App {
         )
         .spawn(&workers, stopping.clone());
         window::spawn(coordinator.clone(), &workers, stopping.clone());
+        shadow::spawn(
+            shadow_inbox,
+            documents.clone(),
+            coordinator.clone(),
+            store.clone(),
+            &workers,
+            stopping.clone(),
+        );
         snapshot::spawn(
             coordinator.clone(),
             store.clone(),

@@ -1,5 +1,6 @@
 //! The evidence for switching models (API.md "Confidence"): a migration's history, labelled
-//! evaluations of its two models, and the operator's cutover past a gate.
+//! evaluations of its two models, their comparison on live queries (shadow reads), and the
+//! operator's cutover past a gate.
 
 use axum::extract::State;
 use chrono::Utc;
@@ -11,7 +12,7 @@ use super::auth::Requester;
 use super::error::{ApiError, AppJson, AppPath, Problem};
 use super::migrations::MigrationView;
 use crate::domain::config::optional_integer;
-use crate::domain::{Evaluation, Event, HistoryEvent, LabelledQuery};
+use crate::domain::{Comparison, Evaluation, Event, HistoryEvent, LabelledQuery};
 use crate::evaluation::evaluate;
 
 /// `k` when the body does not say, and the largest accepted (as `top_k` of a query).
@@ -45,6 +46,25 @@ pub async fn get_history(
     state.coordinator.migration(&id).await?;
     let events = state.store.history(&id).await?;
     Ok(AppJson(HistoryList { events }))
+}
+
+/// How the two models agree on live queries (shadow reads, `shadow_percent`), from every
+/// replica's samples: overlap@k of each shadowed query's two rankings over the documents that
+/// have vectors in both models, its mean over every sample (what a cutover gate's
+/// `min_overlap` judges), its 10th percentile and each side's latency over the newest 10,000,
+/// and the 20 queries on which the models agree least. Without samples, `samples` is 0 and the
+/// overlaps and latencies are null.
+#[utoipa::path(get, path = "/v1/migrations/{id}/comparison", tag = "migrations",
+    params(("id" = String, Path, description = "Migration id")),
+    responses((status = 200, body = Comparison), (status = 404, body = Problem),
+              (status = 503, body = Problem)))]
+pub async fn get_comparison(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<String>,
+) -> Result<AppJson<Comparison>, ApiError> {
+    state.coordinator.migration(&id).await?;
+    let kept = state.store.comparison(&id).await?;
+    Ok(AppJson(Comparison::of(kept)))
 }
 
 /// Body of `POST /v1/migrations/{id}/evaluate`.

@@ -98,6 +98,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(migrations::list_skips))
         .routes(routes!(migrations::retry_skips))
         .routes(routes!(confidence::get_history))
+        .routes(routes!(confidence::get_comparison))
         .routes(routes!(confidence::evaluate_migration))
         .routes(routes!(confidence::cutover_migration))
         .routes(routes!(health::healthz))

@@ -61,6 +61,7 @@ const LINKS: [(&str, &str, &str, &[&str]); 3] = [
             "patch_config",
             "retry_skips",
             "get_history",
+            "get_comparison",
             "evaluate_migration",
             "cutover_migration",
             "finalize_migration",

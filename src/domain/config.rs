@@ -35,6 +35,12 @@ pub struct BackfillConfig {
     #[serde(default)]
     #[schema(required = true, minimum = 0.0, maximum = 100.0)]
     pub canary_percent: f64,
+    /// Share of live queries, 0 to 100, also run on the other model's index off the response
+    /// path, to compare the two (shadow reads). Defaulted when decoding, so rows persisted
+    /// before it existed still read; always present in responses.
+    #[serde(default)]
+    #[schema(required = true, minimum = 0.0, maximum = 100.0)]
+    pub shadow_percent: f64,
     /// The evidence queries need before they switch at the threshold, and the migration
     /// before it completes; `None` lets the threshold alone decide. Defaulted when decoding.
     #[serde(default)]
@@ -51,6 +57,7 @@ impl Default for BackfillConfig {
             target_query_threshold: 0.8,
             rollback_window_secs: 86_400,
             canary_percent: 0.0,
+            shadow_percent: 0.0,
             cutover_gate: None,
         }
     }
@@ -83,6 +90,10 @@ pub struct ConfigPatch {
     /// answers before the threshold.
     #[schema(minimum = 0.0, maximum = 100.0)]
     pub canary_percent: Option<f64>,
+    /// 0.0 to 100.0 inclusive: the share of live queries also run on the other model's index
+    /// to compare the two (`GET /v1/migrations/{id}/comparison`).
+    #[schema(minimum = 0.0, maximum = 100.0)]
+    pub shadow_percent: Option<f64>,
     /// A cutover gate: `{"min_samples", "min_overlap"}` and/or `{"min_recall_ratio"}`; null
     /// removes the gate.
     #[serde(default, deserialize_with = "nullable")]
@@ -241,6 +252,9 @@ impl ConfigPatch {
         if let Some(v) = self.canary_percent {
             config.canary_percent = number_in("canary_percent", v, 0.0, 100.0)?;
         }
+        if let Some(v) = self.shadow_percent {
+            config.shadow_percent = number_in("shadow_percent", v, 0.0, 100.0)?;
+        }
         if let Some(gate) = self.cutover_gate {
             config.cutover_gate = gate.map(|g| g.validate()).transpose()?;
         }
@@ -343,6 +357,15 @@ mod tests {
                 r#"{"canary_percent": 100}"#,
                 with(|c| c.canary_percent = 100.0),
             ),
+            (r#"{"shadow_percent": 0}"#, with(|c| c.shadow_percent = 0.0)),
+            (
+                r#"{"shadow_percent": 2.5}"#,
+                with(|c| c.shadow_percent = 2.5),
+            ),
+            (
+                r#"{"shadow_percent": 100}"#,
+                with(|c| c.shadow_percent = 100.0),
+            ),
         ];
         for (json, expected) in accepted {
             assert_eq!(patch(json).apply_to(base), Ok(expected), "{json}");
@@ -372,6 +395,9 @@ mod tests {
             (r#"{"canary_percent": -0.01}"#, "canary_percent"),
             (r#"{"canary_percent": 100.01}"#, "canary_percent"),
             (r#"{"canary_percent": 101}"#, "canary_percent"),
+            (r#"{"shadow_percent": -1}"#, "shadow_percent"),
+            (r#"{"shadow_percent": 100.01}"#, "shadow_percent"),
+            (r#"{"shadow_percent": 101}"#, "shadow_percent"),
         ];
         for (json, field) in rejected {
             let err = patch(json).apply_to(base).expect_err(json);
@@ -393,9 +419,14 @@ mod tests {
                 canary_percent: Some(value),
                 ..ConfigPatch::default()
             };
+            let shadow = ConfigPatch {
+                shadow_percent: Some(value),
+                ..ConfigPatch::default()
+            };
             for (p, field) in [
                 (threshold, "target_query_threshold"),
                 (percent, "canary_percent"),
+                (shadow, "shadow_percent"),
             ] {
                 let err = p
                     .apply_to(BackfillConfig::default())
@@ -418,6 +449,7 @@ mod tests {
             target_query_threshold: Some(0.5),
             rollback_window_secs: Some(-5),
             canary_percent: Some(20.0),
+            shadow_percent: Some(5.0),
             cutover_gate: Some(None),
         };
         let err = p
@@ -517,7 +549,8 @@ mod tests {
                 "dual_write": true,
                 "target_query_threshold": 0.8,
                 "rollback_window_secs": 86400,
-                "canary_percent": 0.0
+                "canary_percent": 0.0,
+                "shadow_percent": 0.0
             })
         );
         let back: BackfillConfig = serde_json::from_value(json).unwrap();
@@ -525,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn a_config_persisted_before_the_canary_reads_with_no_canary() {
+    fn a_config_persisted_before_the_canary_and_shadow_reads_reads_with_neither() {
         let json = serde_json::json!({
             "batch_size": 7,
             "max_concurrent": 4,

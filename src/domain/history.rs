@@ -309,6 +309,7 @@ fn config_fields(config: &BackfillConfig) -> Vec<(&'static str, String)> {
             config.rollback_window_secs.to_string(),
         ),
         ("canary_percent", config.canary_percent.to_string()),
+        ("shadow_percent", config.shadow_percent.to_string()),
         ("cutover_gate", describe_gate(config.cutover_gate.as_ref())),
     ]
 }
@@ -412,7 +413,8 @@ mod tests {
         assert_eq!(
             entry.detail,
             "from hash-v1 to hash-v2; batch_size 100, max_concurrent 4, dual_write true, \
-             target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, cutover_gate none"
+             target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, \
+             shadow_percent 0, cutover_gate none"
         );
     }
 }

@@ -6,6 +6,7 @@
 //! The rest of the crate asks this module *what* to do and then does it durably.
 
 pub mod canary;
+pub mod comparison;
 pub mod config;
 pub mod cpu_share;
 pub mod evaluation;
@@ -16,12 +17,14 @@ pub mod progress;
 pub mod queue;
 pub mod retry;
 pub mod routing;
+pub mod shadow;
 pub mod throttle;
 
 #[cfg(test)]
 mod proptests;
 
 pub use canary::{RoutingKey, RoutingKeyTooLong};
+pub use comparison::{Comparison, ComparisonData, ShadowSample};
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
 pub use cpu_share::{CpuShare, LoadSample};
 pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
@@ -34,4 +37,5 @@ pub use progress::{
 pub use queue::{CountsDelta, QueueChange, QueueStep, QueueView, Refused, free_slot};
 pub use retry::{Permanent, ProviderFailure, RetryDecision, RetryPolicy, parse_retry_after};
 pub use routing::{Phase, QueryPlan, QueryReason, Route, Routing, RoutingSnapshot, route};
+pub use shadow::{ShadowPlan, ShadowShare};
 pub use throttle::{BackfillLimits, Bounds, Controller, ThrottleReason};

@@ -53,16 +53,20 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
         0.0..=1.0f64,
         prop_oneof![Just(0u64), 0..=7200u64, 0..=MAX_ROLLBACK_WINDOW_SECS as u64],
         prop_oneof![Just(0.0), 0.0..=100.0f64],
+        prop_oneof![Just(0.0), 0.0..=100.0f64],
     )
         .prop_map(
-            |(batch_size, max_concurrent, dual_write, threshold, window, canary)| BackfillConfig {
-                batch_size,
-                max_concurrent,
-                dual_write,
-                target_query_threshold: threshold,
-                rollback_window_secs: window,
-                canary_percent: canary,
-                cutover_gate: None,
+            |(batch_size, max_concurrent, dual_write, threshold, window, canary, shadow)| {
+                BackfillConfig {
+                    batch_size,
+                    max_concurrent,
+                    dual_write,
+                    target_query_threshold: threshold,
+                    rollback_window_secs: window,
+                    canary_percent: canary,
+                    shadow_percent: shadow,
+                    cutover_gate: None,
+                }
             },
         )
 }

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use super::canary::{RoutingKey, is_canary};
 use super::migration::{Migration, MigrationState};
+use super::shadow::ShadowShare;
 
 /// Coarse phase of the service (API.md routing `phase`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -77,6 +78,10 @@ pub struct Routing {
     /// per-query choice, so not in `GET /v1/routing`, which describes the default side.
     #[serde(skip)]
     pub canary: Option<CanaryShare>,
+    /// The shadow share while both models are written and searchable (migrating, or in the
+    /// rollback window) with `shadow_percent` set; per query, so not in `GET /v1/routing`.
+    #[serde(skip)]
+    pub shadow: Option<ShadowShare>,
 }
 
 /// The sticky canary of a migration under its threshold (API.md `canary_percent`): which keys
@@ -215,6 +220,7 @@ fn decide(active_model: &str, latest: Option<&Migration>, window_open: bool) -> 
             query_reason: QueryReason::RollbackWindow,
             fallback: Some((m.source_model.clone(), Route::Legacy)),
             canary: None,
+            shadow: ShadowShare::of(m),
         },
         MigrationState::Completed => stable(&m.target_model, id, Route::Target, coverage),
         MigrationState::RolledBack => Routing {
@@ -239,6 +245,7 @@ fn stable(model: &str, migration_id: Option<String>, side: Route, progress: f64)
         query_reason: QueryReason::Stable,
         fallback: None,
         canary: None,
+        shadow: None,
     }
 }
 
@@ -283,6 +290,7 @@ fn migrating(m: &Migration, coverage: f64) -> Routing {
         query_reason,
         fallback,
         canary: canary_share(m, on_target),
+        shadow: ShadowShare::of(m),
     }
 }
 
@@ -354,6 +362,7 @@ mod tests {
             query_reason: QueryReason::Stable,
             fallback: None,
             canary: None,
+            shadow: None,
         }
     }
 
@@ -364,7 +373,26 @@ mod tests {
             query_reason: QueryReason::Stable,
             fallback: None,
             canary: None,
+            shadow: None,
             ..routing
+        }
+    }
+
+    /// Shadow reads run while both models are written and searchable, and only with a share.
+    #[test]
+    fn a_migration_shadows_while_migrating_or_in_its_window() {
+        let shadowing = |state, percent, secs| {
+            let mut m = migration(state, true, 10, 10);
+            m.config.shadow_percent = percent;
+            route(SRC, Some(&m), at(secs)).shadow.is_some()
+        };
+        assert!(shadowing(InProgress, 10.0, 0));
+        assert!(shadowing(Paused, 10.0, 0));
+        assert!(shadowing(Completed, 10.0, 0), "inside the window");
+        assert!(!shadowing(Completed, 10.0, WINDOW_END), "the window ended");
+        assert!(!shadowing(InProgress, 0.0, 0), "no share");
+        for state in [Planned, Failed, Cancelled, RolledBack] {
+            assert!(!shadowing(state, 100.0, 0), "{state}");
         }
     }
 

@@ -12,9 +12,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures_util::{FutureExt, TryStreamExt};
 use serde_json::json;
 
+use crate::domain::comparison::{SAMPLES_KEPT, WORST_KEPT};
 use crate::domain::{
-    Actor, BackfillConfig, Cause, Counts, Event, HistoryEvent, HistoryKind, Migration,
-    MigrationState,
+    Actor, BackfillConfig, Cause, ComparisonData, Counts, Event, HistoryEvent, HistoryKind,
+    Migration, MigrationState, ShadowEvidence, ShadowSample,
 };
 use crate::store::{
     AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, Kept, LeaseRequest,
@@ -1541,6 +1542,126 @@ pub(crate) async fn history_records_each_change_in_order_and_nothing_refused(
             .all(|e| e.migration_id == "m" && e.replica == "contract" && e.actor == Actor::Service)
     );
     assert_eq!(store.history("unknown").await.unwrap(), []);
+}
+
+// ---- Shadow samples -------------------------------------------------------------------------
+
+/// A shadow sample of `overlap`, whose text and hits say which one it is.
+fn shadow_sample(overlap: f64, n: usize) -> ShadowSample {
+    ShadowSample {
+        overlap,
+        source_ms: n as f64,
+        target_ms: 2.0 * n as f64,
+        text: format!("query {n} ✓"),
+        source_hits: vec![format!("s{n}"), "shared".to_owned()],
+        target_hits: vec![format!("t{n}")],
+    }
+}
+
+/// Every handle's samples and drops land together and survive a reopen, counted on the
+/// migration (its shadow evidence, which each record returns as committed); the worst list
+/// keeps the `WORST_KEPT` lowest overlaps, lowest first and the newer among equals, with their
+/// texts and hits as recorded. A batch for an unknown migration is refused whole.
+pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_overlaps(
+    backend: &dyn Backend,
+) {
+    let (one, other) = (backend.open().await, backend.open().await);
+    started(&*one, "m").await;
+    let first: Vec<ShadowSample> = (0..25)
+        .map(|n| shadow_sample((n % 5) as f64 / 4.0, n))
+        .collect();
+    let second: Vec<ShadowSample> = (25..30).map(|n| shadow_sample(0.0, n)).collect();
+    let evidence = one.record_shadow_samples("m", &first, 3).await.unwrap();
+    assert_eq!(evidence, shadow_evidence(25, 12.5));
+    let evidence = other.record_shadow_samples("m", &second, 4).await.unwrap();
+    assert_eq!(evidence, shadow_evidence(30, 12.5), "both handles count");
+    other.record_shadow_samples("m", &[], 1).await.unwrap();
+    let unknown = one.record_shadow_samples("unknown", &second, 1).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    one.close().await;
+    other.close().await;
+
+    let store = backend.open().await;
+    let kept = store.comparison("m").await.unwrap();
+    assert_eq!(kept.dropped, 8);
+    assert_eq!(kept.evidence, shadow_evidence(30, 12.5));
+    assert_eq!(
+        stored(&*store, "m").await.shadow,
+        kept.evidence,
+        "on the row"
+    );
+    let mut figures: Vec<f64> = kept.figures.iter().map(|f| f.source_ms).collect();
+    figures.sort_by(f64::total_cmp);
+    assert_eq!(figures, (0..30).map(|n| n as f64).collect::<Vec<_>>());
+    assert!(
+        kept.figures
+            .iter()
+            .all(|f| f.target_ms == 2.0 * f.source_ms)
+    );
+    // Overlap 0.0: 29..25 (recorded later), then 20, 15, ..., 0; then 0.25: 21, 16, ...
+    let mut expected: Vec<usize> = (25..30).rev().collect();
+    expected.extend([20, 15, 10, 5, 0, 21, 16, 11, 6, 1, 22, 17, 12, 7, 2]);
+    let worst: Vec<usize> = kept
+        .worst
+        .iter()
+        .map(|w| w.source_hits[0][1..].parse().unwrap())
+        .collect();
+    assert_eq!(worst, expected);
+    let all: Vec<&ShadowSample> = first.iter().chain(&second).collect();
+    for (kept, n) in kept.worst.iter().zip(&expected) {
+        assert_eq!(*kept, all[*n].worst());
+    }
+    assert_eq!(
+        store.comparison("unknown").await.unwrap(),
+        ComparisonData::default()
+    );
+    store.close().await;
+}
+
+/// The evidence of `samples` samples whose overlaps sum to `overlap_sum`.
+fn shadow_evidence(samples: u64, overlap_sum: f64) -> ShadowEvidence {
+    ShadowEvidence {
+        samples,
+        mean_overlap: Some(overlap_sum / samples as f64),
+    }
+}
+
+/// Only the newest `SAMPLES_KEPT` figures of a migration are kept, and another migration's
+/// samples are its own.
+pub(crate) async fn only_the_newest_shadow_figures_are_kept(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let other = cancelled("other");
+    store
+        .insert_migration(&other, &noted(&other))
+        .await
+        .unwrap();
+    started(&*store, "m").await;
+    let oldest: Vec<ShadowSample> = (0..5).map(|n| shadow_sample(0.0, n)).collect();
+    store.record_shadow_samples("m", &oldest, 0).await.unwrap();
+    let newer: Vec<ShadowSample> = (0..SAMPLES_KEPT).map(|n| shadow_sample(1.0, n)).collect();
+    for batch in newer.chunks(2_500) {
+        store.record_shadow_samples("m", batch, 0).await.unwrap();
+    }
+    let kept = store.comparison("m").await.unwrap();
+    assert_eq!(kept.figures.len(), SAMPLES_KEPT);
+    let every = SAMPLES_KEPT as u64 + 5;
+    assert_eq!(
+        kept.evidence,
+        shadow_evidence(every, SAMPLES_KEPT as f64),
+        "every sample counts"
+    );
+    assert!(
+        kept.figures.iter().all(|f| f.overlap == 1.0),
+        "the oldest went"
+    );
+    assert_eq!(kept.worst.len(), WORST_KEPT);
+    assert_eq!(kept.worst[0].overlap, 0.0, "the worst are kept apart");
+
+    let own = [shadow_sample(0.5, 1)];
+    store.record_shadow_samples("other", &own, 2).await.unwrap();
+    let kept = store.comparison("other").await.unwrap();
+    assert_eq!((kept.figures.len(), kept.dropped), (1, 2));
+    assert_eq!(kept.worst, [own[0].worst()]);
 }
 
 // ---- Durability ---------------------------------------------------------------------------

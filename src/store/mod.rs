@@ -22,7 +22,10 @@ use futures_util::stream::BoxStream;
 use serde_json::Value;
 
 pub use crate::domain::CountsDelta;
-use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
+use crate::domain::{
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
+    ShadowSample,
+};
 pub use kept::Kept;
 
 /// A document as stored, with which models hold a vector for it and for which version.
@@ -362,6 +365,23 @@ pub trait Store: Send + Sync + 'static {
         evaluation: &Evaluation,
         noted: &HistoryEvent,
     ) -> Result<(), StoreError>;
+    /// Records a batch of a migration's shadow samples and `dropped` more shadowed queries
+    /// dropped, in one transaction that also prunes to the bounds of `domain::comparison`:
+    /// the samples are counted on the migration's row (its `shadow` evidence, which the
+    /// cutover gate judges), their figures kept for the newest `SAMPLES_KEPT`, and the texts
+    /// and hits of those among the `WORST_KEPT` lowest overlaps (the newer among equals).
+    /// Every replica's samples land together. Returns the migration's evidence as committed;
+    /// an error, recording nothing, for an unknown migration.
+    async fn record_shadow_samples(
+        &self,
+        migration_id: &str,
+        samples: &[ShadowSample],
+        dropped: u64,
+    ) -> Result<ShadowEvidence, StoreError>;
+    /// What is kept of a migration's comparison: its evidence, the newest `SAMPLES_KEPT`
+    /// figures, the drops and the `WORST_KEPT` lowest overlaps, lowest first (empty for an
+    /// unknown id), as `Comparison::of` summarises it.
+    async fn comparison(&self, migration_id: &str) -> Result<ComparisonData, StoreError>;
     /// All migrations, newest first.
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError>;
     async fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError>;

@@ -285,6 +285,12 @@ impl Api {
         self.get(&format!("/v1/migrations/{id}/history")).await.ok()
     }
 
+    pub async fn comparison(&self, id: &str) -> Comparison {
+        self.get(&format!("/v1/migrations/{id}/comparison"))
+            .await
+            .ok()
+    }
+
     pub async fn skips(&self, id: &str) -> Vec<Skip> {
         let skips: Skips = self.get(&format!("/v1/migrations/{id}/skips")).await.ok();
         skips.skips

@@ -44,6 +44,7 @@ mod providers;
 mod query;
 mod routing;
 mod serial_provider_tests;
+mod shadow;
 mod shutdown;
 mod slow_clients;
 mod timeouts;

@@ -20,6 +20,7 @@ pub fn default_config() -> MigrationConfig {
         target_query_threshold: 0.8,
         rollback_window_secs: 86_400,
         canary_percent: 0.0,
+        shadow_percent: 0.0,
     }
 }
 
@@ -119,6 +120,7 @@ async fn the_documented_example_body_is_accepted_as_given() {
         target_query_threshold: 0.9,
         rollback_window_secs: 3600,
         canary_percent: 0.0,
+        shadow_percent: 0.0,
     };
     assert_eq!(app.migration("mig-001").await.config, expected);
     let done = app.wait_for_state("mig-001", "completed", PATIENCE).await;

@@ -137,6 +137,7 @@ pub struct MigrationConfig {
     pub target_query_threshold: f64,
     pub rollback_window_secs: u64,
     pub canary_percent: f64,
+    pub shadow_percent: f64,
 }
 
 /// `GET /v1/migrations`.
@@ -222,6 +223,38 @@ pub struct HistoryEntry {
     pub detail: String,
     pub replica: String,
     pub actor: String,
+}
+
+/// `GET /v1/migrations/{id}/comparison`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comparison {
+    pub samples: u64,
+    pub dropped: u64,
+    pub k: u64,
+    pub mean_overlap: Option<f64>,
+    pub p10_overlap: Option<f64>,
+    pub source_latency_ms: Latency,
+    pub target_latency_ms: Latency,
+    pub worst: Vec<WorstQuery>,
+}
+
+/// A side's latency in a comparison, in milliseconds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// One of a comparison's `worst` queries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorstQuery {
+    pub text: String,
+    pub overlap: f64,
+    pub source_hits: Vec<String>,
+    pub target_hits: Vec<String>,
 }
 
 /// An RFC 9457 problem document.

@@ -233,7 +233,7 @@ pub(super) fn decode_migration(row: &PgRow) -> Result<Migration, StoreError> {
 }
 
 /// The shadow evidence counted on a migration's row.
-fn decode_shadow(row: &PgRow) -> Result<ShadowEvidence, StoreError> {
+pub(super) fn decode_shadow(row: &PgRow) -> Result<ShadowEvidence, StoreError> {
     let samples = stored_u64(column(row, "shadow_samples")?, "shadow samples")?;
     let overlap_sum: f64 = column(row, "shadow_overlap_sum")?;
     Ok(ShadowEvidence {

@@ -46,6 +46,7 @@ mod documents;
 mod history;
 mod migrations;
 mod search;
+mod shadow;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -62,7 +63,10 @@ use super::{
     LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
     StoredMetadata, StoredVector, VectorSearch, WriteReceipt,
 };
-use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
+use crate::domain::{
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
+    ShadowSample,
+};
 use crate::run_to_end::run_to_end;
 use codec::{decode_metadata, decode_vector, store_error};
 
@@ -436,6 +440,19 @@ impl Store for PostgresStore {
         noted: &HistoryEvent,
     ) -> Result<(), StoreError> {
         migrations::record_evaluation(self, migration_id, evaluation, noted).await
+    }
+
+    async fn record_shadow_samples(
+        &self,
+        migration_id: &str,
+        samples: &[ShadowSample],
+        dropped: u64,
+    ) -> Result<ShadowEvidence, StoreError> {
+        shadow::record_shadow_samples(self, migration_id, samples, dropped).await
+    }
+
+    async fn comparison(&self, migration_id: &str) -> Result<ComparisonData, StoreError> {
+        shadow::comparison(self, migration_id).await
     }
 
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {

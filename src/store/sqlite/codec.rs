@@ -260,7 +260,7 @@ pub(super) fn decode_migration(row: &SqliteRow) -> Result<Migration, StoreError>
 }
 
 /// The shadow evidence counted on a migration's row.
-fn decode_shadow(row: &SqliteRow) -> Result<ShadowEvidence, StoreError> {
+pub(super) fn decode_shadow(row: &SqliteRow) -> Result<ShadowEvidence, StoreError> {
     let samples = stored_u64(column(row, "shadow_samples")?, "shadow samples")?;
     let overlap_sum: f64 = column(row, "shadow_overlap_sum")?;
     Ok(ShadowEvidence {

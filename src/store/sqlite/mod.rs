@@ -24,6 +24,7 @@ mod documents;
 mod history;
 mod lookup;
 mod migrations;
+mod shadow;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,10 @@ use super::{
     LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
     StoredMetadata, StoredVector, WriteReceipt,
 };
-use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
+use crate::domain::{
+    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
+    ShadowSample,
+};
 use crate::run_to_end::run_to_end;
 use codec::{decode_bulk_metadata, decode_bulk_vector, free_bytes, store_error};
 
@@ -369,6 +373,19 @@ impl Store for SqliteStore {
         noted: &HistoryEvent,
     ) -> Result<(), StoreError> {
         migrations::record_evaluation(self, migration_id, evaluation, noted).await
+    }
+
+    async fn record_shadow_samples(
+        &self,
+        migration_id: &str,
+        samples: &[ShadowSample],
+        dropped: u64,
+    ) -> Result<ShadowEvidence, StoreError> {
+        shadow::record_shadow_samples(self, migration_id, samples, dropped).await
+    }
+
+    async fn comparison(&self, migration_id: &str) -> Result<ComparisonData, StoreError> {
+        shadow::comparison(self, migration_id).await
     }
 
     async fn migrations(&self) -> Result<Vec<Migration>, StoreError> {

@@ -102,6 +102,8 @@ contract_tests!(backend() =>
     migrations_are_listed_newest_first,
     timestamps_round_trip_exactly,
     history_records_each_change_in_order_and_nothing_refused,
+    shadow_samples_of_every_handle_are_kept_with_the_lowest_overlaps,
+    only_the_newest_shadow_figures_are_kept,
     everything_survives_a_reopen,
     concurrent_writes_and_batches_keep_counts_and_vectors_consistent,
 );
