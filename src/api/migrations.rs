@@ -60,6 +60,7 @@ pub struct MigrationPlan {
     pub estimated_tokens: u64,
     /// What those tokens cost at the target's `price_per_million_tokens`; null when the
     /// target has no price.
+    #[schema(minimum = 0.0)]
     pub estimated_cost: Option<f64>,
     /// Seconds at the target's configured requests/tokens per minute; null when unpaced.
     pub estimated_secs: Option<f64>,
@@ -144,10 +145,13 @@ pub struct ProgressView {
     pub tokens_embedded: u64,
     /// tokens_embedded × the target's `price_per_million_tokens` / 10⁶; null when the target
     /// has no price.
+    #[schema(minimum = 0.0)]
     pub cost_so_far: Option<f64>,
     /// What the remaining documents will cost: the tokens per processed document so far
     /// times the documents remaining, or, before any batch counted tokens, the estimated
-    /// tokens of their texts; null when the target has no price.
+    /// tokens of their texts (in the `events` feed, null until a batch has counted tokens);
+    /// null when the target has no price.
+    #[schema(minimum = 0.0)]
     pub cost_remaining_estimate: Option<f64>,
     pub updated_at: DateTime<Utc>,
 }

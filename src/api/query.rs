@@ -107,6 +107,7 @@ pub struct ModelView {
     /// What the model costs per million tokens, in the operator's currency; absent when the
     /// registry gives it no price (the built-in models by default).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0)]
     pub price_per_million_tokens: Option<f64>,
 }
 

@@ -27,6 +27,11 @@ const BASE_BACKOFF: Duration = Duration::from_millis(200);
 /// this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// What `embed_isolating` returns: boxed, since it recurses; the batch's items and the tokens
+/// they were billed.
+type Isolating<'a> =
+    Pin<Box<dyn Future<Output = Result<(Vec<BatchItem>, u64), ServiceError>> + Send + 'a>>;
+
 /// Runs batches and remembers how many failed in a row; its clones share that count.
 #[derive(Clone)]
 pub struct BatchRunner {
@@ -266,8 +271,7 @@ impl BatchRunner {
         &'a self,
         target: &'a str,
         docs: &'a [ClaimedDocument],
-    ) -> Pin<Box<dyn Future<Output = Result<(Vec<BatchItem>, u64), ServiceError>> + Send + 'a>>
-    {
+    ) -> Isolating<'a> {
         Box::pin(async move {
             let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
             match self

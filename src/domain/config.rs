@@ -41,8 +41,8 @@ pub struct BackfillConfig {
     #[schema(required = true)]
     pub cutover_gate: Option<CutoverGate>,
     /// The most the backfill may cost, in the unit of the target's `price_per_million_tokens`:
-    /// the migration pauses before a batch would take its cost past it (`domain::cost`);
-    /// `None` for no budget. Defaulted when decoding.
+    /// the migration pauses before a batch would take its cost past it; null for no budget.
+    /// Defaulted when decoding.
     #[serde(default)]
     #[schema(required = true, exclusive_minimum = 0.0)]
     pub max_cost: Option<f64>,
