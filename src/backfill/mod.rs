@@ -13,6 +13,11 @@
 //! without skipping or double-counting. A claim holds its documents under a lease that the
 //! batch renews while it runs; a batch whose process dies loses its lease, and another claim
 //! takes its documents once it expires.
+//!
+//! A budget (`max_cost`) is checked on each claim, with the claimed texts in hand: the batch
+//! reserves its estimated tokens while it runs, and a claim that would take the committed cost
+//! plus the reservations past the budget pauses the migration instead and is released
+//! unworked (`domain::cost` states the bound this gives).
 
 mod batch;
 mod share;
