@@ -631,6 +631,20 @@ impl Coordinator {
             .map(drop)
     }
 
+    /// Pauses the newest migration because its next batch would take its cost past
+    /// `max_cost` (`Event::PauseForBudget`); recorded as `budget_paused`, by the service.
+    pub async fn pause_for_budget(
+        self: &Arc<Self>,
+        id: &str,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), CoordinatorError> {
+        let event = Event::PauseForBudget { reason };
+        self.transition(id, event, now, Actor::Service)
+            .await
+            .map(drop)
+    }
+
     fn is_latest(&self, id: &str) -> bool {
         self.live().latest.as_ref().is_some_and(|m| m.id == id)
     }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::commit_order::{CommitOrder, Turn};
 use crate::coordinator::Coordinator;
 use crate::domain::{BackfillLimits, Bounds, QueryReason, Route, Routing, RoutingKey};
-use crate::embed::{EmbedError, Embedder, Lane, ModelRegistry};
+use crate::embed::{EmbedError, Embedded, Embedder, Lane, ModelRegistry};
 use crate::index::filter::Filter;
 use crate::index::{Found, IndexSet};
 use crate::run_to_end::run_to_end;
@@ -263,16 +263,32 @@ impl Documents {
         texts: &[String],
         lane: Lane,
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
+        Ok(self.embed_counted(model, texts, lane).await?.vectors)
+    }
+
+    /// `embed`, with the tokens the provider reported billing for a backfill
+    /// (`Embedder::embed_backfill`); none for the interactive lane.
+    pub async fn embed_counted(
+        &self,
+        model: &str,
+        texts: &[String],
+        lane: Lane,
+    ) -> Result<Embedded, ServiceError> {
         let embedder = self.embedder(model)?;
         let started = Instant::now();
         let result = match lane {
-            Lane::Interactive => embedder.embed(texts).await,
+            Lane::Interactive => embedder.embed(texts).await.map(Embedded::unreported),
             Lane::Backfill => embedder.embed_backfill(texts).await,
         };
-        let vectors = observed(model, started, result)?;
-        check_shape(model, embedder.dimensions(), texts.len(), &vectors)?;
+        let embedded = observed(model, started, result)?;
+        check_shape(model, embedder.dimensions(), texts.len(), &embedded.vectors)?;
         self.count_truncated(model, texts);
-        Ok(vectors)
+        Ok(embedded)
+    }
+
+    /// What model `id` costs per million tokens; `None` without a price.
+    pub fn price(&self, model: &str) -> Option<f64> {
+        self.models.price(model)
     }
 
     /// Whether `model` embeds `text` truncated: its estimated tokens exceed the model's
@@ -424,13 +440,16 @@ impl Documents {
     /// some parts leaves those done and the rest queued (claimable again once the lease
     /// expires): nothing is skipped or counted twice. Once begun, the batch is carried to the
     /// end even if the caller is dropped (`run_to_end`).
+    ///
+    /// `tokens`, what embedding the batch was billed, count with the first part.
     pub async fn commit_batch(
         self: &Arc<Self>,
         claim: Claim,
         items: Vec<BatchItem>,
+        tokens: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let this = Arc::clone(self);
-        run_to_end(async move { this.commit_batch_now(&claim, items).await }).await
+        run_to_end(async move { this.commit_batch_now(&claim, items, tokens).await }).await
     }
 
     /// Releases a claim whose attempt failed: its documents stay queued, count as failed (once
@@ -456,6 +475,7 @@ impl Documents {
         &self,
         claim: &Claim,
         items: Vec<BatchItem>,
+        mut tokens: u64,
     ) -> Result<BatchReceipt, StoreError> {
         let mut receipt = BatchReceipt::default();
         let mut rest = items.as_slice();
@@ -472,7 +492,8 @@ impl Documents {
             } else {
                 AfterCommit::KeepLease
             };
-            let done = self.commit_part(turn, claim, part, last).await?;
+            let done = self.commit_part(turn, claim, part, tokens, last).await?;
+            tokens = 0;
             receipt.written.extend(done.written);
             receipt.delta = receipt.delta.then(done.delta);
             rest = after;
@@ -489,9 +510,13 @@ impl Documents {
         _turn: Turn,
         claim: &Claim,
         items: &[BatchItem],
+        tokens: u64,
         after: AfterCommit,
     ) -> Result<BatchReceipt, StoreError> {
-        let receipt = self.store.commit_claimed(claim, items, after).await?;
+        let receipt = self
+            .store
+            .commit_claimed(claim, items, tokens, after)
+            .await?;
         if let Some(indexes) = &self.indexes {
             let vectors: HashMap<&str, &[f32]> = items
                 .iter()

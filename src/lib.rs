@@ -14,10 +14,11 @@
 //!   A share of queries (`shadow_percent`) is then offered, without waiting, to the `shadow`
 //!   worker, which runs it on the other model too and records how the two agree.
 //! - **A batch** (`backfill`): the supervisor claims up to `batch_size` queued documents,
-//!   never with more than `max_concurrent` batches in flight; each batch embeds with the
+//!   never with more than `max_concurrent` batches in flight (and, with a `max_cost`, only
+//!   while its estimated tokens fit the budget: `domain::cost`); each batch embeds with the
 //!   target model and commits with compare-and-set on the document version, dequeuing and
-//!   counting each document in the same transaction; the coordinator follows the counts and
-//!   completes the migration when the queue is empty.
+//!   counting each document, and the tokens the provider billed, in the same transaction; the
+//!   coordinator follows the counts and completes the migration when the queue is empty.
 //! - **The policy** (`domain`) is pure: the state machine, the routing table, progress maths.
 //!
 //! Start reading at `domain::routing::route`, then `coordinator`, then `backfill`.

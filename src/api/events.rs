@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::AppState;
+use super::cost::Spending;
 use super::error::{ApiError, AppPath, Problem};
 use super::migrations::{MigrationView, ProgressView};
 use crate::coordinator::{Coordinator, Progress};
@@ -125,8 +126,12 @@ impl Feed {
         }
     }
 
+    /// Queues a `progress` event. Its `cost_remaining_estimate` extrapolates from the batches
+    /// counted so far and is null before the first: the feed reads no texts from the store.
     fn send_progress(&mut self, progress: Progress) {
-        let view = ProgressView::new(progress.clone(), &self.models);
+        let m = &progress.migration;
+        let spending = Spending::new(m.counts, self.models.price(&m.target_model), None);
+        let view = ProgressView::new(progress.clone(), &self.models, spending);
         self.queued
             .push_back(Event::default().event("progress").data(json(&view)));
         self.sent = Some((Instant::now(), progress));

@@ -10,12 +10,14 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Requester;
+use super::cost::{Spending, check_budget_priced, spending};
 use super::error::{ApiError, AppJson, AppPath, Problem, optional_object};
 use crate::coordinator::Progress;
 use crate::documents::ServiceError;
 use crate::domain::{
     Actor, BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Evaluation, Event, GateStatus,
-    Migration, MigrationState, Phase, Route, ThrottleReason, estimate_secs, estimate_tokens,
+    Migration, MigrationState, Phase, Route, ThrottleReason, cost_of, estimate_secs,
+    estimate_tokens,
 };
 use crate::embed::{EmbedError, Lane, ModelRegistry};
 
@@ -56,6 +58,10 @@ pub struct MigrationPlan {
     pub documents: u64,
     /// Their estimated tokens (characters / 4).
     pub estimated_tokens: u64,
+    /// What those tokens cost at the target's `price_per_million_tokens`; null when the
+    /// target has no price.
+    #[schema(minimum = 0.0)]
+    pub estimated_cost: Option<f64>,
     /// Seconds at the target's configured requests/tokens per minute; null when unpaced.
     pub estimated_secs: Option<f64>,
 }
@@ -133,6 +139,20 @@ pub struct ProgressView {
     pub batch_size: u32,
     /// Why `concurrency` or `batch_size` is below the configured bounds; null at the bounds.
     pub throttle_reason: Option<ThrottleReason>,
+    /// Tokens the migration's backfill batches were billed: the provider's `usage` when its
+    /// answers report it, else estimated (characters / 4, rounded up, per text). A dual
+    /// write's tokens are not counted; they serve a client's write.
+    pub tokens_embedded: u64,
+    /// tokens_embedded × the target's `price_per_million_tokens` / 10⁶; null when the target
+    /// has no price.
+    #[schema(minimum = 0.0)]
+    pub cost_so_far: Option<f64>,
+    /// What the remaining documents will cost: the tokens per processed document so far
+    /// times the documents remaining, or, before any batch counted tokens, the estimated
+    /// tokens of their texts (in the `events` feed, null until a batch has counted tokens);
+    /// null when the target has no price.
+    #[schema(minimum = 0.0)]
+    pub cost_remaining_estimate: Option<f64>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -199,8 +219,9 @@ impl From<Migration> for MigrationView {
 }
 
 impl ProgressView {
-    /// The report of `p`, with the target model's throttled time from `models`.
-    pub fn new(p: Progress, models: &ModelRegistry) -> Self {
+    /// The report of `p`, with the target model's throttled time from `models`, and its
+    /// `spending`.
+    pub fn new(p: Progress, models: &ModelRegistry, spending: Spending) -> Self {
         let throttled_secs = models.throttled(&p.migration.target_model).as_secs_f64();
         let m = p.migration;
         let gate = m.gate();
@@ -243,6 +264,9 @@ impl ProgressView {
             concurrency: limits.concurrency,
             batch_size: limits.batch_size,
             throttle_reason: limits.reason,
+            tokens_embedded: spending.tokens_embedded,
+            cost_so_far: spending.cost_so_far,
+            cost_remaining_estimate: spending.cost_remaining_estimate,
             updated_at: p.updated_at,
         }
     }
@@ -274,6 +298,9 @@ fn plan(
         .config
         .unwrap_or_default()
         .apply_to(BackfillConfig::default())?;
+    if config.max_cost.is_some() {
+        check_budget_priced(&state.models, &body.target_model)?;
+    }
     let id = match body.id {
         Some(id) => valid_migration_id(id)?,
         None => format!("mig-{}", uuid::Uuid::new_v4().simple()),
@@ -344,6 +371,10 @@ pub async fn create_migration(
 async fn estimate(state: &AppState, planned: Migration) -> Result<MigrationPlan, ApiError> {
     let (documents, chars) = state.store.backfill_estimate(&planned.target_model).await?;
     let estimated_tokens = estimate_tokens(chars);
+    let estimated_cost = state
+        .models
+        .price(&planned.target_model)
+        .map(|price| cost_of(estimated_tokens as f64, price));
     let pace = state
         .models
         .get(&planned.target_model)
@@ -356,6 +387,7 @@ async fn estimate(state: &AppState, planned: Migration) -> Result<MigrationPlan,
         config: planned.config,
         documents,
         estimated_tokens,
+        estimated_cost,
     })
 }
 
@@ -399,7 +431,12 @@ pub async fn get_progress(
     AppPath(id): AppPath<String>,
 ) -> Result<AppJson<ProgressView>, ApiError> {
     let progress = state.coordinator.progress(&id, Utc::now()).await?;
-    Ok(AppJson(ProgressView::new(progress, &state.models)))
+    let spending = spending(&state, &progress.migration).await?;
+    Ok(AppJson(ProgressView::new(
+        progress,
+        &state.models,
+        spending,
+    )))
 }
 
 async fn apply(
@@ -517,6 +554,10 @@ pub async fn patch_config(
     Requester(actor): Requester,
     AppJson(patch): AppJson<ConfigPatch>,
 ) -> Result<AppJson<MigrationView>, ApiError> {
+    if patch.sets_max_cost() {
+        let current = state.coordinator.migration(&id).await?;
+        check_budget_priced(&state.models, &current.target_model)?;
+    }
     let migration = state.coordinator.update_config(&id, patch, actor).await?;
     Ok(AppJson(migration.into()))
 }

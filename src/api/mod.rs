@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod confidence;
+pub mod cost;
 pub mod documents;
 pub mod error;
 pub mod events;

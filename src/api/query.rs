@@ -104,6 +104,11 @@ pub struct ModelView {
     pub id: String,
     pub provider: String,
     pub dimensions: usize,
+    /// What the model costs per million tokens, in the operator's currency; absent when the
+    /// registry gives it no price (the built-in models by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0)]
+    pub price_per_million_tokens: Option<f64>,
 }
 
 /// Response of `GET /v1/models`.
@@ -214,6 +219,7 @@ pub async fn list_models(State(state): State<AppState>) -> AppJson<ModelsRespons
             id: m.id.clone(),
             provider: m.provider.clone(),
             dimensions: m.dimensions,
+            price_per_million_tokens: state.models.price(&m.id),
         })
         .collect();
     AppJson(ModelsResponse {

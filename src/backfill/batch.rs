@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
 use crate::documents::{Documents, ServiceError};
+use crate::domain::estimate_batch_tokens;
 use crate::embed::{EmbedError, Lane};
 use crate::store::{BatchItem, Claim, ClaimedDocument, LeaseRequest, Store};
 
@@ -25,6 +26,11 @@ const BASE_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest back-off between failed batches: a provider back from a restart is noticed within
 /// this long.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What `embed_isolating` returns: boxed, since it recurses; the batch's items and the tokens
+/// they were billed.
+type Isolating<'a> =
+    Pin<Box<dyn Future<Output = Result<(Vec<BatchItem>, u64), ServiceError>> + Send + 'a>>;
 
 /// Runs batches and remembers how many failed in a row; its clones share that count.
 #[derive(Clone)]
@@ -41,6 +47,10 @@ pub struct BatchRunner {
     store: Arc<dyn Store>,
     /// Who this process's claims are for, and how long their leases last.
     lease: LeaseRequest,
+    /// The estimated tokens of this process's batches in flight (`Reservation`), which the
+    /// budget check counts as spent. An atomic: batch tasks release theirs as they end while
+    /// the supervisor reads the sum.
+    reserved_tokens: Arc<AtomicU64>,
 }
 
 /// What a batch did, for its log line.
@@ -57,6 +67,30 @@ pub enum BatchOutcome {
     /// The provider or the store failed; the documents stay queued, and the batch's slot
     /// rests for `back_off`.
     Failed { back_off: Duration },
+}
+
+/// Holds a batch's estimated tokens against the migration's budget until the batch has
+/// committed (its tokens counted) or failed, so that batches claimed meanwhile see them
+/// (`domain::cost`); dropped with the batch, so an abandoned or panicking batch frees them.
+struct Reservation {
+    reserved: Arc<AtomicU64>,
+    tokens: u64,
+}
+
+impl Reservation {
+    fn hold(reserved: &Arc<AtomicU64>, tokens: u64) -> Self {
+        reserved.fetch_add(tokens, Ordering::Relaxed);
+        Self {
+            reserved: reserved.clone(),
+            tokens,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(self.tokens, Ordering::Relaxed);
+    }
 }
 
 /// Marks a batch in flight for as long as it lives, so a panicking batch still frees its slot.
@@ -95,7 +129,13 @@ impl BatchRunner {
             share,
             store,
             lease,
+            reserved_tokens: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The estimated tokens of this process's batches in flight.
+    pub fn reserved_tokens(&self) -> u64 {
+        self.reserved_tokens.load(Ordering::Relaxed)
     }
 
     /// Marks the batch in flight now and runs it as a task on `tracker`, renewing its lease
@@ -103,9 +143,17 @@ impl BatchRunner {
     /// asks for, after a failure for the back-off. `shutdown` abandons the batch wherever it
     /// waits (for the provider, its retries, its rest or back-off): its documents stay queued
     /// in the store, claimable again when the lease expires (at once after a restart on
-    /// SQLite). A commit that has begun finishes first (`run_to_end::until`).
-    pub fn spawn(&self, tracker: &TaskTracker, shutdown: &CancellationToken, claim: Claim) {
+    /// SQLite). A commit that has begun finishes first (`run_to_end::until`). The batch
+    /// reserves its `estimated_tokens` against the budget until it has committed or failed.
+    pub fn spawn(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        claim: Claim,
+        estimated_tokens: u64,
+    ) {
         let in_flight = InFlight::enter(&self.coordinator);
+        let reservation = Reservation::hold(&self.reserved_tokens, estimated_tokens);
         let runner = self.clone();
         let shutdown = shutdown.clone();
         let span = tracing::info_span!(
@@ -126,6 +174,7 @@ impl BatchRunner {
                     tracing::debug!("batch abandoned at shutdown; its documents stay queued");
                     return;
                 };
+                drop(reservation);
                 tracing::debug!(?outcome, "batch done");
                 let pause = match outcome {
                     BatchOutcome::Committed { local_work, .. } => runner.rest_after(local_work),
@@ -177,8 +226,8 @@ impl BatchRunner {
     pub async fn run(&self, claim: Claim) -> BatchOutcome {
         let started = Instant::now();
         let target = claim.target_model.clone();
-        let items = match self.embed_isolating(&target, &claim.documents).await {
-            Ok(items) => items,
+        let (items, tokens) = match self.embed_isolating(&target, &claim.documents).await {
+            Ok(embedded) => embedded,
             Err(error) => return self.embedding_failed(claim, error).await,
         };
         self.coordinator.provider_reachable(&target);
@@ -187,7 +236,7 @@ impl BatchRunner {
             .iter()
             .filter(|i| matches!(i, BatchItem::Skipped { .. }))
             .count() as u64;
-        match self.documents.commit_batch(claim, items).await {
+        match self.documents.commit_batch(claim, items, tokens).await {
             Ok(receipt) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 let local_work = if self.documents.embeds_on_this_machine(&target) {
@@ -215,44 +264,68 @@ impl BatchRunner {
     /// Embeds `docs`; an input the provider rejects is split off until it stands alone and is
     /// skipped with the provider's reason, so one poisoned document never blocks its batch.
     /// A text over the target's `max_input_tokens` is embedded (the provider truncates it) and
-    /// marked `truncated`.
+    /// marked `truncated`. Also returns the tokens the successful requests were billed: as
+    /// the provider reported them, else estimated (`domain::cost`); a rejected request is
+    /// not billed.
     fn embed_isolating<'a>(
         &'a self,
         target: &'a str,
         docs: &'a [ClaimedDocument],
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<BatchItem>, ServiceError>> + Send + 'a>> {
+    ) -> Isolating<'a> {
         Box::pin(async move {
             let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
-            match self.documents.embed(target, &texts, Lane::Backfill).await {
-                Ok(vectors) => Ok(docs
-                    .iter()
-                    .zip(vectors)
-                    .map(|(doc, vector)| BatchItem::Embedded {
-                        id: doc.id.clone(),
-                        version: doc.version,
-                        vector,
-                        truncated: self.documents.is_over_input_limit(target, &doc.text),
-                    })
-                    .collect()),
+            match self
+                .documents
+                .embed_counted(target, &texts, Lane::Backfill)
+                .await
+            {
+                Ok(embedded) => {
+                    let tokens = embedded
+                        .tokens
+                        .unwrap_or_else(|| estimate_batch_tokens(texts.iter().map(String::as_str)));
+                    Ok((self.embedded_items(target, docs, embedded.vectors), tokens))
+                }
                 Err(ServiceError::Embed {
                     source: EmbedError::Rejected(reason),
                     ..
-                }) if docs.len() == 1 => Ok(vec![BatchItem::Skipped {
-                    id: docs[0].id.clone(),
-                    reason,
-                }]),
+                }) if docs.len() == 1 => Ok((
+                    vec![BatchItem::Skipped {
+                        id: docs[0].id.clone(),
+                        reason,
+                    }],
+                    0,
+                )),
                 Err(ServiceError::Embed {
                     source: EmbedError::Rejected(_),
                     ..
                 }) => {
                     let (left, right) = docs.split_at(docs.len() / 2);
-                    let mut items = self.embed_isolating(target, left).await?;
-                    items.extend(self.embed_isolating(target, right).await?);
-                    Ok(items)
+                    let (mut items, left_tokens) = self.embed_isolating(target, left).await?;
+                    let (right_items, right_tokens) = self.embed_isolating(target, right).await?;
+                    items.extend(right_items);
+                    Ok((items, left_tokens + right_tokens))
                 }
                 Err(error) => Err(error),
             }
         })
+    }
+
+    /// The items of `docs` embedded as `vectors`, in order.
+    fn embedded_items(
+        &self,
+        target: &str,
+        docs: &[ClaimedDocument],
+        vectors: Vec<Vec<f32>>,
+    ) -> Vec<BatchItem> {
+        docs.iter()
+            .zip(vectors)
+            .map(|(doc, vector)| BatchItem::Embedded {
+                id: doc.id.clone(),
+                version: doc.version,
+                vector,
+                truncated: self.documents.is_over_input_limit(target, &doc.text),
+            })
+            .collect()
     }
 
     /// Records a batch the provider could not embed: its documents stay queued and count as

@@ -13,6 +13,11 @@
 //! without skipping or double-counting. A claim holds its documents under a lease that the
 //! batch renews while it runs; a batch whose process dies loses its lease, and another claim
 //! takes its documents once it expires.
+//!
+//! A budget (`max_cost`) is checked on each claim, with the claimed texts in hand: the batch
+//! reserves its estimated tokens while it runs, and a claim that would take the committed cost
+//! plus the reservations past the budget pauses the migration instead and is released
+//! unworked (`domain::cost` states the bound this gives).
 
 mod batch;
 mod share;
@@ -27,9 +32,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::documents::Documents;
-use crate::domain::{BackfillLimits, Bounds, Migration, MigrationState, ThrottleReason};
+use crate::domain::{
+    BackfillLimits, Bounds, Budget, Migration, MigrationState, ThrottleReason,
+    estimate_batch_tokens,
+};
 use crate::load::RequestCount;
-use crate::store::{ClaimOutcome, LeaseRequest, Store};
+use crate::store::{AfterCommit, Claim, ClaimOutcome, LeaseRequest, Store};
 use crate::supervise::spawn_supervised;
 use share::Share;
 
@@ -167,14 +175,87 @@ impl Backfill {
             .await;
         match claimed {
             Ok(ClaimOutcome::Claimed(claim)) => {
-                self.batches.spawn(tracker, shutdown, claim);
-                Step::Claimed
+                self.start_batch(&migration, claim, tracker, shutdown).await
             }
             Ok(ClaimOutcome::Busy) => Step::Busy,
             Ok(ClaimOutcome::Drained) => self.drained(&migration, in_flight).await,
             Ok(ClaimOutcome::Closed) => Step::Idle,
             Err(error) => {
                 tracing::warn!(%error, "could not claim a backfill batch");
+                Step::Retry
+            }
+        }
+    }
+
+    /// Spawns the claimed batch, reserving its estimated tokens, unless they would take the
+    /// migration past its budget: then the migration pauses and the claim is released
+    /// unworked (`domain::cost`).
+    async fn start_batch(
+        &self,
+        migration: &Migration,
+        claim: Claim,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        let tokens = estimate_batch_tokens(claim.documents.iter().map(|d| d.text.as_str()));
+        match self.over_budget(migration, tokens).await {
+            Some(reason) => self.pause_for_budget(migration, &claim, reason).await,
+            None => {
+                self.batches.spawn(tracker, shutdown, claim, tokens);
+                Step::Claimed
+            }
+        }
+    }
+
+    /// The pause reason when a batch of `tokens` would take the cost of `migration`, in
+    /// progress, past its `max_cost`; `None` without a budget (no `max_cost`, or a target
+    /// without a price). A completed migration's repairs are not budgeted.
+    async fn over_budget(&self, migration: &Migration, tokens: u64) -> Option<String> {
+        if migration.state != MigrationState::InProgress {
+            return None;
+        }
+        let price = self.documents.price(&migration.target_model);
+        let budget = Budget::of(&migration.config, price)?;
+        let spent = self.tokens_spent(migration).await;
+        budget.refuses(spent, self.batches.reserved_tokens(), tokens)
+    }
+
+    /// The tokens the committed batches of `migration` were billed. On a shared store the row
+    /// is read again first: other replicas' batches move it, and so do this process's, which
+    /// its view only follows at the next refresh.
+    async fn tokens_spent(&self, migration: &Migration) -> u64 {
+        if self.store.is_shared()
+            && let Err(error) = self.coordinator.refresh().await
+        {
+            tracing::warn!(%error, "could not read the migration's spending; using the last view");
+        }
+        self.coordinator
+            .latest()
+            .filter(|latest| latest.id == migration.id)
+            .map_or(migration.counts.tokens_embedded, |latest| {
+                latest.counts.tokens_embedded
+            })
+    }
+
+    /// Pauses `migration` for its budget, then releases `claim` untouched (an empty commit):
+    /// paused first, so that no claim of this process takes the documents meanwhile.
+    async fn pause_for_budget(&self, migration: &Migration, claim: &Claim, reason: String) -> Step {
+        tracing::info!(%reason, "pausing the migration for its budget");
+        let paused = self
+            .coordinator
+            .pause_for_budget(&migration.id, reason, Utc::now())
+            .await;
+        let released = self
+            .store
+            .commit_claimed(claim, &[], 0, AfterCommit::Release)
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(%error, "could not release a claim; its lease will expire");
+        }
+        match paused {
+            Ok(()) => Step::Idle,
+            Err(error) => {
+                tracing::warn!(%error, "could not pause the migration for its budget");
                 Step::Retry
             }
         }

@@ -46,6 +46,12 @@ pub struct BackfillConfig {
     #[serde(default)]
     #[schema(required = true)]
     pub cutover_gate: Option<CutoverGate>,
+    /// The most the backfill may cost, in the unit of the target's `price_per_million_tokens`:
+    /// the migration pauses before a batch would take its cost past it; null for no budget.
+    /// Defaulted when decoding.
+    #[serde(default)]
+    #[schema(required = true, exclusive_minimum = 0.0)]
+    pub max_cost: Option<f64>,
 }
 
 impl Default for BackfillConfig {
@@ -59,6 +65,7 @@ impl Default for BackfillConfig {
             canary_percent: 0.0,
             shadow_percent: 0.0,
             cutover_gate: None,
+            max_cost: None,
         }
     }
 }
@@ -99,6 +106,11 @@ pub struct ConfigPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(schema_with = gate_patch_schema)]
     pub cutover_gate: Option<Option<GatePatch>>,
+    /// A budget above 0 in the unit of the target model's `price_per_million_tokens` (refused
+    /// for a target without a price); null removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0.0)]
+    pub max_cost: Option<Option<f64>>,
 }
 
 /// A cutover gate as a client sent it, numbers not yet range-checked.
@@ -258,7 +270,28 @@ impl ConfigPatch {
         if let Some(gate) = self.cutover_gate {
             config.cutover_gate = gate.map(|g| g.validate()).transpose()?;
         }
+        if let Some(max_cost) = self.max_cost {
+            config.max_cost = max_cost.map(positive_cost).transpose()?;
+        }
         Ok(config)
+    }
+
+    /// Whether the patch sets a budget (not merely removes one): only a target with a price
+    /// can keep to one.
+    pub fn sets_max_cost(&self) -> bool {
+        matches!(self.max_cost, Some(Some(_)))
+    }
+}
+
+/// `max_cost` when it is a finite number above 0.
+fn positive_cost(value: f64) -> Result<f64, ConfigError> {
+    if value > 0.0 && value.is_finite() {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            field: "max_cost",
+            message: format!("must be a number above 0, got {value}"),
+        })
     }
 }
 
@@ -451,6 +484,7 @@ mod tests {
             canary_percent: Some(20.0),
             shadow_percent: Some(5.0),
             cutover_gate: Some(None),
+            max_cost: Some(Some(3.0)),
         };
         let err = p
             .apply_to(base)
@@ -538,6 +572,30 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_is_a_number_above_0_and_null_lifts_it() {
+        let base = BackfillConfig::default();
+        let budgeted = patch(r#"{"max_cost": 12.5}"#)
+            .apply_to(base)
+            .expect("valid");
+        assert_eq!(budgeted.max_cost, Some(12.5));
+        assert!(patch(r#"{"max_cost": 0.001}"#).sets_max_cost());
+        let kept = patch(r#"{"batch_size": 5}"#)
+            .apply_to(budgeted)
+            .expect("valid");
+        assert_eq!(kept.max_cost, Some(12.5), "absent keeps the budget");
+        let lifted = patch(r#"{"max_cost": null}"#)
+            .apply_to(kept)
+            .expect("valid");
+        assert_eq!(lifted.max_cost, None);
+        assert!(!patch(r#"{"max_cost": null}"#).sets_max_cost());
+        for bad in [r#"{"max_cost": 0}"#, r#"{"max_cost": -1}"#] {
+            let err = patch(bad).apply_to(base).expect_err(bad);
+            assert_eq!(err.field, "max_cost", "{bad}");
+        }
+        assert!(serde_json::from_str::<ConfigPatch>(r#"{"max_cost": "ten"}"#).is_err());
+    }
+
+    #[test]
     fn the_persisted_form_keeps_its_field_names() {
         let json = serde_json::to_value(BackfillConfig::default()).unwrap();
         assert_eq!(
@@ -550,7 +608,8 @@ mod tests {
                 "target_query_threshold": 0.8,
                 "rollback_window_secs": 86400,
                 "canary_percent": 0.0,
-                "shadow_percent": 0.0
+                "shadow_percent": 0.0,
+                "max_cost": null
             })
         );
         let back: BackfillConfig = serde_json::from_value(json).unwrap();

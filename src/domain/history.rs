@@ -39,11 +39,13 @@ pub enum HistoryKind {
     GateOverridden,
     /// The cutover gate's conditions held when the migration completed.
     GatePassed,
+    /// The backfill paused itself: its next batch would have taken the cost past `max_cost`.
+    BudgetPaused,
 }
 
 impl HistoryKind {
     /// Every kind, for parsing persisted names.
-    pub const ALL: [HistoryKind; 15] = [
+    pub const ALL: [HistoryKind; 16] = [
         Self::Created,
         Self::Started,
         Self::Paused,
@@ -59,6 +61,7 @@ impl HistoryKind {
         Self::Evaluated,
         Self::GateOverridden,
         Self::GatePassed,
+        Self::BudgetPaused,
     ];
 
     /// The wire and storage name.
@@ -79,6 +82,7 @@ impl HistoryKind {
             Self::Evaluated => "evaluated",
             Self::GateOverridden => "gate_overridden",
             Self::GatePassed => "gate_passed",
+            Self::BudgetPaused => "budget_paused",
         }
     }
 
@@ -259,6 +263,7 @@ fn describe(event: &Event, before: &Migration, after: &Migration) -> (HistoryKin
             ),
         ),
         Event::Fail { error } => (HistoryKind::Failed, error.clone()),
+        Event::PauseForBudget { reason } => (HistoryKind::BudgetPaused, reason.clone()),
         Event::Reconfigure { config } => (
             HistoryKind::ConfigChanged,
             config_changes(&before.config, config),
@@ -311,6 +316,12 @@ fn config_fields(config: &BackfillConfig) -> Vec<(&'static str, String)> {
         ("canary_percent", config.canary_percent.to_string()),
         ("shadow_percent", config.shadow_percent.to_string()),
         ("cutover_gate", describe_gate(config.cutover_gate.as_ref())),
+        (
+            "max_cost",
+            config
+                .max_cost
+                .map_or_else(|| "none".to_owned(), |cost| cost.to_string()),
+        ),
     ]
 }
 
@@ -414,7 +425,7 @@ mod tests {
             entry.detail,
             "from hash-v1 to hash-v2; batch_size 100, max_concurrent 4, dual_write true, \
              target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, \
-             shadow_percent 0, cutover_gate none"
+             shadow_percent 0, cutover_gate none, max_cost none"
         );
     }
 }

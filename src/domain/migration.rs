@@ -88,6 +88,11 @@ pub enum Event {
     Fail {
         error: String,
     },
+    /// The backfill's next batch would take the cost past `max_cost` (`domain::cost`); the
+    /// reason names the budget. Lifted by `Resume` like any pause.
+    PauseForBudget {
+        reason: String,
+    },
     /// A new config (PATCH), already validated; the state stays.
     Reconfigure {
         config: BackfillConfig,
@@ -112,6 +117,7 @@ impl Event {
             Self::Finalize => "finalize",
             Self::Complete => "complete",
             Self::Fail { .. } => "fail",
+            Self::PauseForBudget { .. } => "pause",
             Self::Reconfigure { .. } => "reconfigure",
             Self::RetrySkips => "retry the skips of",
             Self::OverrideGate { .. } => "cut over",
@@ -135,6 +141,8 @@ pub struct Counts {
     /// target's `max_input_tokens` (the provider truncated it); only grows, and never exceeds
     /// `processed`.
     pub truncated: u64,
+    /// Tokens the migration's backfill batches were billed for (`domain::cost`); only grows.
+    pub tokens_embedded: u64,
 }
 
 impl Counts {
@@ -241,6 +249,10 @@ impl Migration {
             (Event::Pause { reason }, InProgress) => {
                 next.state = Paused;
                 next.pause_reason = reason.clone();
+            }
+            (Event::PauseForBudget { reason }, InProgress) => {
+                next.state = Paused;
+                next.pause_reason = Some(reason.clone());
             }
             (Event::Resume, Paused | Failed) => {
                 next.state = InProgress;
@@ -414,6 +426,7 @@ mod tests {
             skipped,
             failed: 0,
             truncated: 0,
+            tokens_embedded: 0,
         }
     }
 
@@ -465,7 +478,7 @@ mod tests {
         }
     }
 
-    fn every_event() -> [Event; 10] {
+    fn every_event() -> [Event; 11] {
         [
             Event::Reconfigure {
                 config: BackfillConfig {
@@ -485,6 +498,9 @@ mod tests {
             Event::Complete,
             Event::Fail {
                 error: "provider down".into(),
+            },
+            Event::PauseForBudget {
+                reason: "budget: over".into(),
             },
         ]
     }
@@ -553,7 +569,27 @@ mod tests {
                 }
             }
         }
-        assert_eq!(accepted, LEGAL.len());
+        // A budget pause is a pause: accepted where `pause` is.
+        assert_eq!(accepted, LEGAL.len() + 1);
+    }
+
+    #[test]
+    fn a_budget_pause_keeps_its_reason_until_resumed() {
+        let reason = "budget: the next batch would bring the cost to 2 over max_cost 1";
+        let paused = in_state(InProgress)
+            .apply(
+                Event::PauseForBudget {
+                    reason: reason.into(),
+                },
+                at(10),
+            )
+            .expect("legal");
+        assert_eq!(
+            (paused.state, paused.pause_reason.as_deref()),
+            (Paused, Some(reason))
+        );
+        let resumed = paused.apply(Event::Resume, at(11)).expect("legal");
+        assert_eq!((resumed.state, resumed.pause_reason), (InProgress, None));
     }
 
     #[test]

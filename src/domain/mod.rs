@@ -8,6 +8,7 @@
 pub mod canary;
 pub mod comparison;
 pub mod config;
+pub mod cost;
 pub mod cpu_share;
 pub mod evaluation;
 pub mod gate;
@@ -26,6 +27,7 @@ mod proptests;
 pub use canary::{RoutingKey, RoutingKeyTooLong};
 pub use comparison::{Comparison, ComparisonData, ShadowSample};
 pub use config::{BackfillConfig, ConfigError, ConfigPatch};
+pub use cost::{Budget, cost_of, estimate_batch_tokens, remaining_tokens};
 pub use cpu_share::{CpuShare, LoadSample};
 pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
 pub use gate::{CutoverGate, GateOverride, GateState, GateStatus, ShadowEvidence};

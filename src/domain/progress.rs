@@ -233,6 +233,7 @@ mod tests {
             skipped,
             failed: 3,
             truncated: 1,
+            tokens_embedded: 0,
         }
     }
 

@@ -66,6 +66,7 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
                     canary_percent: canary,
                     shadow_percent: shadow,
                     cutover_gate: None,
+                    max_cost: None,
                 }
             },
         )
@@ -222,6 +223,7 @@ proptest! {
             skipped: counts.2,
             failed: counts.3,
             truncated: counts.1 / 2,
+            tokens_embedded: counts.1.saturating_mul(3),
         };
         if use_any_window {
             m.config.rollback_window_secs = any_window;
@@ -245,7 +247,7 @@ proptest! {
     ) {
         let counts = |(total, processed, skipped): (u64, u64, u64)| {
             let skipped = skipped.min(total);
-            Counts { total, processed: processed.min(total - skipped), skipped, failed: 0, truncated: 0 }
+            Counts { total, processed: processed.min(total - skipped), skipped, failed: 0, truncated: 0, tokens_embedded: 0 }
         };
         let (mut low, mut high) = (counts(a), counts(b));
         if low.coverage() > high.coverage() {

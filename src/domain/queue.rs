@@ -119,7 +119,7 @@ pub fn plan(
 /// follow the database without re-reading it. `total` is signed because a delete shrinks it,
 /// `skipped` because re-queueing the skipped documents takes them off the skip list, `failed`
 /// because a document whose attempt failed stops counting once it succeeds or leaves the queue.
-/// `truncated`, like `processed`, only grows.
+/// `truncated` and `tokens_embedded` (a backfill batch's tokens), like `processed`, only grow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CountsDelta {
     pub total: i64,
@@ -127,6 +127,7 @@ pub struct CountsDelta {
     pub skipped: i64,
     pub failed: i64,
     pub truncated: u64,
+    pub tokens_embedded: u64,
 }
 
 impl CountsDelta {
@@ -143,6 +144,7 @@ impl CountsDelta {
             skipped: self.skipped + next.skipped,
             failed: self.failed + next.failed,
             truncated: self.truncated + next.truncated,
+            tokens_embedded: self.tokens_embedded + next.tokens_embedded,
         }
     }
 
@@ -154,6 +156,7 @@ impl CountsDelta {
             skipped: counts.skipped.saturating_add_signed(self.skipped),
             failed: counts.failed.saturating_add_signed(self.failed),
             truncated: counts.truncated + self.truncated,
+            tokens_embedded: counts.tokens_embedded + self.tokens_embedded,
         }
     }
 }

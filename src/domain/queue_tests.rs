@@ -70,6 +70,7 @@ fn each_queue_change_moves_the_counts_it_names() {
         skipped,
         failed,
         truncated,
+        tokens_embedded: 0,
     };
     let cases = [
         (QueueChange::Queued { newly: true }, delta(1, 0, 0, 0, 0)),

@@ -336,6 +336,7 @@ mod tests {
             skipped: 0,
             failed: 0,
             truncated: 0,
+            tokens_embedded: 0,
         };
         if state == Completed {
             m.completed_at = Some(at(0));

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-use super::{EmbedError, Embedder, background};
+use super::{EmbedError, Embedded, Embedder, background};
 
 /// Batches larger than this are hashed on the blocking pool: a backfill batch of thousands of
 /// texts would otherwise hold a runtime worker for milliseconds, while the few texts of a
@@ -142,9 +142,11 @@ impl Embedder for HashEmbedder {
         .await
     }
 
-    async fn embed_backfill(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    async fn embed_backfill(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
         let (embedder, texts) = (*self, texts.to_vec());
-        joined(background::spawn(move || embedder.embed_all(&texts))).await
+        joined(background::spawn(move || embedder.embed_all(&texts)))
+            .await
+            .map(Embedded::unreported)
     }
 
     fn embeds_on_this_machine(&self) -> bool {

@@ -34,6 +34,26 @@ pub struct ModelInfo {
     pub dimensions: usize,
 }
 
+/// A backfill batch's vectors and the tokens the provider billed for them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embedded {
+    /// One vector per text, in the order of the texts.
+    pub vectors: Vec<Vec<f32>>,
+    /// The tokens the provider's answers reported (`usage`); `None` for a model that reports
+    /// none, whose tokens the caller estimates.
+    pub tokens: Option<u64>,
+}
+
+impl Embedded {
+    /// Vectors of a model that reports no tokens.
+    pub fn unreported(vectors: Vec<Vec<f32>>) -> Self {
+        Self {
+            vectors,
+            tokens: None,
+        }
+    }
+}
+
 /// Who an embedding is for. Every model serves two lanes: a client's write or query waits
 /// for its answer, so it goes first, never behind the backfill, and has its own share of the
 /// model's rate budget; the backfill only needs its vectors eventually and takes what
@@ -77,9 +97,12 @@ pub trait Embedder: Send + Sync + 'static {
     /// behind every client request of the model. A provider paces them in the backfill lane;
     /// a model that computes them on this machine's CPU does it at background priority
     /// (`background`), so that a backfill takes only the CPU that requests leave idle. By
-    /// default, `embed`.
-    async fn embed_backfill(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        self.embed(texts).await
+    /// default, `embed`, reporting no tokens.
+    ///
+    /// Also returns the tokens the provider billed, when it reports them: a migration's cost
+    /// is counted from them (`domain::cost`).
+    async fn embed_backfill(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
+        self.embed(texts).await.map(Embedded::unreported)
     }
 
     /// Embeds a search query. Separate from `embed` because instruction-tuned models (e5,
@@ -161,6 +184,9 @@ struct Entry {
     max_input_tokens: Option<u32>,
     /// How the model's approximate index is built and searched.
     index: GraphSettings,
+    /// What the provider bills per million tokens; `None` for a model without a price (the
+    /// built-in models by default), whose migrations report no cost and take no budget.
+    price_per_million_tokens: Option<f64>,
 }
 
 impl ModelRegistry {
@@ -224,11 +250,26 @@ impl ModelRegistry {
             embedder,
             max_input_tokens,
             index: GraphSettings::default(),
+            price_per_million_tokens: None,
         };
         match self.position(&entry.info.id) {
             Some(at) => self.entries[at] = entry,
             None => self.entries.push(entry),
         }
+    }
+
+    /// Sets what model `id` costs per million tokens (`None`: no price); a model not
+    /// registered is passed over.
+    pub fn set_price(&mut self, id: &str, price_per_million_tokens: Option<f64>) {
+        if let Some(at) = self.position(id) {
+            self.entries[at].price_per_million_tokens = price_per_million_tokens;
+        }
+    }
+
+    /// What model `id` costs per million tokens; `None` without a price or for an unknown id.
+    pub fn price(&self, id: &str) -> Option<f64> {
+        self.position(id)
+            .and_then(|at| self.entries[at].price_per_million_tokens)
     }
 
     /// The embedder registered as `id`.

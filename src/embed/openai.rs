@@ -16,7 +16,7 @@ use reqwest::header::RETRY_AFTER;
 use reqwest::{Client, Url};
 
 use super::pacing::Pacer;
-use super::{EmbedError, Embedder, Lane};
+use super::{EmbedError, Embedded, Embedder, Lane};
 use crate::domain::throttle::DEFAULT_LATENCY_BUDGET;
 use crate::domain::{
     BackfillLimits, Bounds, Controller, Pace, Permanent, ProviderFailure, RetryDecision,
@@ -165,18 +165,27 @@ impl OpenAiEmbedder {
     }
 
     /// Embeds `inputs` (prefixes already applied) in requests of at most `max_batch`, in
-    /// `lane`.
+    /// `lane`, counting the tokens each answer's `usage` reports (or, for an answer without
+    /// one, the estimate of its request: what pacing budgets with).
     async fn embed_inputs(
         &self,
         inputs: &[String],
         lane: Lane,
         retry: RetryPolicy,
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+    ) -> Result<Embedded, EmbedError> {
         let mut vectors = Vec::with_capacity(inputs.len());
+        let mut tokens = 0;
         for chunk in inputs.chunks(self.settings.max_batch.get()) {
-            vectors.extend(self.embed_chunk(chunk, lane, retry).await?);
+            let answer = self.embed_chunk(chunk, lane, retry).await?;
+            vectors.extend(answer.vectors);
+            tokens += answer
+                .tokens
+                .unwrap_or_else(|| u64::from(request_tokens(chunk)));
         }
-        Ok(vectors)
+        Ok(Embedded {
+            vectors,
+            tokens: Some(tokens),
+        })
     }
 
     /// One request's worth of inputs: paced in its lane, retried, checked, and its latency
@@ -186,7 +195,7 @@ impl OpenAiEmbedder {
         inputs: &[String],
         lane: Lane,
         retry: RetryPolicy,
-    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+    ) -> Result<wire::Answer, EmbedError> {
         let tokens = request_tokens(inputs);
         let mut attempt = 1;
         loop {
@@ -197,7 +206,7 @@ impl OpenAiEmbedder {
                     *lock(&self.failed_at) = None;
                     self.observe(lane, inputs.len(), sent.elapsed());
                     let (model, dims) = (&self.settings.model, self.settings.dimensions);
-                    return wire::read_vectors(body.as_ref(), inputs.len(), dims, model);
+                    return wire::read_answer(body.as_ref(), inputs.len(), dims, model);
                 }
                 Err(failed) => self.after_failure(failed, attempt, retry).await?,
             }
@@ -230,9 +239,10 @@ impl OpenAiEmbedder {
     /// Embeds one query, retrying as `retry` says.
     async fn query_with(&self, text: &str, retry: RetryPolicy) -> Result<Vec<f32>, EmbedError> {
         let inputs = with_prefix(&self.settings.query_prefix, &[text]);
-        let vectors = self.embed_inputs(&inputs, Lane::Interactive, retry).await?;
-        // `read_vectors` checked the count: exactly one.
-        vectors
+        let embedded = self.embed_inputs(&inputs, Lane::Interactive, retry).await?;
+        // `read_answer` checked the count: exactly one.
+        embedded
+            .vectors
             .into_iter()
             .next()
             .ok_or_else(|| EmbedError::Unavailable("no vector for the query".into()))
@@ -297,11 +307,13 @@ impl Embedder for OpenAiEmbedder {
 
     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let inputs = with_prefix(&self.settings.document_prefix, texts);
-        self.embed_inputs(&inputs, Lane::Interactive, self.retry)
-            .await
+        let embedded = self
+            .embed_inputs(&inputs, Lane::Interactive, self.retry)
+            .await?;
+        Ok(embedded.vectors)
     }
 
-    async fn embed_backfill(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    async fn embed_backfill(&self, texts: &[String]) -> Result<Embedded, EmbedError> {
         let inputs = with_prefix(&self.settings.document_prefix, texts);
         self.embed_inputs(&inputs, Lane::Backfill, self.retry).await
     }

@@ -451,3 +451,33 @@ fn a_vector_without_length_rejects_its_input() {
     }
     assert_eq!(wire::normalised(vec![3.0, 4.0], 0).unwrap(), [0.6, 0.8]);
 }
+
+#[test]
+fn usage_gives_the_tokens_billed_prompt_tokens_first() {
+    let tokens = |usage: Value| {
+        let body = json!({"data": [{"index": 0, "embedding": [3.0, 4.0]}], "usage": usage});
+        let answer = wire::read_answer(body.to_string().as_bytes(), 1, 2, "m").unwrap();
+        answer.tokens
+    };
+    assert_eq!(
+        tokens(json!({"prompt_tokens": 7, "total_tokens": 9})),
+        Some(7)
+    );
+    assert_eq!(tokens(json!({"total_tokens": 9})), Some(9));
+    assert_eq!(tokens(json!({})), None);
+    assert_eq!(tokens(Value::Null), None);
+}
+
+#[tokio::test]
+async fn a_backfill_answered_without_usage_counts_each_request_s_estimate() {
+    let (url, mock) = serve(Mock::default()).await;
+    let settings = OpenAiSettings {
+        max_batch: NonZeroUsize::new(2).unwrap(),
+        ..settings(&url)
+    };
+    let inputs = texts(&["abcd", "abcde", "x"]);
+    let embedded = embedder(settings).embed_backfill(&inputs).await.unwrap();
+    assert_eq!(mock.request_sizes(), [2, 1]);
+    assert_eq!(embedded.vectors.len(), 3);
+    assert_eq!(embedded.tokens, Some(1 + 2 + 1));
+}

@@ -16,6 +16,10 @@
 //! model = "text-embedding-3-small"
 //! api_key_env = "OPENAI_API_KEY"
 //! ```
+//! Any model may name a `price_per_million_tokens` (a number ≥ 0, in whatever currency the
+//! operator budgets in): migrations to it then report their cost and may take a `max_cost`
+//! (`domain::cost`). Without one a model is free, as the built-in models are by default.
+//!
 //! `reembed.example.toml` lists every field. Unknown fields are errors, so a typo cannot
 //! silently drop a limit.
 //!
@@ -112,6 +116,9 @@ struct ModelTable {
     max_input_tokens: Option<NonZeroU32>,
     /// How the model's approximate index is built and searched; defaults when absent.
     index: Option<IndexTable>,
+    /// What the provider bills per million tokens, for any provider; unpriced when absent.
+    /// Not an `OpenAiSettings` field: the registry keeps it (`ModelRegistry::price`).
+    price_per_million_tokens: Option<f64>,
 }
 
 /// A model's `index` table: `GraphSettings`, each field defaulting to its default.
@@ -177,9 +184,11 @@ impl ModelRegistry {
         let mut registry = ModelRegistry::new(file.active_model);
         for mut table in file.models {
             let index = table.index.take();
+            let price = table.price()?;
             let (info, embedder, max_input_tokens) = table.build(env)?;
             let id = info.id.clone();
             registry.insert_with_input_limit(info, embedder, max_input_tokens);
+            registry.set_price(&id, price);
             if let Some(index) = index {
                 registry.set_index_settings(&id, index.settings());
             }
@@ -241,6 +250,17 @@ fn check_ids(file: &RegistryFile) -> Result<(), RegistryError> {
 }
 
 impl ModelTable {
+    /// `price_per_million_tokens`, when it is a finite number ≥ 0.
+    fn price(&self) -> Result<Option<f64>, RegistryError> {
+        match self.price_per_million_tokens {
+            Some(price) if !(price >= 0.0 && price.is_finite()) => Err(invalid(
+                &self.id,
+                &format!("price_per_million_tokens must be a number >= 0, got {price}"),
+            )),
+            price => Ok(price),
+        }
+    }
+
     fn build(self, env: Env<'_>) -> Result<Built, RegistryError> {
         match self.provider {
             Provider::Builtin => self.build_builtin(),

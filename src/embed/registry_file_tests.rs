@@ -333,3 +333,29 @@ fn a_model_index_table_sets_its_graph_and_leaves_the_rest_default() {
         );
     }
 }
+
+#[test]
+fn any_model_may_name_a_price_and_the_others_are_free() {
+    let text = remote("price_per_million_tokens = 0.02").replace(
+        "dimensions = 384",
+        "dimensions = 384\nprice_per_million_tokens = 0",
+    );
+    let registry = load(&text, &[]).unwrap();
+    assert_eq!(registry.price("openai-small"), Some(0.02));
+    assert_eq!(registry.price("hash-v2"), Some(0.0));
+    assert_eq!(registry.price("hash-v1"), None);
+    assert_eq!(registry.price("unknown"), None);
+}
+
+#[test]
+fn a_negative_price_is_refused_by_name() {
+    let error = load_err(&remote("price_per_million_tokens = -1.5"), &[]);
+    let text = error.to_string();
+    assert!(text.contains("price_per_million_tokens"), "{text}");
+    assert!(text.contains("openai-small"), "{text}");
+    let nan = load_err(&remote("price_per_million_tokens = nan"), &[]);
+    assert!(
+        nan.to_string().contains("price_per_million_tokens"),
+        "{nan}"
+    );
+}

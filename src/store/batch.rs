@@ -31,12 +31,15 @@ pub(crate) trait ClaimedQueue: Send {
     async fn list_skip(&mut self, doc_id: &str, reason: &str) -> Result<(), StoreError>;
 }
 
-/// Commits `items` through `queue`: what was written and how the counts move.
+/// Commits `items` through `queue`: what was written and how the counts move, `tokens` (what
+/// embedding them was billed) included.
 pub(crate) async fn commit_items<Q: ClaimedQueue>(
     queue: &mut Q,
     items: &[BatchItem],
+    tokens: u64,
 ) -> Result<BatchReceipt, StoreError> {
     let mut receipt = BatchReceipt::default();
+    receipt.delta.tokens_embedded = tokens;
     for item in items {
         let change = match item {
             BatchItem::Embedded {

@@ -227,7 +227,7 @@ fn embedded_from(id: &str, version: u64, truncated: bool) -> BatchItem {
     }
 }
 
-/// Counts with no truncated document.
+/// Counts with no truncated document and no tokens.
 fn counts(total: u64, processed: u64, skipped: u64, failed: u64) -> Counts {
     Counts {
         total,
@@ -235,6 +235,7 @@ fn counts(total: u64, processed: u64, skipped: u64, failed: u64) -> Counts {
         skipped,
         failed,
         truncated: 0,
+        tokens_embedded: 0,
     }
 }
 
@@ -922,20 +923,69 @@ pub(crate) async fn a_part_commit_keeps_the_lease_and_the_release_frees_the_rest
     let m = started(&*store, "m1").await;
     let claim = claim_all(&*store, &m.id).await;
     let receipt = store
-        .commit_claimed(&claim, &[embedded("a", 1)], AfterCommit::KeepLease)
+        .commit_claimed(&claim, &[embedded("a", 1)], 0, AfterCommit::KeepLease)
         .await
         .unwrap();
     assert_eq!(receipt.written, [("a".to_owned(), 1)]);
     let held = store.claim(&m.id, 10, &lease()).await.unwrap();
     assert_eq!(held, ClaimOutcome::Busy, "b and c stay under the lease");
     let receipt = store
-        .commit_claimed(&claim, &[embedded("b", 1)], AfterCommit::Release)
+        .commit_claimed(&claim, &[embedded("b", 1)], 0, AfterCommit::Release)
         .await
         .unwrap();
     assert_eq!(receipt.written, [("b".to_owned(), 1)]);
     assert_eq!(stored(&*store, "m1").await.counts, counts(3, 2, 0, 0));
     let rest = claim_all(&*store, &m.id).await;
     assert_eq!(claimed_ids(&rest), ["c"], "released with the last part");
+}
+
+pub(crate) async fn a_batch_counts_its_tokens_in_the_commit_of_its_vectors(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let docs = ["a", "b", "c"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&*store, docs).await;
+    let m = started(&*store, "m1").await;
+    let claim = claim_all(&*store, &m.id).await;
+    let receipt = store
+        .commit_claimed(&claim, &[embedded("a", 1)], 120, AfterCommit::KeepLease)
+        .await
+        .unwrap();
+    assert_eq!(receipt.delta.tokens_embedded, 120);
+    let after_part = stored(&*store, "m1").await.counts;
+    assert_eq!((after_part.processed, after_part.tokens_embedded), (1, 120));
+    store
+        .commit_claimed(&claim, &[embedded("b", 1)], 0, AfterCommit::Release)
+        .await
+        .unwrap();
+    let expected = Counts {
+        tokens_embedded: 120,
+        ..counts(3, 2, 0, 0)
+    };
+    assert_eq!(stored(&*store, "m1").await.counts, expected);
+    // A batch whose compare-and-set keeps nothing was billed all the same.
+    let claim = claim_all(&*store, &m.id).await;
+    put(&*store, vec![write("c", &[SOURCE])]).await;
+    let receipt = store
+        .commit_claimed(&claim, &[embedded("c", 1)], 30, AfterCommit::Release)
+        .await
+        .unwrap();
+    assert!(receipt.written.is_empty());
+    assert_eq!(stored(&*store, "m1").await.counts.tokens_embedded, 150);
+}
+
+pub(crate) async fn an_empty_commit_releases_the_claim_and_counts_nothing(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let docs = ["a", "b"].map(|id| write(id, &[SOURCE])).to_vec();
+    put(&*store, docs).await;
+    let m = started(&*store, "m1").await;
+    let claim = claim_all(&*store, &m.id).await;
+    let receipt = store
+        .commit_claimed(&claim, &[], 0, AfterCommit::Release)
+        .await
+        .unwrap();
+    assert!(receipt.delta.is_zero());
+    assert_eq!(stored(&*store, "m1").await.counts, counts(2, 0, 0, 0));
+    let again = claim_all(&*store, &m.id).await;
+    assert_eq!(claimed_ids(&again), ["a", "b"], "claimable again at once");
 }
 
 pub(crate) async fn a_batch_does_not_overwrite_a_document_rewritten_without_the_target(
@@ -1726,7 +1776,7 @@ async fn populate(store: &dyn Store) -> (Migration, Migration) {
     ];
     let claim = claim_all(store, "m2").await;
     let receipt = store
-        .commit_claimed(&claim, &batch, AfterCommit::KeepLease)
+        .commit_claimed(&claim, &batch, 0, AfterCommit::KeepLease)
         .await
         .unwrap();
     let failures = store.release_failed(&claim, Duration::ZERO).await.unwrap();

@@ -407,21 +407,24 @@ pub trait Store: Send + Sync + 'static {
     /// embedded version (compare-and-set); skips leave the queue for the skip list; the
     /// migration's counts move by exactly what happened (a document whose earlier attempt
     /// failed stops counting as failed; a written item marked `truncated` counts as truncated).
-    /// `after` says whether the claim's lease is released in the same transaction (its
-    /// documents not committed become claimable again) or kept for more parts.
+    /// `tokens`, what embedding the items was billed, add to the migration's
+    /// `tokens_embedded` in the same transaction, whatever compare-and-set kept: the provider
+    /// billed them either way. `after` says whether the claim's lease is released in the same
+    /// transaction (its documents not committed become claimable again) or kept for more parts.
     async fn commit_claimed(
         &self,
         claim: &Claim,
         items: &[BatchItem],
+        tokens: u64,
         after: AfterCommit,
     ) -> Result<BatchReceipt, StoreError>;
-    /// [`Store::commit_claimed`] of a whole batch, releasing its lease.
+    /// [`Store::commit_claimed`] of a whole batch that counts no tokens, releasing its lease.
     async fn commit_batch(
         &self,
         claim: &Claim,
         items: &[BatchItem],
     ) -> Result<BatchReceipt, StoreError> {
-        self.commit_claimed(claim, items, AfterCommit::Release)
+        self.commit_claimed(claim, items, 0, AfterCommit::Release)
             .await
     }
     /// Releases a claim whose attempt failed: its documents still queued under it are marked

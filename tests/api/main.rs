@@ -24,6 +24,7 @@ mod backfill;
 mod bad_input;
 mod canary;
 mod cli;
+mod cost;
 mod crash;
 mod documents;
 mod dropped;

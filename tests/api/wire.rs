@@ -168,6 +168,9 @@ pub struct Progress {
     pub gate: Gate,
     pub throttle_reason: Option<String>,
     pub waiting: Option<Waiting>,
+    pub tokens_embedded: u64,
+    pub cost_so_far: Option<f64>,
+    pub cost_remaining_estimate: Option<f64>,
     pub updated_at: DateTime<Utc>,
 }
 

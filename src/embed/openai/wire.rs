@@ -21,6 +21,22 @@ pub(super) struct EmbeddingsRequest<'a> {
 #[derive(Deserialize)]
 struct EmbeddingsResponse {
     data: Vec<Embedding>,
+    /// What the request was billed; OpenAI reports it, some compatible servers do not.
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// OpenAI's `usage`: for embeddings both counts are the input's tokens.
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+/// An answer's vectors, and the tokens its `usage` reports (`None` without one).
+pub(super) struct Answer {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -30,13 +46,13 @@ struct Embedding {
 }
 
 /// Reads the answer of `model` to `count` inputs into unit vectors of `dimensions`, in input
-/// order, or says which promise the answer broke.
-pub(super) fn read_vectors(
+/// order, with the tokens it reports, or says which promise the answer broke.
+pub(super) fn read_answer(
     body: &[u8],
     count: usize,
     dimensions: usize,
     model: &str,
-) -> Result<Vec<Vec<f32>>, EmbedError> {
+) -> Result<Answer, EmbedError> {
     let response: EmbeddingsResponse = serde_json::from_slice(body).map_err(|error| {
         EmbedError::Misconfigured(format!(
             "{model}: the answer is not an embeddings response ({error}); is base_url the API \
@@ -60,8 +76,14 @@ pub(super) fn read_vectors(
         };
         *slot = Some(normalised(embedding, index)?);
     }
+    let tokens = response
+        .usage
+        .and_then(|usage| usage.prompt_tokens.or(usage.total_tokens));
     // `count` items, each filling a distinct one of `count` slots: all are filled.
-    Ok(ordered.into_iter().flatten().collect())
+    Ok(Answer {
+        vectors: ordered.into_iter().flatten().collect(),
+        tokens,
+    })
 }
 
 /// A wrong dimension is a configuration error (the registry names the wrong size or model),

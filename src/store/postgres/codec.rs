@@ -250,6 +250,7 @@ pub(super) fn decode_counts(row: &PgRow) -> Result<Counts, StoreError> {
         skipped: count("skipped")?,
         failed: count("failed")?,
         truncated: count("truncated")?,
+        tokens_embedded: count("tokens_embedded")?,
     })
 }
 

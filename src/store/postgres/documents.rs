@@ -228,7 +228,7 @@ async fn begin_read(store: &PostgresStore) -> Result<Tx, StoreError> {
 async fn latest_migration(tx: &mut Tx) -> Result<Option<QueueView>, StoreError> {
     let row = sqlx::query(
         "SELECT id, target_model, state, rollback_window_ends_at, rollback_window_ends_at_nanos,
-                total, processed, skipped, failed, truncated
+                total, processed, skipped, failed, truncated, tokens_embedded
          FROM migrations ORDER BY seq DESC LIMIT 1",
     )
     .fetch_optional(&mut **tx)

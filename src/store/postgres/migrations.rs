@@ -87,7 +87,8 @@ pub(super) async fn start_migration(
     insert_event(&mut tx, noted).await?;
     let queued = enqueue_stale(&mut tx, migration).await?;
     sqlx::query(
-        "UPDATE migrations SET total = $2, processed = 0, skipped = 0, failed = 0, truncated = 0
+        "UPDATE migrations SET total = $2, processed = 0, skipped = 0, failed = 0, truncated = 0,
+                tokens_embedded = 0
          WHERE id = $1",
     )
     .bind(&migration.id)
@@ -238,9 +239,9 @@ async fn insert_migration_row(tx: &mut Tx, m: &Migration) -> Result<(), StoreErr
              created_at, created_at_nanos, started_at, started_at_nanos,
              completed_at, completed_at_nanos,
              rollback_window_ends_at, rollback_window_ends_at_nanos, error, pause_reason,
-             total, processed, skipped, failed, truncated)
+             total, processed, skipped, failed, truncated, tokens_embedded)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 $16, $17, $18, $19, $20)",
+                 $16, $17, $18, $19, $20, $21)",
     )
     .bind(&m.id)
     .bind(&m.source_model)
@@ -262,6 +263,7 @@ async fn insert_migration_row(tx: &mut Tx, m: &Migration) -> Result<(), StoreErr
     .bind(sql_int(counts.skipped)?)
     .bind(sql_int(counts.failed)?)
     .bind(sql_int(counts.truncated)?)
+    .bind(sql_int(counts.tokens_embedded)?)
     .execute(&mut **tx)
     .await
     .map_err(|e| lifecycle_error(e, &m.id))?;

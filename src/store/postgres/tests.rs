@@ -145,6 +145,8 @@ contract_tests!(backend() =>
     a_long_write_counts_truncated_only_when_it_satisfies_a_queued_target_entry,
     a_batch_writes_vectors_of_unchanged_documents_and_counts_them,
     a_batch_item_marked_truncated_counts_once_when_written,
+    a_batch_counts_its_tokens_in_the_commit_of_its_vectors,
+    an_empty_commit_releases_the_claim_and_counts_nothing,
     a_part_commit_keeps_the_lease_and_the_release_frees_the_rest,
     claims_never_overlap_and_take_the_lowest_ids_first,
     at_most_max_concurrent_claims_are_held_and_a_lowered_bound_applies_next,

@@ -229,6 +229,7 @@ pub(super) async fn commit_claimed(
     store: &SqliteStore,
     claim: &Claim,
     items: &[BatchItem],
+    tokens: u64,
     after: AfterCommit,
 ) -> Result<BatchReceipt, StoreError> {
     store
@@ -239,7 +240,7 @@ pub(super) async fn commit_claimed(
                 claim,
                 now: Utc::now(),
             };
-            let receipt = commit_items(&mut batch, items).await?;
+            let receipt = commit_items(&mut batch, items, tokens).await?;
             if !receipt.delta.is_zero() {
                 apply_delta(&mut tx, &claim.migration_id, receipt.delta).await?;
             }
@@ -611,7 +612,8 @@ pub(super) async fn apply_delta(
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE migrations SET total = total + ?2, processed = processed + ?3,
-                skipped = skipped + ?4, failed = failed + ?5, truncated = truncated + ?6
+                skipped = skipped + ?4, failed = failed + ?5, truncated = truncated + ?6,
+                tokens_embedded = tokens_embedded + ?7
          WHERE id = ?1",
     )
     .bind(migration_id)
@@ -620,6 +622,7 @@ pub(super) async fn apply_delta(
     .bind(delta.skipped)
     .bind(delta.failed)
     .bind(sql_int(delta.truncated)?)
+    .bind(sql_int(delta.tokens_embedded)?)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;

@@ -277,5 +277,6 @@ fn decode_counts(row: &SqliteRow) -> Result<Counts, StoreError> {
         skipped: count("skipped")?,
         failed: count("failed")?,
         truncated: count("truncated")?,
+        tokens_embedded: count("tokens_embedded")?,
     })
 }

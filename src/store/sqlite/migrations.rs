@@ -86,7 +86,8 @@ pub(super) async fn start_migration(
                 ..Counts::default()
             };
             sqlx::query(
-            "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0, truncated = 0
+            "UPDATE migrations SET total = ?2, processed = 0, skipped = 0, failed = 0, truncated = 0,
+                tokens_embedded = 0
              WHERE id = ?1",
         )
         .bind(&migration.id)
@@ -245,8 +246,8 @@ async fn insert_migration_row(tx: &mut Tx, m: &Migration) -> Result<(), StoreErr
     sqlx::query(
         "INSERT INTO migrations (id, source_model, target_model, config, state, created_at,
              started_at, completed_at, rollback_window_ends_at, error, pause_reason,
-             total, processed, skipped, failed, truncated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             total, processed, skipped, failed, truncated, tokens_embedded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )
     .bind(&m.id)
     .bind(&m.source_model)
@@ -264,6 +265,7 @@ async fn insert_migration_row(tx: &mut Tx, m: &Migration) -> Result<(), StoreErr
     .bind(sql_int(counts.skipped)?)
     .bind(sql_int(counts.failed)?)
     .bind(sql_int(counts.truncated)?)
+    .bind(sql_int(counts.tokens_embedded)?)
     .execute(&mut **tx)
     .await
     .map_err(|e| insert_error(e, &m.id))?;

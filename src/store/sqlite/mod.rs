@@ -413,9 +413,10 @@ impl Store for SqliteStore {
         &self,
         claim: &Claim,
         items: &[BatchItem],
+        tokens: u64,
         after: AfterCommit,
     ) -> Result<BatchReceipt, StoreError> {
-        backfill::commit_claimed(self, claim, items, after).await
+        backfill::commit_claimed(self, claim, items, tokens, after).await
     }
 
     async fn release_failed(

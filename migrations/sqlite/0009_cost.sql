@@ -1,0 +1,6 @@
+-- `tokens_embedded` counts the tokens the migration's backfill batches were billed for (issue 14,
+-- API.md progress): the provider's `usage` when its answer reports it, else the estimate
+-- (characters / 4, rounded up). It moves in the same transaction that commits the batch's
+-- vectors, like `processed`, so it survives restarts and sums every batch. Migrations recorded
+-- before it counted no tokens: theirs is 0.
+ALTER TABLE migrations ADD COLUMN tokens_embedded INTEGER NOT NULL DEFAULT 0 CHECK (tokens_embedded >= 0);
