@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod backfill;
+mod cleanup;
 pub mod cli;
 mod commit_order;
 pub mod config;
@@ -52,6 +53,7 @@ pub use config::Config;
 
 use api::AppState;
 use backfill::Backfill;
+use cleanup::Cleanup;
 use coordinator::Coordinator;
 use documents::Documents;
 use embed::ModelRegistry;
@@ -130,7 +132,7 @@ impl App {
         let replica = replica_id(&config, listener.local_addr()?);
         coordinator.name_replica(replica.clone());
         let lease = LeaseRequest {
-            replica,
+            replica: replica.clone(),
             duration: config.backfill_lease,
         };
         Backfill::new(
@@ -143,6 +145,14 @@ impl App {
         )
         .spawn(&workers, stopping.clone());
         window::spawn(coordinator.clone(), &workers, stopping.clone());
+        Cleanup {
+            coordinator: coordinator.clone(),
+            store: store.clone(),
+            indexes: indexes.clone(),
+            models: models.clone(),
+            replica,
+        }
+        .spawn(&workers, stopping.clone());
         snapshot::spawn(
             coordinator.clone(),
             store.clone(),

@@ -14,8 +14,9 @@ use super::error::{ApiError, AppJson, AppPath, Problem, optional_object};
 use crate::coordinator::Progress;
 use crate::documents::ServiceError;
 use crate::domain::{
-    Actor, BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Evaluation, Event, GateStatus,
-    Migration, MigrationState, Phase, Route, ThrottleReason, estimate_secs, estimate_tokens,
+    Actor, BackfillConfig, BackfillLimits, Bounds, CleanupState, ConfigPatch, Evaluation, Event,
+    GateStatus, Migration, MigrationState, Phase, Route, ThrottleReason, estimate_secs,
+    estimate_tokens,
 };
 use crate::embed::{EmbedError, Lane, ModelRegistry};
 
@@ -118,6 +119,8 @@ pub struct ProgressView {
     pub query_route: Route,
     /// Where the cutover gate stands and why, in words (`none` without a gate).
     pub gate: GateStatus,
+    /// The deletion of the source model's vectors after the switch.
+    pub source_cleanup: SourceCleanupView,
     /// Seconds callers of the target model have spent held back by its pacing and back-offs
     /// in this process (summed over concurrent batches).
     pub throttled_secs: f64,
@@ -134,6 +137,14 @@ pub struct ProgressView {
     /// Why `concurrency` or `batch_size` is below the configured bounds; null at the bounds.
     pub throttle_reason: Option<ThrottleReason>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Progress `source_cleanup`: where the deletion of the source model's vectors stands, and
+/// how many are deleted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceCleanupView {
+    pub state: CleanupState,
+    pub deleted: u64,
 }
 
 /// One replica's share of a migration's backfill (progress `replicas`).
@@ -204,6 +215,10 @@ impl ProgressView {
         let throttled_secs = models.throttled(&p.migration.target_model).as_secs_f64();
         let m = p.migration;
         let gate = m.gate();
+        let source_cleanup = SourceCleanupView {
+            state: m.cleanup_state(Utc::now()),
+            deleted: m.cleanup.deleted,
+        };
         let limits = p.limits.unwrap_or(BackfillLimits::at(Bounds {
             max_concurrent: m.config.max_concurrent,
             batch_size: m.config.batch_size,
@@ -234,6 +249,7 @@ impl ProgressView {
                 .collect(),
             query_route: p.routing.query_route,
             gate,
+            source_cleanup,
             throttled_secs,
             waiting: p.waiting.map(|w| WaitingView {
                 model: w.model,

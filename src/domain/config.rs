@@ -40,6 +40,11 @@ pub struct BackfillConfig {
     #[serde(default)]
     #[schema(required = true)]
     pub cutover_gate: Option<CutoverGate>,
+    /// Keep the source model's vectors after the target becomes active; by default they are
+    /// deleted in the background. Defaulted when decoding.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub retain_source_vectors: bool,
 }
 
 impl Default for BackfillConfig {
@@ -52,6 +57,7 @@ impl Default for BackfillConfig {
             rollback_window_secs: 86_400,
             canary_percent: 0.0,
             cutover_gate: None,
+            retain_source_vectors: false,
         }
     }
 }
@@ -88,6 +94,8 @@ pub struct ConfigPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(schema_with = gate_patch_schema)]
     pub cutover_gate: Option<Option<GatePatch>>,
+    /// Keep the source model's vectors after the target becomes active.
+    pub retain_source_vectors: Option<bool>,
 }
 
 /// A cutover gate as a client sent it, numbers not yet range-checked.
@@ -240,6 +248,9 @@ impl ConfigPatch {
         }
         if let Some(v) = self.canary_percent {
             config.canary_percent = number_in("canary_percent", v, 0.0, 100.0)?;
+        }
+        if let Some(v) = self.retain_source_vectors {
+            config.retain_source_vectors = v;
         }
         if let Some(gate) = self.cutover_gate {
             config.cutover_gate = gate.map(|g| g.validate()).transpose()?;
@@ -419,6 +430,7 @@ mod tests {
             rollback_window_secs: Some(-5),
             canary_percent: Some(20.0),
             cutover_gate: Some(None),
+            retain_source_vectors: Some(true),
         };
         let err = p
             .apply_to(base)
@@ -515,6 +527,7 @@ mod tests {
                 "max_concurrent": 4,
                 "cutover_gate": null,
                 "dual_write": true,
+                "retain_source_vectors": false,
                 "target_query_threshold": 0.8,
                 "rollback_window_secs": 86400,
                 "canary_percent": 0.0

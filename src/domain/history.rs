@@ -39,11 +39,13 @@ pub enum HistoryKind {
     GateOverridden,
     /// The cutover gate's conditions held when the migration completed.
     GatePassed,
+    /// The source model's vectors were deleted after the target became active.
+    SourceVectorsDeleted,
 }
 
 impl HistoryKind {
     /// Every kind, for parsing persisted names.
-    pub const ALL: [HistoryKind; 15] = [
+    pub const ALL: [HistoryKind; 16] = [
         Self::Created,
         Self::Started,
         Self::Paused,
@@ -59,6 +61,7 @@ impl HistoryKind {
         Self::Evaluated,
         Self::GateOverridden,
         Self::GatePassed,
+        Self::SourceVectorsDeleted,
     ];
 
     /// The wire and storage name.
@@ -79,6 +82,7 @@ impl HistoryKind {
             Self::Evaluated => "evaluated",
             Self::GateOverridden => "gate_overridden",
             Self::GatePassed => "gate_passed",
+            Self::SourceVectorsDeleted => "source_vectors_deleted",
         }
     }
 
@@ -196,6 +200,27 @@ impl HistoryEvent {
         Self::new(&migration.id, HistoryKind::WindowClosed, detail, at, cause)
     }
 
+    /// The entry for the end of the cleanup after `migration`'s switch: `deleted` vectors of
+    /// its source model are gone from the store and its index.
+    pub fn source_vectors_deleted(
+        migration: &Migration,
+        deleted: u64,
+        at: DateTime<Utc>,
+        cause: &Cause,
+    ) -> Self {
+        let detail = format!(
+            "{deleted} vectors of {} deleted; its index is freed",
+            migration.source_model
+        );
+        Self::new(
+            &migration.id,
+            HistoryKind::SourceVectorsDeleted,
+            detail,
+            at,
+            cause,
+        )
+    }
+
     /// The entry for a labelled evaluation of `migration_id`'s two models.
     pub fn evaluated(migration_id: &str, evaluation: &Evaluation, cause: &Cause) -> Self {
         let side = |s: &ModelScores| {
@@ -310,6 +335,10 @@ fn config_fields(config: &BackfillConfig) -> Vec<(&'static str, String)> {
         ),
         ("canary_percent", config.canary_percent.to_string()),
         ("cutover_gate", describe_gate(config.cutover_gate.as_ref())),
+        (
+            "retain_source_vectors",
+            config.retain_source_vectors.to_string(),
+        ),
     ]
 }
 
@@ -412,7 +441,7 @@ mod tests {
         assert_eq!(
             entry.detail,
             "from hash-v1 to hash-v2; batch_size 100, max_concurrent 4, dual_write true, \
-             target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, cutover_gate none"
+             target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, cutover_gate none, retain_source_vectors false"
         );
     }
 }

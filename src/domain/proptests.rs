@@ -63,6 +63,7 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
                 rollback_window_secs: window,
                 canary_percent: canary,
                 cutover_gate: None,
+                retain_source_vectors: false,
             },
         )
 }

@@ -102,6 +102,8 @@ contract_tests!(backend() =>
     migrations_are_listed_newest_first,
     timestamps_round_trip_exactly,
     history_records_each_change_in_order_and_nothing_refused,
+    source_vectors_are_deleted_in_counted_batches_and_the_end_recorded_once,
+    a_newer_migration_supersedes_the_deletion,
     everything_survives_a_reopen,
     concurrent_writes_and_batches_keep_counts_and_vectors_consistent,
 );
