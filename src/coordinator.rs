@@ -870,6 +870,38 @@ impl Coordinator {
         self.publish();
     }
 
+    /// The migration whose source vectors are due for deletion now (`Migration::needs_cleanup`),
+    /// once its target is recorded as the active model.
+    pub fn due_for_cleanup(&self, now: DateTime<Utc>) -> Option<Migration> {
+        let live = self.live();
+        live.latest
+            .as_ref()
+            .filter(|m| m.needs_cleanup(now) && live.recorded_active == m.target_model)
+            .cloned()
+    }
+
+    /// Follows a step of the deletion of migration `id`'s source vectors: `deleted` more are
+    /// gone, and `done` when none is left. On a shared store the counts come from a refresh.
+    pub async fn cleanup_progressed(&self, id: &str, deleted: u64, done: bool) {
+        if self.shared {
+            if let Err(error) = self.refresh().await {
+                tracing::warn!(%error, "could not refresh after a cleanup step");
+            }
+            return;
+        }
+        let mut live = self.live();
+        let Some(latest) = live.latest.as_mut().filter(|m| m.id == id) else {
+            return;
+        };
+        latest.cleanup.deleted += deleted;
+        if done && latest.cleanup.done_at.is_none() {
+            latest.cleanup.done_at = Some(Utc::now());
+        }
+        live.updated_at = Utc::now();
+        drop(live);
+        self.publish();
+    }
+
     /// Makes `model` the active model of a store that never ran a migration (a registry file
     /// changed before anything was indexed). Refused once a migration exists.
     pub async fn adopt_initial_model(&self, model: &str) -> Result<bool, StoreError> {

@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod backfill;
+mod cleanup;
 pub mod cli;
 mod commit_order;
 pub mod config;
@@ -56,6 +57,7 @@ pub use config::Config;
 
 use api::AppState;
 use backfill::Backfill;
+use cleanup::Cleanup;
 use coordinator::Coordinator;
 use documents::Documents;
 use embed::ModelRegistry;
@@ -142,7 +144,7 @@ impl App {
         let replica = replica_id(&config, listener.local_addr()?);
         coordinator.name_replica(replica.clone());
         let lease = LeaseRequest {
-            replica,
+            replica: replica.clone(),
             duration: config.backfill_lease,
         };
         Backfill::new(
@@ -163,6 +165,14 @@ impl App {
             &workers,
             stopping.clone(),
         );
+        Cleanup {
+            coordinator: coordinator.clone(),
+            store: store.clone(),
+            indexes: indexes.clone(),
+            models: models.clone(),
+            replica,
+        }
+        .spawn(&workers, stopping.clone());
         snapshot::spawn(
             coordinator.clone(),
             store.clone(),

@@ -335,6 +335,26 @@ pub async fn wait_completed(base: &str, id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Ends migration `id`'s rollback window now, then waits until its source vectors are
+/// deleted (progress `source_cleanup.state` is `done`).
+pub async fn finalize_and_clean_up(base: &str, id: &str) -> anyhow::Result<()> {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/migrations/{id}/finalize"))
+        .send()
+        .await?
+        .error_for_status()?;
+    loop {
+        let progress = progress(base, id).await?;
+        match progress["source_cleanup"]["state"].as_str() {
+            Some("done") => return Ok(()),
+            Some("waiting" | "deleting") => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => anyhow::bail!("the cleanup ended {other:?}: {progress}"),
+        }
+    }
+}
+
 /// A registry of the built-in models with `active` as the active model.
 pub fn registry(active: &str) -> ModelRegistry {
     let mut models = ModelRegistry::new(active);

@@ -15,8 +15,8 @@ use super::error::{ApiError, AppJson, AppPath, Problem, optional_object};
 use crate::coordinator::Progress;
 use crate::documents::ServiceError;
 use crate::domain::{
-    Actor, BackfillConfig, BackfillLimits, Bounds, ConfigPatch, Evaluation, Event, GateStatus,
-    Migration, MigrationState, Phase, Route, ThrottleReason, cost_of, estimate_secs,
+    Actor, BackfillConfig, BackfillLimits, Bounds, CleanupState, ConfigPatch, Evaluation, Event,
+    GateStatus, Migration, MigrationState, Phase, Route, ThrottleReason, cost_of, estimate_secs,
     estimate_tokens,
 };
 use crate::embed::{EmbedError, Lane, ModelRegistry};
@@ -124,6 +124,8 @@ pub struct ProgressView {
     pub query_route: Route,
     /// Where the cutover gate stands and why, in words (`none` without a gate).
     pub gate: GateStatus,
+    /// The deletion of the source model's vectors after the switch.
+    pub source_cleanup: SourceCleanupView,
     /// Seconds callers of the target model have spent held back by its pacing and back-offs
     /// in this process (summed over concurrent batches).
     pub throttled_secs: f64,
@@ -154,6 +156,14 @@ pub struct ProgressView {
     #[schema(minimum = 0.0)]
     pub cost_remaining_estimate: Option<f64>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Progress `source_cleanup`: where the deletion of the source model's vectors stands, and
+/// how many are deleted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceCleanupView {
+    pub state: CleanupState,
+    pub deleted: u64,
 }
 
 /// One replica's share of a migration's backfill (progress `replicas`).
@@ -225,6 +235,10 @@ impl ProgressView {
         let throttled_secs = models.throttled(&p.migration.target_model).as_secs_f64();
         let m = p.migration;
         let gate = m.gate();
+        let source_cleanup = SourceCleanupView {
+            state: m.cleanup_state(Utc::now()),
+            deleted: m.cleanup.deleted,
+        };
         let limits = p.limits.unwrap_or(BackfillLimits::at(Bounds {
             max_concurrent: m.config.max_concurrent,
             batch_size: m.config.batch_size,
@@ -255,6 +269,7 @@ impl ProgressView {
                 .collect(),
             query_route: p.routing.query_route,
             gate,
+            source_cleanup,
             throttled_secs,
             waiting: p.waiting.map(|w| WaitingView {
                 model: w.model,

@@ -52,6 +52,11 @@ pub struct BackfillConfig {
     #[serde(default)]
     #[schema(required = true, exclusive_minimum = 0.0)]
     pub max_cost: Option<f64>,
+    /// Keep the source model's vectors after the target becomes active; by default they are
+    /// deleted in the background. Defaulted when decoding.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub retain_source_vectors: bool,
 }
 
 impl Default for BackfillConfig {
@@ -66,6 +71,7 @@ impl Default for BackfillConfig {
             shadow_percent: 0.0,
             cutover_gate: None,
             max_cost: None,
+            retain_source_vectors: false,
         }
     }
 }
@@ -111,6 +117,8 @@ pub struct ConfigPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<f64>, exclusive_minimum = 0.0)]
     pub max_cost: Option<Option<f64>>,
+    /// Keep the source model's vectors after the target becomes active.
+    pub retain_source_vectors: Option<bool>,
 }
 
 /// A cutover gate as a client sent it, numbers not yet range-checked.
@@ -266,6 +274,9 @@ impl ConfigPatch {
         }
         if let Some(v) = self.shadow_percent {
             config.shadow_percent = number_in("shadow_percent", v, 0.0, 100.0)?;
+        }
+        if let Some(v) = self.retain_source_vectors {
+            config.retain_source_vectors = v;
         }
         if let Some(gate) = self.cutover_gate {
             config.cutover_gate = gate.map(|g| g.validate()).transpose()?;
@@ -485,6 +496,7 @@ mod tests {
             shadow_percent: Some(5.0),
             cutover_gate: Some(None),
             max_cost: Some(Some(3.0)),
+            retain_source_vectors: Some(true),
         };
         let err = p
             .apply_to(base)
@@ -605,6 +617,7 @@ mod tests {
                 "max_concurrent": 4,
                 "cutover_gate": null,
                 "dual_write": true,
+                "retain_source_vectors": false,
                 "target_query_threshold": 0.8,
                 "rollback_window_secs": 86400,
                 "canary_percent": 0.0,

@@ -41,11 +41,13 @@ pub enum HistoryKind {
     GatePassed,
     /// The backfill paused itself: its next batch would have taken the cost past `max_cost`.
     BudgetPaused,
+    /// The source model's vectors were deleted after the target became active.
+    SourceVectorsDeleted,
 }
 
 impl HistoryKind {
     /// Every kind, for parsing persisted names.
-    pub const ALL: [HistoryKind; 16] = [
+    pub const ALL: [HistoryKind; 17] = [
         Self::Created,
         Self::Started,
         Self::Paused,
@@ -62,6 +64,7 @@ impl HistoryKind {
         Self::GateOverridden,
         Self::GatePassed,
         Self::BudgetPaused,
+        Self::SourceVectorsDeleted,
     ];
 
     /// The wire and storage name.
@@ -83,6 +86,7 @@ impl HistoryKind {
             Self::GateOverridden => "gate_overridden",
             Self::GatePassed => "gate_passed",
             Self::BudgetPaused => "budget_paused",
+            Self::SourceVectorsDeleted => "source_vectors_deleted",
         }
     }
 
@@ -198,6 +202,27 @@ impl HistoryEvent {
             migration.target_model
         );
         Self::new(&migration.id, HistoryKind::WindowClosed, detail, at, cause)
+    }
+
+    /// The entry for the end of the cleanup after `migration`'s switch: `deleted` vectors of
+    /// its source model are gone from the store and its index.
+    pub fn source_vectors_deleted(
+        migration: &Migration,
+        deleted: u64,
+        at: DateTime<Utc>,
+        cause: &Cause,
+    ) -> Self {
+        let detail = format!(
+            "{deleted} vectors of {} deleted; its index is freed",
+            migration.source_model
+        );
+        Self::new(
+            &migration.id,
+            HistoryKind::SourceVectorsDeleted,
+            detail,
+            at,
+            cause,
+        )
     }
 
     /// The entry for a labelled evaluation of `migration_id`'s two models.
@@ -322,6 +347,10 @@ fn config_fields(config: &BackfillConfig) -> Vec<(&'static str, String)> {
                 .max_cost
                 .map_or_else(|| "none".to_owned(), |cost| cost.to_string()),
         ),
+        (
+            "retain_source_vectors",
+            config.retain_source_vectors.to_string(),
+        ),
     ]
 }
 
@@ -425,7 +454,7 @@ mod tests {
             entry.detail,
             "from hash-v1 to hash-v2; batch_size 100, max_concurrent 4, dual_write true, \
              target_query_threshold 0.8, rollback_window_secs 86400, canary_percent 0, \
-             shadow_percent 0, cutover_gate none, max_cost none"
+             shadow_percent 0, cutover_gate none, max_cost none, retain_source_vectors false"
         );
     }
 }

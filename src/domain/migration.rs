@@ -192,6 +192,31 @@ pub struct Migration {
     pub gate_override: Option<GateOverride>,
     /// What the shadow reads of every replica showed so far (counted with the samples).
     pub shadow: ShadowEvidence,
+    /// The deletion of the source model's vectors once the target is active.
+    pub cleanup: SourceCleanup,
+}
+
+/// How far the deletion of a switched migration's source vectors has come (persisted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceCleanup {
+    /// Vectors of the source model deleted so far, by every replica.
+    pub deleted: u64,
+    /// When the last of them was deleted.
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+/// Where the deletion of a migration's source vectors stands (progress `source_cleanup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupState {
+    /// The target is not the active model (yet, or ever): the source's vectors are needed.
+    Waiting,
+    /// `retain_source_vectors` keeps them.
+    Retained,
+    /// Being deleted in the background.
+    Deleting,
+    /// All deleted, and the source's index freed.
+    Done,
 }
 
 /// An event that the current state does not accept (API.md: 409 `invalid-transition`).
@@ -229,6 +254,7 @@ impl Migration {
             evaluation: None,
             gate_override: None,
             shadow: ShadowEvidence::default(),
+            cleanup: SourceCleanup::default(),
         }
     }
 
@@ -308,6 +334,26 @@ impl Migration {
             _ => return Err(illegal()),
         }
         Ok(next)
+    }
+
+    /// Whether the source model's vectors are due for deletion at `now`: it completed, its
+    /// rollback window is over (so rollback is no longer possible and the target is active),
+    /// they are not retained, and their deletion has not finished.
+    pub fn needs_cleanup(&self, now: DateTime<Utc>) -> bool {
+        self.cleanup_state(now) == CleanupState::Deleting
+    }
+
+    /// Where the deletion of its source vectors stands at `now`.
+    pub fn cleanup_state(&self, now: DateTime<Utc>) -> CleanupState {
+        if self.state != MigrationState::Completed || self.window_open(now) {
+            CleanupState::Waiting
+        } else if self.config.retain_source_vectors {
+            CleanupState::Retained
+        } else if self.cleanup.done_at.is_some() {
+            CleanupState::Done
+        } else {
+            CleanupState::Deleting
+        }
     }
 
     /// Where its cutover gate stands on the evidence it holds (`domain::gate`).

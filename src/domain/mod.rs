@@ -32,7 +32,9 @@ pub use cpu_share::{CpuShare, LoadSample};
 pub use evaluation::{Evaluation, LabelledQuery, ModelScores, Scores};
 pub use gate::{CutoverGate, GateOverride, GateState, GateStatus, ShadowEvidence};
 pub use history::{Actor, Cause, HistoryEvent, HistoryKind};
-pub use migration::{Counts, Event, Migration, MigrationState, TransitionError};
+pub use migration::{
+    CleanupState, Counts, Event, Migration, MigrationState, SourceCleanup, TransitionError,
+};
 pub use progress::{
     Pace, ProgressSnapshot, ThroughputMeter, Waiting, estimate_secs, estimate_tokens,
 };

@@ -67,6 +67,7 @@ fn valid_config() -> impl Strategy<Value = BackfillConfig> {
                     shadow_percent: shadow,
                     cutover_gate: None,
                     max_cost: None,
+                    retain_source_vectors: false,
                 }
             },
         )

@@ -251,7 +251,29 @@ impl GraphWriter {
             index.add(key, vector).map_err(failed)?;
             self.present.insert(handle);
         }
+        drop(index);
+        if self.present.is_empty() {
+            self.release()?;
+        }
         Ok(())
+    }
+
+    /// Gives an emptied graph's memory back: usearch keeps a removed node's slot for reuse,
+    /// so a graph whose documents were all removed (its model's vectors deleted after a
+    /// switch) would otherwise hold its largest size for good.
+    fn release(&mut self) -> Result<(), GraphError> {
+        let index = self
+            .graph
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if index.capacity() <= INITIAL_CAPACITY {
+            return Ok(());
+        }
+        index.reset().map_err(failed)?;
+        index
+            .reserve_capacity_and_threads(INITIAL_CAPACITY, self.graph.slots.count + 1)
+            .map_err(failed)
     }
 
     /// How the graph was built.

@@ -230,6 +230,22 @@ impl VectorIndex {
         Ok(best_of(self.rows_at(rows), &unit_query, top_k))
     }
 
+    /// Frees the capacity that removed rows left behind.
+    pub fn shrink_to_fit(&mut self) {
+        self.vectors.shrink_to_fit();
+        self.handles.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        self.versions.shrink_to_fit();
+        self.unsynced.shrink_to_fit();
+        let used = self
+            .rows
+            .iter()
+            .rposition(|&row| row != NO_ROW)
+            .map_or(0, |last| last + 1);
+        self.rows.truncate(used);
+        self.rows.shrink_to_fit();
+    }
+
     /// The handles of every document indexed, for restricting another model's search to the
     /// documents both models have (`IndexSet::search_in_both`).
     pub fn handle_set(&self) -> RoaringBitmap {

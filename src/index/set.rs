@@ -309,6 +309,32 @@ impl IndexSet {
         handles.release(id);
     }
 
+    /// Removes the vectors of `ids` from `model`'s index only (the documents stay): the store
+    /// deleted them when `model` stopped being used (`cleanup`). Its graph follows.
+    pub fn remove_vectors(&self, model: &str, ids: &[String]) {
+        let Some(index) = self.by_model.get(model) else {
+            return;
+        };
+        let handles = read(&self.handles);
+        let mut rows = write(&index.rows);
+        let removed = ids
+            .iter()
+            .filter_map(|id| handles.get(id))
+            .filter(|&handle| rows.remove(handle))
+            .count();
+        drop(rows);
+        if removed > 0 {
+            index.feed.wake();
+        }
+    }
+
+    /// Gives the memory `model`'s rows no longer use back, once many were removed.
+    pub fn compact(&self, model: &str) {
+        if let Some(index) = self.by_model.get(model) {
+            write(&index.rows).shrink_to_fit();
+        }
+    }
+
     /// The `top_k` nearest documents to `query` in `model`'s index among those `filter`
     /// matches, exactly when `exact` (and whenever [`SearchPath::choose`] finds the exact scan
     /// cheap or the graph behind); empty for an unknown model or a query of the wrong

@@ -564,3 +564,56 @@ fn a_restamped_row_keeps_its_vector_and_its_graph_entry() {
     assert_eq!(hits[0].id, "a");
     assert!((hits[0].score - 1.0).abs() < 1e-5, "{hits:?}");
 }
+
+/// A model whose vectors were all deleted after a switch gives its memory back: its rows are
+/// gone, its graph is emptied and released, and the other model is untouched.
+#[test]
+fn removing_a_models_vectors_frees_its_rows_and_graph_and_leaves_the_other_model() {
+    let set = set();
+    let mut corpus = Corpus::new(11);
+    let ids: Vec<String> = (0..3000).map(|i| format!("d{i:05}")).collect();
+    for id in &ids {
+        set.upsert("m", id, 1, &corpus.document());
+        set.upsert("other", id, 1, &corpus.document());
+    }
+    wait_for_graph(&set, "m");
+    let size = |model: &str, kind: &str| {
+        set.sizes()
+            .into_iter()
+            .find(|s| s.model == model && s.kind == kind)
+            .expect("a size")
+    };
+    let graph_before = size("m", "hnsw").bytes;
+    for batch in ids.chunks(1000) {
+        set.remove_vectors("m", batch);
+    }
+    set.compact("m");
+    wait_for_graph(&set, "m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while size("m", "hnsw").vectors > 0 {
+        assert!(Instant::now() < deadline, "the graph kept its nodes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        (size("m", "exact").vectors, size("m", "exact").bytes),
+        (0, 0)
+    );
+    assert!(
+        size("m", "hnsw").bytes < graph_before / 4,
+        "the emptied graph still holds {} of {graph_before} bytes",
+        size("m", "hnsw").bytes
+    );
+    assert_eq!(size("other", "exact").vectors, ids.len());
+    let query = corpus.document();
+    assert!(
+        set.search("m", &query, 5, &Filter::default(), false)
+            .hits
+            .is_empty()
+    );
+    assert_eq!(
+        set.search("other", &query, 5, &Filter::default(), false)
+            .hits
+            .len(),
+        5
+    );
+}

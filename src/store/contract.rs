@@ -18,8 +18,8 @@ use crate::domain::{
     Migration, MigrationState, ShadowEvidence, ShadowSample,
 };
 use crate::store::{
-    AfterCommit, BatchItem, Claim, ClaimOutcome, CountsDelta, DocumentWrite, Kept, LeaseRequest,
-    ReplicaProgress, Store, StoreError, StoredVector, VectorInfo,
+    AfterCommit, BatchItem, Claim, ClaimOutcome, CleanupStep, CountsDelta, DocumentWrite, Kept,
+    LeaseRequest, ReplicaProgress, Store, StoreError, StoredVector, VectorInfo,
 };
 
 /// A backend under test, with a database of its own.
@@ -1712,6 +1712,92 @@ pub(crate) async fn only_the_newest_shadow_figures_are_kept(backend: &dyn Backen
     let kept = store.comparison("other").await.unwrap();
     assert_eq!((kept.figures.len(), kept.dropped), (1, 2));
     assert_eq!(kept.worst, [own[0].worst()]);
+}
+
+/// The source model's vectors go in batches, each counted on the migration, the target's
+/// stay, and the end is recorded once however often it is reached.
+pub(crate) async fn source_vectors_are_deleted_in_counted_batches_and_the_end_recorded_once(
+    backend: &dyn Backend,
+) {
+    let store = backend.open().await;
+    let ids = ["d1", "d2", "d3", "d4", "d5"];
+    put(
+        &*store,
+        ids.iter().map(|id| write(id, &[SOURCE, TARGET])).collect(),
+    )
+    .await;
+    let m = started(&*store, "m").await;
+    let mut steps = Vec::new();
+    loop {
+        let step = store
+            .delete_source_vectors(&m, 2, &test_cause())
+            .await
+            .unwrap();
+        let done = step == CleanupStep::Done;
+        steps.push(step);
+        if done {
+            break;
+        }
+    }
+    let deleted =
+        |list: &[&str]| CleanupStep::Deleted(list.iter().map(|s| (*s).to_owned()).collect());
+    assert_eq!(
+        steps,
+        [
+            deleted(&["d1", "d2"]),
+            deleted(&["d3", "d4"]),
+            deleted(&["d5"]),
+            CleanupStep::Done
+        ]
+    );
+    assert_eq!(
+        store
+            .delete_source_vectors(&m, 2, &test_cause())
+            .await
+            .unwrap(),
+        CleanupStep::Done
+    );
+    assert!(all_vectors(&*store, SOURCE).await.unwrap().is_empty());
+    assert_eq!(all_vectors(&*store, TARGET).await.unwrap().len(), 5);
+    let cleanup = stored(&*store, "m").await.cleanup;
+    assert_eq!(cleanup.deleted, 5);
+    assert!(cleanup.done_at.is_some());
+    let ends: Vec<String> = store
+        .history("m")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == HistoryKind::SourceVectorsDeleted)
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(ends, ["5 vectors of hash-v1 deleted; its index is freed"]);
+}
+
+/// A newer migration stops the deletion: the vectors may be its to use.
+pub(crate) async fn a_newer_migration_supersedes_the_deletion(backend: &dyn Backend) {
+    let store = backend.open().await;
+    put(&*store, vec![write("d1", &[SOURCE, TARGET])]).await;
+    let m = started(&*store, "m").await;
+    let stopped = Migration {
+        state: MigrationState::Cancelled,
+        ..m.clone()
+    };
+    store
+        .update_migration(&stopped, MigrationState::InProgress, &noted(&stopped))
+        .await
+        .unwrap();
+    store
+        .insert_migration(&planned("m2"), &noted(&planned("m2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_source_vectors(&m, 10, &test_cause())
+            .await
+            .unwrap(),
+        CleanupStep::Superseded
+    );
+    assert_eq!(all_vectors(&*store, SOURCE).await.unwrap().len(), 1);
 }
 
 // ---- Durability ---------------------------------------------------------------------------

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 pub use crate::domain::CountsDelta;
 use crate::domain::{
-    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
-    ShadowSample,
+    Cause, ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState,
+    ShadowEvidence, ShadowSample,
 };
 pub use kept::Kept;
 
@@ -69,6 +69,17 @@ impl DocumentWrite {
         self.vectors.iter().any(|(m, _)| m == model)
             || self.kept.as_ref().is_some_and(|kept| kept.keeps(model))
     }
+}
+
+/// What one step of deleting a migration's source vectors did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CleanupStep {
+    /// These documents' source vectors were deleted; there may be more.
+    Deleted(Vec<String>),
+    /// None was left: the deletion is done (and recorded).
+    Done,
+    /// A newer migration exists; nothing was deleted.
+    Superseded,
 }
 
 /// The version a write produced for one document.
@@ -253,6 +264,9 @@ pub trait VectorSearch: Send + Sync {
     /// The `top_k` documents nearest to `query` among `model`'s vectors of the documents that
     /// also have a vector of `other`, every candidate scored: a labelled evaluation judges two
     /// models on the same documents (`domain::evaluation`).
+    /// Drops `model`'s index once its vectors are deleted (`cleanup`), giving its pages back
+    /// at once rather than at the next vacuum; start-up creates an empty one again.
+    async fn drop_index(&self, model: &str, dimensions: usize) -> Result<(), StoreError>;
     async fn nearest_in_both(
         &self,
         model: &str,
@@ -355,6 +369,17 @@ pub trait Store: Send + Sync + 'static {
         migration: &Migration,
         noted: &[HistoryEvent],
     ) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` vectors of `migration`'s source model (lowest ids first) and counts
+    /// them on the migration, in one transaction. Once none is left it marks the deletion done
+    /// and records it in the history on behalf of `cause`, once, whichever replica gets there
+    /// first. `Superseded` when a newer migration exists: the source's vectors are no longer
+    /// this migration's to delete (a migration back to that model may be using them).
+    async fn delete_source_vectors(
+        &self,
+        migration: &Migration,
+        limit: u32,
+        cause: &Cause,
+    ) -> Result<CleanupStep, StoreError>;
     /// The history of a migration, oldest first (empty for an unknown id).
     async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
     /// Keeps `evaluation` as the migration's last one and records `noted`, in one transaction;

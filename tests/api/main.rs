@@ -23,6 +23,7 @@ mod active_model;
 mod backfill;
 mod bad_input;
 mod canary;
+mod cleanup;
 mod cli;
 mod cost;
 mod crash;

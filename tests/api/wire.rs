@@ -166,12 +166,21 @@ pub struct Progress {
     pub replicas: Vec<Replica>,
     pub query_route: String,
     pub gate: Gate,
+    pub source_cleanup: SourceCleanup,
     pub throttle_reason: Option<String>,
     pub waiting: Option<Waiting>,
     pub tokens_embedded: u64,
     pub cost_so_far: Option<f64>,
     pub cost_remaining_estimate: Option<f64>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Progress `source_cleanup`: the deletion of the source model's vectors after the switch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceCleanup {
+    pub state: String,
+    pub deleted: u64,
 }
 
 /// Progress `gate`: where the cutover gate stands and why.

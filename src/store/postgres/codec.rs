@@ -11,6 +11,7 @@ use sqlx::{Postgres, Row};
 
 use crate::domain::{
     BackfillConfig, Counts, Evaluation, GateOverride, Migration, MigrationState, ShadowEvidence,
+    SourceCleanup,
 };
 use crate::store::{
     ClaimedDocument, ReplicaProgress, Skip, StoreError, StoredDocument, StoredMetadata,
@@ -229,6 +230,10 @@ pub(super) fn decode_migration(row: &PgRow) -> Result<Migration, StoreError> {
         evaluation: column::<Option<Json<Evaluation>>>(row, "last_evaluation")?.map(|json| json.0),
         gate_override: column::<Option<Json<GateOverride>>>(row, "gate_override")?.map(|j| j.0),
         shadow: decode_shadow(row)?,
+        cleanup: SourceCleanup {
+            deleted: stored_u64(column(row, "source_vectors_deleted")?, "deleted vectors")?,
+            done_at: decode_optional_time(row, "cleanup_done_at")?,
+        },
     })
 }
 

@@ -12,8 +12,8 @@ use super::codec::{
 };
 use super::history::insert_event;
 use super::{PostgresStore, Tx};
-use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
-use crate::store::StoreError;
+use crate::domain::{Cause, Counts, Evaluation, HistoryEvent, Migration, MigrationState};
+use crate::store::{CleanupStep, StoreError};
 
 /// The partial unique index that admits one backfilling migration at a time.
 const ONE_BACKFILLING: &str = "migrations_one_backfilling";
@@ -352,4 +352,82 @@ async fn enqueue_stale(tx: &mut Tx, m: &Migration) -> Result<u64, StoreError> {
     .await
     .map_err(store_error)?;
     Ok(done.rows_affected())
+}
+
+/// [`Store::delete_source_vectors`](crate::store::Store::delete_source_vectors) on
+/// PostgreSQL: under the gate shared, like batch commits; replicas deleting at once skip each
+/// other's rows.
+pub(super) async fn delete_source_vectors(
+    store: &PostgresStore,
+    migration: &Migration,
+    limit: u32,
+    cause: &Cause,
+) -> Result<CleanupStep, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let latest: Option<String> =
+        sqlx::query_scalar("SELECT id FROM migrations ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+    if latest.as_deref() != Some(migration.id.as_str()) {
+        return Ok(CleanupStep::Superseded);
+    }
+    let deleted: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM vectors WHERE model = $1 AND doc_id IN
+             (SELECT doc_id FROM vectors WHERE model = $1 ORDER BY doc_id LIMIT $2
+              FOR UPDATE SKIP LOCKED)
+         RETURNING doc_id",
+    )
+    .bind(&migration.source_model)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(store_error)?;
+    let step = if deleted.is_empty() {
+        finish_cleanup(&mut tx, migration, cause).await?;
+        CleanupStep::Done
+    } else {
+        sqlx::query(
+            "UPDATE migrations SET source_vectors_deleted = source_vectors_deleted + $2
+             WHERE id = $1",
+        )
+        .bind(&migration.id)
+        .bind(sql_int(deleted.len())?)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        CleanupStep::Deleted(deleted)
+    };
+    tx.commit().await.map_err(store_error)?;
+    Ok(step)
+}
+
+/// Marks `migration`'s cleanup done and records it, unless it was already.
+async fn finish_cleanup(
+    tx: &mut Tx,
+    migration: &Migration,
+    cause: &Cause,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let (at, at_nanos) = split_time(now);
+    let deleted: Option<i64> = sqlx::query_scalar(
+        "UPDATE migrations SET cleanup_done_at = $2, cleanup_done_at_nanos = $3
+         WHERE id = $1 AND cleanup_done_at IS NULL
+         RETURNING source_vectors_deleted",
+    )
+    .bind(&migration.id)
+    .bind(at)
+    .bind(at_nanos)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let Some(deleted) = deleted else {
+        return Ok(());
+    };
+    let deleted = stored_u64(deleted, "deleted vectors")?;
+    insert_event(
+        tx,
+        &HistoryEvent::source_vectors_deleted(migration, deleted, now, cause),
+    )
+    .await
 }

@@ -59,13 +59,13 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::{
-    AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, DocumentWrite,
-    LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
-    StoredMetadata, StoredVector, VectorSearch, WriteReceipt,
+    AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CleanupStep, CountsDelta,
+    DocumentWrite, LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError,
+    StoredDocument, StoredMetadata, StoredVector, VectorSearch, WriteReceipt,
 };
 use crate::domain::{
-    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
-    ShadowSample,
+    Cause, ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState,
+    ShadowEvidence, ShadowSample,
 };
 use crate::run_to_end::run_to_end;
 use codec::{decode_metadata, decode_vector, store_error};
@@ -427,6 +427,15 @@ impl Store for PostgresStore {
         noted: &[HistoryEvent],
     ) -> Result<bool, StoreError> {
         migrations::complete_migration(self, migration, noted).await
+    }
+
+    async fn delete_source_vectors(
+        &self,
+        migration: &Migration,
+        limit: u32,
+        cause: &Cause,
+    ) -> Result<CleanupStep, StoreError> {
+        migrations::delete_source_vectors(self, migration, limit, cause).await
     }
 
     async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {

@@ -171,6 +171,8 @@ contract_tests!(backend() =>
     history_records_each_change_in_order_and_nothing_refused,
     shadow_samples_of_every_handle_are_kept_with_the_lowest_overlaps,
     only_the_newest_shadow_figures_are_kept,
+    source_vectors_are_deleted_in_counted_batches_and_the_end_recorded_once,
+    a_newer_migration_supersedes_the_deletion,
     everything_survives_a_reopen,
     concurrent_writes_and_batches_keep_counts_and_vectors_consistent,
 );

@@ -11,7 +11,7 @@ use sqlx::{Row, Sqlite};
 
 use super::bulk;
 
-use crate::domain::{Counts, Migration, MigrationState, ShadowEvidence};
+use crate::domain::{Counts, Migration, MigrationState, ShadowEvidence, SourceCleanup};
 use crate::store::{
     ClaimedDocument, ReplicaProgress, Skip, StoreError, StoredDocument, StoredMetadata,
     StoredVector, VectorInfo,
@@ -256,6 +256,10 @@ pub(super) fn decode_migration(row: &SqliteRow) -> Result<Migration, StoreError>
             })
             .transpose()?,
         shadow: decode_shadow(row)?,
+        cleanup: SourceCleanup {
+            deleted: stored_u64(column(row, "source_vectors_deleted")?, "deleted vectors")?,
+            done_at: decode_optional_time(row, "cleanup_done_at")?,
+        },
     })
 }
 

@@ -10,8 +10,8 @@ use super::codec::{
 };
 use super::history::insert_event;
 use super::{SqliteStore, Tx};
-use crate::domain::{Counts, Evaluation, HistoryEvent, Migration, MigrationState};
-use crate::store::StoreError;
+use crate::domain::{Cause, Counts, Evaluation, HistoryEvent, Migration, MigrationState};
+use crate::store::{CleanupStep, StoreError};
 
 /// [`Store::backfill_estimate`](crate::store::Store::backfill_estimate) on SQLite.
 pub(super) async fn backfill_estimate(
@@ -343,4 +343,86 @@ async fn enqueue_stale(tx: &mut Tx, m: &Migration) -> Result<u64, StoreError> {
     .await
     .map_err(store_error)?;
     Ok(done.rows_affected())
+}
+
+/// [`Store::delete_source_vectors`](crate::store::Store::delete_source_vectors) on SQLite.
+pub(super) async fn delete_source_vectors(
+    store: &SqliteStore,
+    migration: &Migration,
+    limit: u32,
+    cause: &Cause,
+) -> Result<CleanupStep, StoreError> {
+    store
+        .write(async {
+            let mut tx = store.begin_write().await?;
+            let latest: Option<String> =
+                sqlx::query_scalar("SELECT id FROM migrations ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            if latest.as_deref() != Some(migration.id.as_str()) {
+                return Ok(CleanupStep::Superseded);
+            }
+            let deleted: Vec<String> = sqlx::query_scalar(
+                "DELETE FROM vectors WHERE model = ?1 AND doc_id IN
+                     (SELECT doc_id FROM vectors WHERE model = ?1 ORDER BY doc_id LIMIT ?2)
+                 RETURNING doc_id",
+            )
+            .bind(&migration.source_model)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            let step = if deleted.is_empty() {
+                finish_cleanup(&mut tx, migration, cause).await?;
+                CleanupStep::Done
+            } else {
+                sqlx::query(
+                    "UPDATE migrations SET source_vectors_deleted = source_vectors_deleted + ?2
+                     WHERE id = ?1",
+                )
+                .bind(&migration.id)
+                .bind(sql_int(deleted.len())?)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                CleanupStep::Deleted(deleted)
+            };
+            tx.commit().await.map_err(store_error)?;
+            Ok(step)
+        })
+        .await
+}
+
+/// Marks `migration`'s cleanup done and records it, unless it was already.
+async fn finish_cleanup(
+    tx: &mut Tx,
+    migration: &Migration,
+    cause: &Cause,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let finished = sqlx::query(
+        "UPDATE migrations SET cleanup_done_at = ?2 WHERE id = ?1 AND cleanup_done_at IS NULL",
+    )
+    .bind(&migration.id)
+    .bind(encode_time(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?
+    .rows_affected();
+    if finished == 0 {
+        return Ok(());
+    }
+    let deleted: i64 =
+        sqlx::query_scalar("SELECT source_vectors_deleted FROM migrations WHERE id = ?1")
+            .bind(&migration.id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    let deleted = stored_u64(deleted, "deleted vectors")?;
+    insert_event(
+        tx,
+        &HistoryEvent::source_vectors_deleted(migration, deleted, now, cause),
+    )
+    .await
 }

@@ -39,13 +39,13 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite, Transaction};
 
 use super::{
-    AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CountsDelta, DocumentWrite,
-    LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError, StoredDocument,
-    StoredMetadata, StoredVector, WriteReceipt,
+    AfterCommit, BatchItem, BatchReceipt, Claim, ClaimOutcome, CleanupStep, CountsDelta,
+    DocumentWrite, LeaseRequest, OverInputLimit, ReplicaProgress, Skip, Store, StoreError,
+    StoredDocument, StoredMetadata, StoredVector, WriteReceipt,
 };
 use crate::domain::{
-    ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState, ShadowEvidence,
-    ShadowSample,
+    Cause, ComparisonData, Counts, Evaluation, HistoryEvent, Migration, MigrationState,
+    ShadowEvidence, ShadowSample,
 };
 use crate::run_to_end::run_to_end;
 use codec::{decode_bulk_metadata, decode_bulk_vector, free_bytes, store_error};
@@ -360,6 +360,15 @@ impl Store for SqliteStore {
         noted: &[HistoryEvent],
     ) -> Result<bool, StoreError> {
         migrations::complete_migration(self, migration, noted).await
+    }
+
+    async fn delete_source_vectors(
+        &self,
+        migration: &Migration,
+        limit: u32,
+        cause: &Cause,
+    ) -> Result<CleanupStep, StoreError> {
+        migrations::delete_source_vectors(self, migration, limit, cause).await
     }
 
     async fn history(&self, migration_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {

@@ -193,6 +193,19 @@ impl VectorSearch for PostgresStore {
         Ok(Nearest { hits, exact: true })
     }
 
+    async fn drop_index(&self, model: &str, dimensions: usize) -> Result<(), StoreError> {
+        // CONCURRENTLY: writes to `vectors` go on meanwhile (it cannot run in a transaction).
+        let drop = format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {}",
+            indexes::index_name(model, dimensions)
+        );
+        sqlx::query(&drop)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
     async fn nearest_in_both(
         &self,
         model: &str,
