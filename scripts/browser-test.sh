@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Headless-browser test of the status page (GET /, static/status.html): starts the service on a
 # free port with a fresh data directory and an API token, loads a corpus, starts a migration
-# slow enough to watch (batches of 10, one at a time), then drives Debian's Chromium with
-# playwright-core (tests/browser/status.test.mjs): the progress bar advances, #pause pauses.
+# slow enough to watch (batches of 10, one at a time) behind a cutover gate, then drives
+# Debian's Chromium with playwright-core (tests/browser/status.test.mjs): the progress bar
+# advances, #pause pauses, the history and the gate show, and #override overrides the gate.
 # Screenshot: target/browser/status-page.png. Needs Node.js and npm; installs chromium if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,9 @@
-//! `GET /`: the live status page — routing, migrations, progress with a throughput chart, and
-//! the lifecycle buttons. One static HTML file (`static/status.html`) compiled into the binary,
-//! so the service needs no asset directory; the page itself calls the JSON API and follows
-//! `GET /v1/migrations/{id}/events`. It is not part of the JSON API, so it stays out of the
-//! OpenAPI document, like `/docs`.
+//! `GET /`: the live status page — routing, migrations, progress with a throughput chart, the
+//! lifecycle buttons, the evidence for a cutover (gate with its override, canary, shadow
+//! comparison, evaluation, cost) and the history. One static HTML file (`static/status.html`)
+//! compiled into the binary, so the service needs no asset directory; the page itself calls
+//! the JSON API and follows `GET /v1/migrations/{id}/events`. It is not part of the JSON API,
+//! so it stays out of the OpenAPI document, like `/docs`.
 
 use axum::Router;
 use axum::http::header;
@@ -43,7 +44,7 @@ mod tests {
     use super::STATUS_PAGE;
 
     /// The ids the browser test and operators' scripts rely on.
-    const STABLE_IDS: [&str; 16] = [
+    const STABLE_IDS: [&str; 26] = [
         "phase",
         "query-model",
         "write-models",
@@ -60,6 +61,16 @@ mod tests {
         "finalize",
         "error",
         "migrations",
+        "canary",
+        "gate",
+        "gate-reason",
+        "override",
+        "override-reason",
+        "override-error",
+        "comparison-note",
+        "comparison-samples",
+        "cost",
+        "history",
     ];
 
     #[test]

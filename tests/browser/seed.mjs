@@ -1,5 +1,7 @@
 // Loads a synthetic corpus into a running reembed and starts a slow migration to hash-v2, so
-// that the status page has something to show. Usage: node seed.mjs <base-url> <documents>
+// that the status page has something to show: with a canary share, and a cutover gate that
+// stays blocked (a recall ratio that needs an evaluation, and none is made) until overridden.
+// Usage: node seed.mjs <base-url> <documents>
 // Prints the migration id. Uses only Node's own fetch.
 
 const [base, countArg = "20000"] = process.argv.slice(2);
@@ -34,6 +36,6 @@ for (let from = 0; from < count; from += BULK) {
 const migration = await post("/v1/migrations", {
   id: "browser-test",
   target_model: "hash-v2",
-  config: { batch_size: 10, max_concurrent: 1 },
+  config: { batch_size: 10, max_concurrent: 1, canary_percent: 25, cutover_gate: { min_recall_ratio: 10 } },
 });
 console.log(migration.id);
