@@ -386,3 +386,71 @@ async fn agreeing_samples_let_a_gate_on_overlap_pass_and_the_migration_complete(
     assert_eq!(comparison.mean_overlap, Some(1.0), "{comparison:?}");
     app.wait_for_state("m", "completed", PATIENCE).await;
 }
+
+/// The same gate behind a target built to disagree: twenty shadowed queries overlap barely, so
+/// the gate stays blocked, the migration in progress and queries on the source; an override
+/// with a reason lets it complete, and the history keeps the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disagreeing_samples_keep_a_gate_on_overlap_blocked_until_an_override() {
+    let app = TestApp::with_models(registry_with("hash-v1-contrary", contrary)).await;
+    app.load(&corpus(), 100).await;
+    let gate = json!({ "min_samples": 20, "min_overlap": 0.9 });
+    let config =
+        json!({ "shadow_percent": 100, "cutover_gate": gate, "target_query_threshold": 0.5 });
+    app.start_migration(
+        &json!({ "id": "m", "target_model": "hash-v1-contrary", "config": config }),
+    )
+    .await;
+    eventually(PATIENCE, "the backfill done behind the gate", || async {
+        let progress = app.progress("m").await;
+        (progress.remaining == 0)
+            .then_some(())
+            .ok_or(format!("{progress:?}"))
+    })
+    .await;
+
+    let comparison = shadowed(&app, &topic_queries()).await;
+    assert!(
+        comparison.mean_overlap.expect("samples") < 0.3,
+        "{comparison:?}"
+    );
+    let blocked = eventually(PATIENCE, "the gate judging 20 samples", || async {
+        let progress = app.progress("m").await;
+        progress
+            .gate
+            .reason
+            .contains("is below 0.900 over")
+            .then_some(())
+            .ok_or(format!("{:?}", progress.gate))
+            .map(|()| progress)
+    })
+    .await;
+    assert_eq!(
+        (blocked.state.as_str(), blocked.gate.state.as_str()),
+        ("in_progress", "blocked")
+    );
+    let held: Value = app
+        .query_reply(&json!({ "text": "river", "top_k": 3 }))
+        .await
+        .ok();
+    assert_eq!(held["reason"], "gate_blocked", "{held}");
+
+    let body = json!({ "reason": "the new model is better on our own judgement" });
+    app.send(
+        reqwest::Method::POST,
+        "/v1/migrations/m/cutover",
+        Some(&body),
+    )
+    .await
+    .ok::<Value>();
+    app.wait_for_state("m", "completed", PATIENCE).await;
+    let history = app.history("m").await.events;
+    let overridden = history
+        .iter()
+        .find(|e| e.kind == "gate_overridden")
+        .expect("the override is recorded");
+    assert_eq!(
+        overridden.detail,
+        "the new model is better on our own judgement"
+    );
+}
