@@ -210,7 +210,7 @@ pub(super) async fn hit_documents(
 /// A read-only transaction whose statements all see one snapshot. Begun to its end whoever
 /// waits, as writes are (see `PostgresStore::begin_gated`), but not the request's answer: a
 /// request that reads before it embeds is still answered 503 when its time runs out.
-async fn begin_read(store: &PostgresStore) -> Result<Tx, StoreError> {
+pub(super) async fn begin_read(store: &PostgresStore) -> Result<Tx, StoreError> {
     let pool = store.pool.clone();
     run_to_end_unanswered(async move {
         let mut tx = pool.begin().await.map_err(store_error)?;

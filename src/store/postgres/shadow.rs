@@ -12,6 +12,7 @@
 use sqlx::postgres::PgRow;
 
 use super::codec::{column, decode_shadow, sql_int, store_error, stored_u64};
+use super::documents::begin_read;
 use super::{PostgresStore, Tx};
 use crate::domain::ShadowEvidence;
 use crate::domain::comparison::{
@@ -153,13 +154,16 @@ pub(super) async fn comparison(
     store: &PostgresStore,
     migration_id: &str,
 ) -> Result<ComparisonData, StoreError> {
+    // One snapshot: a flush committing between these reads would count samples whose figures
+    // were not read.
+    let mut tx = begin_read(store).await?;
     let figures = sqlx::query(
         "SELECT overlap, source_ms, target_ms FROM shadow_samples WHERE migration_id = $1
          ORDER BY seq DESC LIMIT $2",
     )
     .bind(migration_id)
     .bind(sql_int(SAMPLES_KEPT)?)
-    .fetch_all(&store.pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(store_error)?;
     let worst = sqlx::query(
@@ -168,19 +172,19 @@ pub(super) async fn comparison(
     )
     .bind(migration_id)
     .bind(sql_int(WORST_KEPT)?)
-    .fetch_all(&store.pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(store_error)?;
     let dropped: Option<i64> =
         sqlx::query_scalar("SELECT dropped FROM shadow_drops WHERE migration_id = $1")
             .bind(migration_id)
-            .fetch_optional(&store.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?;
     let evidence =
         sqlx::query("SELECT shadow_samples, shadow_overlap_sum FROM migrations WHERE id = $1")
             .bind(migration_id)
-            .fetch_optional(&store.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?;
     Ok(ComparisonData {
