@@ -18,6 +18,24 @@ cargo build --locked --quiet --bin reembed
 
 # shellcheck source=scripts/test-server.sh
 . scripts/test-server.sh
+# Both built-in models, hash-v2 with a price: a migration's `max_cost` is only accepted for a
+# priced target (422 otherwise, a rule of the registry no schema can express), so with a price
+# every schema-valid config patch of the fuzzed migration must be accepted.
+export REEMBED_CONFIG="$work/registry.toml"
+cat >"$REEMBED_CONFIG" <<'TOML'
+active_model = "hash-v1"
+
+[[models]]
+id = "hash-v1"
+provider = "builtin"
+dimensions = 256
+
+[[models]]
+id = "hash-v2"
+provider = "builtin"
+dimensions = 384
+price_per_million_tokens = 0.02
+TOML
 start_server schemathesis
 
 # Data for the operations on one document or migration: a few documents, and a planned
