@@ -59,7 +59,8 @@ pub enum Step {
     /// The store holds `max_concurrent` claims, or every queued document is under a lease
     /// (perhaps of another process): wait for a change or poll.
     Busy,
-    /// Nothing is running (no migration in progress, or it just completed): wait for a change.
+    /// Nothing is running (no migration in progress, it just completed, or its cutover gate
+    /// holds its completion): wait for a change.
     Idle,
     /// The store failed; wait a moment and try again.
     Retry,
@@ -288,12 +289,15 @@ impl Backfill {
 
     /// Nothing is queued: once this process's batches have committed, complete the migration
     /// if it is in progress (the store refuses if documents were queued meanwhile); a
-    /// completed migration's repairs are done then, and the counts already say so.
+    /// completed migration's repairs are done then, and the counts already say so. A cutover
+    /// gate that blocks waits for a change: what can let it through (shadow evidence, an
+    /// evaluation, an override, a config patch) is published, by this replica or by the
+    /// refresh of a shared store's row.
     async fn drained(&self, migration: &Migration, in_flight: u32) -> Step {
         if in_flight > 0 {
             return Step::Saturated;
         }
-        if migration.state != MigrationState::InProgress {
+        if migration.state != MigrationState::InProgress || migration.gate_blocks() {
             return Step::Idle;
         }
         match self.coordinator.try_complete(Utc::now()).await {
