@@ -72,6 +72,18 @@ pub struct ShadowEvidence {
     pub mean_overlap: Option<f64>,
 }
 
+impl ShadowEvidence {
+    /// The evidence of `samples` samples whose overlaps sum to `overlap_sum`: what a
+    /// migration's row counts, the sum kept rather than the mean so that every batch of
+    /// samples, from any replica, adds to it in one update.
+    pub fn from_sum(samples: u64, overlap_sum: f64) -> Self {
+        Self {
+            samples,
+            mean_overlap: (samples > 0).then(|| overlap_sum / samples as f64),
+        }
+    }
+}
+
 /// The gate's status on the evidence: `gate` (none → `None`), an operator's `overridden`,
 /// the `shadow` samples and the last `evaluation`.
 pub fn check(
@@ -215,6 +227,13 @@ mod tests {
             source: side("hash-v1", source),
             target: side("hash-v2", target),
         }
+    }
+
+    #[test]
+    fn the_row_sum_gives_the_mean_and_no_samples_give_none() {
+        assert_eq!(ShadowEvidence::from_sum(0, 0.0), ShadowEvidence::default());
+        let evidence = ShadowEvidence::from_sum(4, 3.0);
+        assert_eq!((evidence.samples, evidence.mean_overlap), (4, Some(0.75)));
     }
 
     #[test]

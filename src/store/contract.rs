@@ -1622,9 +1622,13 @@ pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_over
         .collect();
     let second: Vec<ShadowSample> = (25..30).map(|n| shadow_sample(0.0, n)).collect();
     let evidence = one.record_shadow_samples("m", &first, 3).await.unwrap();
-    assert_eq!(evidence, shadow_evidence(25, 12.5));
+    assert_eq!(evidence, ShadowEvidence::from_sum(25, 12.5));
     let evidence = other.record_shadow_samples("m", &second, 4).await.unwrap();
-    assert_eq!(evidence, shadow_evidence(30, 12.5), "both handles count");
+    assert_eq!(
+        evidence,
+        ShadowEvidence::from_sum(30, 12.5),
+        "both handles count"
+    );
     other.record_shadow_samples("m", &[], 1).await.unwrap();
     let unknown = one.record_shadow_samples("unknown", &second, 1).await;
     assert!(unknown.is_err(), "{unknown:?}");
@@ -1634,7 +1638,7 @@ pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_over
     let store = backend.open().await;
     let kept = store.comparison("m").await.unwrap();
     assert_eq!(kept.dropped, 8);
-    assert_eq!(kept.evidence, shadow_evidence(30, 12.5));
+    assert_eq!(kept.evidence, ShadowEvidence::from_sum(30, 12.5));
     assert_eq!(
         stored(&*store, "m").await.shadow,
         kept.evidence,
@@ -1668,14 +1672,6 @@ pub(crate) async fn shadow_samples_of_every_handle_are_kept_with_the_lowest_over
     store.close().await;
 }
 
-/// The evidence of `samples` samples whose overlaps sum to `overlap_sum`.
-fn shadow_evidence(samples: u64, overlap_sum: f64) -> ShadowEvidence {
-    ShadowEvidence {
-        samples,
-        mean_overlap: Some(overlap_sum / samples as f64),
-    }
-}
-
 /// Only the newest `SAMPLES_KEPT` figures of a migration are kept, and another migration's
 /// samples are its own.
 pub(crate) async fn only_the_newest_shadow_figures_are_kept(backend: &dyn Backend) {
@@ -1697,7 +1693,7 @@ pub(crate) async fn only_the_newest_shadow_figures_are_kept(backend: &dyn Backen
     let every = SAMPLES_KEPT as u64 + 5;
     assert_eq!(
         kept.evidence,
-        shadow_evidence(every, SAMPLES_KEPT as f64),
+        ShadowEvidence::from_sum(every, SAMPLES_KEPT as f64),
         "every sample counts"
     );
     assert!(

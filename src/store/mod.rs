@@ -15,6 +15,7 @@ pub(crate) mod contract;
 mod kept;
 pub mod postgres;
 pub mod sqlite;
+mod stored;
 mod writes;
 
 use async_trait::async_trait;

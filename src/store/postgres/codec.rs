@@ -71,9 +71,7 @@ pub(super) fn sql_int<T: TryInto<i64> + Copy + Display>(value: T) -> Result<i64,
         .map_err(|_| StoreError::Corrupt(format!("{value} exceeds PostgreSQL's BIGINT range")))
 }
 
-pub(super) fn stored_u64(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
-}
+pub(super) use crate::store::stored::stored_u64;
 
 fn stored_usize(value: i32) -> Result<usize, StoreError> {
     usize::try_from(value).map_err(|_| StoreError::Corrupt(format!("bad dimensions: {value}")))
@@ -241,10 +239,7 @@ pub(super) fn decode_migration(row: &PgRow) -> Result<Migration, StoreError> {
 pub(super) fn decode_shadow(row: &PgRow) -> Result<ShadowEvidence, StoreError> {
     let samples = stored_u64(column(row, "shadow_samples")?, "shadow samples")?;
     let overlap_sum: f64 = column(row, "shadow_overlap_sum")?;
-    Ok(ShadowEvidence {
-        samples,
-        mean_overlap: (samples > 0).then(|| overlap_sum / samples as f64),
-    })
+    Ok(ShadowEvidence::from_sum(samples, overlap_sum))
 }
 
 pub(super) fn decode_counts(row: &PgRow) -> Result<Counts, StoreError> {

@@ -5,8 +5,9 @@ use sqlx::postgres::PgRow;
 
 use super::codec::{column, decode_time, split_time, store_error};
 use super::{PostgresStore, Tx};
-use crate::domain::{Actor, HistoryEvent, HistoryKind};
+use crate::domain::HistoryEvent;
 use crate::store::StoreError;
+use crate::store::stored::{stored_actor, stored_history_kind};
 
 /// Appends `event` to its migration's history inside `tx`.
 pub(super) async fn insert_event(tx: &mut Tx, event: &HistoryEvent) -> Result<(), StoreError> {
@@ -47,11 +48,9 @@ fn decode_event(row: &PgRow) -> Result<HistoryEvent, StoreError> {
     Ok(HistoryEvent {
         migration_id: column(row, "migration_id")?,
         at: decode_time(row, "at")?,
-        kind: HistoryKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown history kind {kind:?}")))?,
+        kind: stored_history_kind(&kind)?,
         detail: column(row, "detail")?,
         replica: column(row, "replica")?,
-        actor: Actor::parse(&actor)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown history actor {actor:?}")))?,
+        actor: stored_actor(&actor)?,
     })
 }

@@ -5,8 +5,9 @@ use sqlx::sqlite::SqliteRow;
 
 use super::codec::{column, decode_optional_time, encode_time, store_error};
 use super::{SqliteStore, Tx};
-use crate::domain::{Actor, HistoryEvent, HistoryKind};
+use crate::domain::HistoryEvent;
 use crate::store::StoreError;
+use crate::store::stored::{stored_actor, stored_history_kind};
 
 /// Appends `event` to its migration's history inside `tx`.
 pub(super) async fn insert_event(tx: &mut Tx, event: &HistoryEvent) -> Result<(), StoreError> {
@@ -46,11 +47,9 @@ fn decode_event(row: &SqliteRow) -> Result<HistoryEvent, StoreError> {
         migration_id: column(row, "migration_id")?,
         at: decode_optional_time(row, "at")?
             .ok_or_else(|| StoreError::Corrupt("history entry without a time".to_owned()))?,
-        kind: HistoryKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown history kind {kind:?}")))?,
+        kind: stored_history_kind(&kind)?,
         detail: column(row, "detail")?,
         replica: column(row, "replica")?,
-        actor: Actor::parse(&actor)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown history actor {actor:?}")))?,
+        actor: stored_actor(&actor)?,
     })
 }
