@@ -1,5 +1,5 @@
 //! `reembed migrate` and the lifecycle calls (`pause`, `resume`, `cancel`, `rollback`,
-//! `finalize`): one request each (API.md "Migrations"), printing the migration the server
+//! `finalize`, `cutover`): one request each (API.md "Migrations"), printing the migration the server
 //! answers with, or its refusal.
 
 use serde_json::{Map, Value, json};
@@ -11,11 +11,17 @@ use super::{ActionArgs, Exit, MigrateArgs};
 /// A lifecycle call of API.md's state table.
 #[derive(Debug, Clone, Copy)]
 pub enum Action<'a> {
-    Pause { reason: Option<&'a str> },
+    Pause {
+        reason: Option<&'a str>,
+    },
     Resume,
     Cancel,
     Rollback,
     Finalize,
+    /// Overrides the cutover gate; the reason is required and kept in the history.
+    Cutover {
+        reason: &'a str,
+    },
 }
 
 impl Action<'_> {
@@ -27,23 +33,26 @@ impl Action<'_> {
             Self::Cancel => "cancel",
             Self::Rollback => "rollback",
             Self::Finalize => "finalize",
+            Self::Cutover { .. } => "cutover",
         }
     }
 
-    /// The request body: only `pause` takes one, and only when given a reason.
+    /// The request body: `cutover` always takes its reason, `pause` only when given one.
     fn body(self) -> Option<Value> {
         match self {
             Self::Pause {
                 reason: Some(reason),
-            } => Some(json!({ "reason": reason })),
+            }
+            | Self::Cutover { reason } => Some(json!({ "reason": reason })),
             _ => None,
         }
     }
 }
 
-/// Parses `--threshold`: a finite number (the server checks the range); NaN would travel as
-/// JSON `null` and silently mean "the default".
-pub fn parse_threshold(text: &str) -> Result<f64, String> {
+/// Parses a fractional flag (`--threshold`, the percentages, the budget, the gate): a finite
+/// number (the server checks the range); NaN would travel as JSON `null` and silently mean
+/// "the default".
+pub fn parse_finite(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|e| format!("not a number: {e}"))?;
     if !value.is_finite() {
         return Err(format!("must be a finite number, got {text}"));
@@ -87,6 +96,14 @@ fn create_body(args: &MigrateArgs) -> Value {
         "rollback_window_secs",
         args.rollback_window_secs.map(Value::from),
     );
+    set("shadow_percent", args.shadow_percent.map(Value::from));
+    set("canary_percent", args.canary_percent.map(Value::from));
+    set("cutover_gate", gate_body(args));
+    set("max_cost", args.max_cost.map(Value::from));
+    set(
+        "retain_source_vectors",
+        args.retain_source_vectors.then_some(Value::Bool(true)),
+    );
     let mut body = json!({
         "target_model": args.target_model,
         "config": config,
@@ -101,13 +118,30 @@ fn create_body(args: &MigrateArgs) -> Value {
     body
 }
 
+/// The config's `cutover_gate` from the `--gate-*` flags given, if any; the server says
+/// which combinations it takes.
+fn gate_body(args: &MigrateArgs) -> Option<Value> {
+    let mut gate = Map::new();
+    let conditions = [
+        ("min_samples", args.gate_min_samples.map(Value::from)),
+        ("min_overlap", args.gate_min_overlap.map(Value::from)),
+        (
+            "min_recall_ratio",
+            args.gate_min_recall_ratio.map(Value::from),
+        ),
+    ];
+    for (name, value) in conditions {
+        if let Some(value) = value {
+            gate.insert(name.to_owned(), value);
+        }
+    }
+    (!gate.is_empty()).then_some(Value::Object(gate))
+}
+
 /// Makes the lifecycle call `action` on the migration `args` names (the newest by default)
 /// and prints the migration as it now is.
 pub async fn act(server: &Server, args: &ActionArgs, action: Action<'_>) -> Result<Exit, CliError> {
-    let id = match &args.id {
-        Some(id) => id.clone(),
-        None => newest(server).await?.ok_or(CliError::NoMigration)?,
-    };
+    let id = named_or_newest(server, args.id.as_deref()).await?;
     let body = action.body();
     let segments = ["v1", "migrations", &id, action.call()];
     let answer: Value = server.post(&segments, body.as_ref()).await?;
@@ -123,6 +157,15 @@ pub async fn act(server: &Server, args: &ActionArgs, action: Action<'_>) -> Resu
 pub async fn newest(server: &Server) -> Result<Option<String>, CliError> {
     let list: MigrationList = server.get(&["v1", "migrations"]).await?;
     Ok(list.migrations.into_iter().next().map(|m| m.id))
+}
+
+/// The migration `id` names, or the newest one when it is absent; an error when there is
+/// none.
+pub async fn named_or_newest(server: &Server, id: Option<&str>) -> Result<String, CliError> {
+    match id {
+        Some(id) => Ok(id.to_owned()),
+        None => newest(server).await?.ok_or(CliError::NoMigration),
+    }
 }
 
 /// Decodes an answer already fetched as JSON into the shape the client prints.
@@ -180,15 +223,43 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_must_be_finite() {
-        assert_eq!(parse_threshold("0.9"), Ok(0.9));
-        assert!(parse_threshold("NaN").is_err());
-        assert!(parse_threshold("inf").is_err());
-        assert!(parse_threshold("high").is_err());
+    fn fractional_flags_must_be_finite() {
+        assert_eq!(parse_finite("0.9"), Ok(0.9));
+        assert!(parse_finite("NaN").is_err());
+        assert!(parse_finite("inf").is_err());
+        assert!(parse_finite("high").is_err());
     }
 
     #[test]
-    fn only_pause_with_a_reason_has_a_body() {
+    fn the_confidence_flags_reach_the_config() {
+        let args = migrate_args(&[
+            "--to",
+            "hash-v2",
+            "--shadow-percent",
+            "10",
+            "--canary-percent",
+            "2.5",
+            "--gate-min-samples",
+            "200",
+            "--gate-min-overlap",
+            "0.8",
+            "--max-cost",
+            "12.5",
+            "--retain-source-vectors",
+        ]);
+        let config = json!({"shadow_percent": 10.0, "canary_percent": 2.5,
+                            "cutover_gate": {"min_samples": 200, "min_overlap": 0.8},
+                            "max_cost": 12.5, "retain_source_vectors": true});
+        assert_eq!(create_body(&args)["config"], config);
+        let recall = migrate_args(&["--to", "hash-v2", "--gate-min-recall-ratio", "0.95"]);
+        assert_eq!(
+            create_body(&recall)["config"],
+            json!({"cutover_gate": {"min_recall_ratio": 0.95}})
+        );
+    }
+
+    #[test]
+    fn pause_with_a_reason_and_cutover_have_a_body() {
         let pause = Action::Pause {
             reason: Some("provider quota"),
         };
@@ -196,5 +267,13 @@ mod tests {
         assert_eq!(Action::Pause { reason: None }.body(), None);
         assert_eq!(Action::Finalize.body(), None);
         assert_eq!(Action::Rollback.call(), "rollback");
+        let cutover = Action::Cutover {
+            reason: "recall checked by hand",
+        };
+        assert_eq!(cutover.call(), "cutover");
+        assert_eq!(
+            cutover.body(),
+            Some(json!({"reason": "recall checked by hand"}))
+        );
     }
 }

@@ -73,6 +73,11 @@ pub enum ClientCommand {
     Rollback(ActionArgs),
     /// End the rollback window now: the target becomes the active model.
     Finalize(ActionArgs),
+    /// Override a migration's cutover gate, with the reason the history keeps.
+    Cutover(CutoverArgs),
+    /// Print a migration's history: every transition, config change, override and cleanup,
+    /// oldest first.
+    History(ActionArgs),
 }
 
 /// Flags of `reembed import`.
@@ -106,11 +111,34 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub no_dual_write: bool,
     /// Coverage (0 to 1) at which queries move to the target model.
-    #[arg(long, value_parser = lifecycle::parse_threshold)]
+    #[arg(long, value_parser = lifecycle::parse_finite)]
     pub threshold: Option<f64>,
     /// How long after completion both models keep being written, so rollback loses nothing.
     #[arg(long)]
     pub rollback_window_secs: Option<u64>,
+    /// Share of live queries (0 to 100) also run on the other model, to compare them.
+    #[arg(long, value_parser = lifecycle::parse_finite)]
+    pub shadow_percent: Option<f64>,
+    /// Share of queries with a routing key (0 to 100) the target answers before the
+    /// threshold.
+    #[arg(long, value_parser = lifecycle::parse_finite)]
+    pub canary_percent: Option<f64>,
+    /// Cutover gate: shadow samples needed before --gate-min-overlap is judged.
+    #[arg(long, requires = "gate_min_overlap")]
+    pub gate_min_samples: Option<u64>,
+    /// Cutover gate: the least mean overlap@k (0 to 1) of the shadow samples.
+    #[arg(long, value_parser = lifecycle::parse_finite, requires = "gate_min_samples")]
+    pub gate_min_overlap: Option<f64>,
+    /// Cutover gate: the target's recall on the last evaluation, at least this times the
+    /// source's.
+    #[arg(long, value_parser = lifecycle::parse_finite)]
+    pub gate_min_recall_ratio: Option<f64>,
+    /// Budget in the registry's price unit: the migration pauses before a batch would pass it.
+    #[arg(long, value_parser = lifecycle::parse_finite)]
+    pub max_cost: Option<f64>,
+    /// Keep the source model's vectors after the target becomes active.
+    #[arg(long)]
+    pub retain_source_vectors: bool,
     /// Create the migration in state `planned` without starting its backfill.
     #[arg(long)]
     pub no_start: bool,
@@ -136,7 +164,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Flags of the lifecycle calls `resume`, `cancel`, `rollback` and `finalize`.
+/// Flags of the lifecycle calls `resume`, `cancel`, `rollback` and `finalize`, and of
+/// `history`.
 #[derive(Debug, Args)]
 pub struct ActionArgs {
     /// Migration id; the newest migration when absent.
@@ -154,6 +183,16 @@ pub struct PauseArgs {
     /// Why the migration is paused; shown by `status`.
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+/// Flags of `reembed cutover`.
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub action: ActionArgs,
+    /// Why the gate is overridden; required, and kept in the migration's history.
+    #[arg(long)]
+    pub reason: String,
 }
 
 /// How a client command ended; `code` is the process exit code (see the module doc).
@@ -206,5 +245,10 @@ async fn dispatch(remote: &Remote, command: ClientCommand) -> Result<Exit, CliEr
         ClientCommand::Cancel(args) => act(server, &args, Action::Cancel).await,
         ClientCommand::Rollback(args) => act(server, &args, Action::Rollback).await,
         ClientCommand::Finalize(args) => act(server, &args, Action::Finalize).await,
+        ClientCommand::Cutover(args) => {
+            let reason = &args.reason;
+            act(server, &args.action, Action::Cutover { reason }).await
+        }
+        ClientCommand::History(args) => status::history(server, &args).await,
     }
 }

@@ -1,15 +1,16 @@
 //! `reembed status [ID] [--watch]`: where the service routes now, and how far a migration
 //! (the newest unless ID is given) has come. `--watch` polls its progress about once a second
-//! with a progress bar until it settles, then prints the same report.
+//! with a progress bar until it settles, then prints the same report. `reembed history [ID]`
+//! prints what happened to it, a line per entry.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::http::{CliError, Server};
-use super::lifecycle::{decode, newest};
-use super::wire::{Field, Migration, Progress, Routing, eta, print, rate, say};
-use super::{Exit, StatusArgs, bar};
+use super::lifecycle::{decode, named_or_newest, newest};
+use super::wire::{Field, History, Migration, Progress, Routing, eta, print, rate, say};
+use super::{ActionArgs, Exit, StatusArgs, bar};
 
 /// How often `--watch` asks for progress: often enough to look live, rarely enough to cost
 /// the server nothing.
@@ -35,6 +36,20 @@ pub async fn run(server: &Server, args: &StatusArgs) -> Result<Exit, CliError> {
         Some(state) if args.watch && state != "completed" => Ok(Exit::Incomplete),
         _ => Ok(Exit::Success),
     }
+}
+
+/// Prints the history of the migration `args` names (the newest by default), oldest first.
+pub async fn history(server: &Server, args: &ActionArgs) -> Result<Exit, CliError> {
+    let id = named_or_newest(server, args.id.as_deref()).await?;
+    let answer: Value = server.get(&["v1", "migrations", &id, "history"]).await?;
+    if args.json {
+        say(answer);
+        return Ok(Exit::Success);
+    }
+    for event in decode::<History>(server, answer)?.events {
+        say(event.line());
+    }
+    Ok(Exit::Success)
 }
 
 /// Follows migration `id` until it settles, drawing its progress on the terminal.
@@ -107,6 +122,7 @@ impl Report {
             ("target_model", migration.target_model.clone()),
         ]);
         fields.extend(progress.fields());
+        fields.extend(progress.confidence_fields());
         fields.extend(migration.outcome_fields());
         Ok(fields)
     }

@@ -49,6 +49,42 @@ pub struct MigrationConfig {
     pub dual_write: bool,
     pub target_query_threshold: f64,
     pub rollback_window_secs: u64,
+    /// The confidence fields (API.md "Confidence") default as the server defaults them, so
+    /// the client still reads a server that predates them.
+    #[serde(default)]
+    pub shadow_percent: f64,
+    #[serde(default)]
+    pub canary_percent: f64,
+    #[serde(default)]
+    pub cutover_gate: Option<CutoverGate>,
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    #[serde(default)]
+    pub retain_source_vectors: bool,
+}
+
+/// A config's `cutover_gate`: the conditions that must hold before queries switch.
+#[derive(Debug, Deserialize)]
+pub struct CutoverGate {
+    pub min_samples: Option<u64>,
+    pub min_overlap: Option<f64>,
+    pub min_recall_ratio: Option<f64>,
+}
+
+/// One entry of `GET /v1/migrations/{id}/history`.
+#[derive(Debug, Deserialize)]
+pub struct HistoryEvent {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub detail: String,
+    pub actor: String,
+    pub replica: String,
+}
+
+/// `GET /v1/migrations/{id}/history`, oldest first.
+#[derive(Debug, Deserialize)]
+pub struct History {
+    pub events: Vec<HistoryEvent>,
 }
 
 /// `GET /v1/migrations`, newest first.
@@ -69,6 +105,32 @@ pub struct Progress {
     /// Null until the server can estimate it.
     pub throughput_per_sec: Option<f64>,
     pub eta_secs: Option<f64>,
+    /// Absent from a server that predates the cutover gate.
+    #[serde(default)]
+    pub gate: Option<Gate>,
+    #[serde(default)]
+    pub tokens_embedded: Option<u64>,
+    /// Null when the target model has no price.
+    #[serde(default)]
+    pub cost_so_far: Option<f64>,
+    #[serde(default)]
+    pub cost_remaining_estimate: Option<f64>,
+    #[serde(default)]
+    pub source_cleanup: Option<SourceCleanup>,
+}
+
+/// Progress `gate`: where the cutover gate stands, and why in words.
+#[derive(Debug, Deserialize)]
+pub struct Gate {
+    pub state: String,
+    pub reason: String,
+}
+
+/// Progress `source_cleanup`: the deletion of the source model's vectors after the switch.
+#[derive(Debug, Deserialize)]
+pub struct SourceCleanup {
+    pub state: String,
+    pub deleted: u64,
 }
 
 /// The answer of `POST /v1/migrations` with `"dry_run": true`.
@@ -146,7 +208,46 @@ impl MigrationConfig {
                 "rollback_window_secs",
                 self.rollback_window_secs.to_string(),
             ),
+            ("shadow_percent", self.shadow_percent.to_string()),
+            ("canary_percent", self.canary_percent.to_string()),
+            (
+                "cutover_gate",
+                self.cutover_gate
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), CutoverGate::describe),
+            ),
+            ("max_cost", optional(self.max_cost)),
+            (
+                "retain_source_vectors",
+                self.retain_source_vectors.to_string(),
+            ),
         ]
+    }
+}
+
+impl CutoverGate {
+    /// Its conditions as `min_samples 20, min_overlap 0.9`.
+    fn describe(&self) -> String {
+        let conditions = [
+            self.min_samples.map(|n| format!("min_samples {n}")),
+            self.min_overlap.map(|x| format!("min_overlap {x}")),
+            self.min_recall_ratio
+                .map(|r| format!("min_recall_ratio {r}")),
+        ];
+        conditions
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl HistoryEvent {
+    /// One history line: time, kind, who, and the detail in words.
+    pub fn line(&self) -> String {
+        let at = time(Some(self.at));
+        let (kind, actor, replica) = (&self.kind, &self.actor, &self.replica);
+        format!("{at} {kind} ({actor} on {replica}): {}", self.detail)
     }
 }
 
@@ -172,6 +273,30 @@ impl Progress {
             ("throughput", rate(self.throughput_per_sec)),
             ("eta", eta(self.eta_secs)),
         ]
+    }
+
+    /// The gate, the cost and the cleanup, each only when the server reports it.
+    pub fn confidence_fields(&self) -> Vec<Field> {
+        let mut fields = Vec::new();
+        if let Some(gate) = self.gate.as_ref().filter(|g| g.state != "none") {
+            fields.push(("gate", format!("{} ({})", gate.state, gate.reason)));
+        }
+        fields.extend(
+            self.tokens_embedded
+                .map(|t| ("tokens_embedded", t.to_string())),
+        );
+        if self.cost_so_far.is_some() {
+            fields.push(("cost_so_far", optional(self.cost_so_far)));
+            fields.push((
+                "cost_remaining_estimate",
+                optional(self.cost_remaining_estimate),
+            ));
+        }
+        if let Some(cleanup) = &self.source_cleanup {
+            let value = format!("{} ({} deleted)", cleanup.state, cleanup.deleted);
+            fields.push(("source_cleanup", value));
+        }
+        fields
     }
 }
 
@@ -229,6 +354,11 @@ pub fn eta(secs: Option<f64>) -> String {
     }
 }
 
+/// A number as the server sent it, `-` when absent.
+fn optional(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 /// A time as RFC 3339 to the second, `-` when absent.
 fn time(at: Option<DateTime<Utc>>) -> String {
     at.map_or_else(
@@ -271,6 +401,55 @@ mod tests {
         .unwrap();
         assert_eq!(unknown.fields()[4], ("throughput", "-".to_owned()));
         assert!(!progress.is_settled());
+        assert!(progress.confidence_fields().is_empty(), "an older server");
+    }
+
+    #[test]
+    fn the_gate_cost_and_cleanup_print_when_the_server_reports_them() {
+        let progress: Progress = serde_json::from_str(
+            r#"{"state": "in_progress", "total": 10, "processed": 10, "skipped": 0,
+                "failed": 0, "coverage": 1.0, "throughput_per_sec": null, "eta_secs": 0.0,
+                "gate": {"state": "blocked", "reason": "no labelled evaluation yet"},
+                "tokens_embedded": 1200, "cost_so_far": 0.25, "cost_remaining_estimate": 0.0,
+                "source_cleanup": {"state": "waiting", "deleted": 0}}"#,
+        )
+        .unwrap();
+        let expected = [
+            ("gate", "blocked (no labelled evaluation yet)"),
+            ("tokens_embedded", "1200"),
+            ("cost_so_far", "0.25"),
+            ("cost_remaining_estimate", "0"),
+            ("source_cleanup", "waiting (0 deleted)"),
+        ];
+        let expected: Vec<Field> = expected.map(|(k, v)| (k, v.to_owned())).to_vec();
+        assert_eq!(progress.confidence_fields(), expected);
+        let unpriced: Progress = serde_json::from_str(
+            r#"{"state": "in_progress", "total": 10, "processed": 1, "skipped": 0,
+                "failed": 0, "coverage": 0.1, "throughput_per_sec": null, "eta_secs": null,
+                "gate": {"state": "none", "reason": "no cutover gate is set"},
+                "tokens_embedded": 80, "cost_so_far": null, "cost_remaining_estimate": null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            unpriced.confidence_fields(),
+            [("tokens_embedded", "80".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_gate_prints_its_conditions_and_a_history_entry_its_cause() {
+        let gate: CutoverGate =
+            serde_json::from_str(r#"{"min_samples": 20, "min_overlap": 0.9}"#).unwrap();
+        assert_eq!(gate.describe(), "min_samples 20, min_overlap 0.9");
+        let event: HistoryEvent = serde_json::from_str(
+            r#"{"at": "2026-12-06T10:00:00.5Z", "kind": "gate_overridden",
+                "detail": "read by hand", "actor": "write_token", "replica": "host:8080"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            event.line(),
+            "2026-12-06T10:00:00Z gate_overridden (write_token on host:8080): read by hand"
+        );
     }
 }
 

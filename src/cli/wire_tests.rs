@@ -150,6 +150,11 @@ fn every_copy_reads_what_the_servers_schema_describes() {
     assert_copies::<Progress>("ProgressView");
     assert_copies::<MigrationPlan>("MigrationPlan");
     assert_copies::<BulkResult>("BulkResult");
+    assert_copies::<CutoverGate>("CutoverGate");
+    assert_copies::<Gate>("GateStatus");
+    assert_copies::<SourceCleanup>("SourceCleanupView");
+    assert_copies::<History>("HistoryList");
+    assert_copies::<HistoryEvent>("HistoryEvent");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use reembed::config::Tokens;
 use reembed::embed::ModelRegistry;
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{PATIENCE, TestApp, corpus};
+use crate::helpers::{PATIENCE, TestApp, corpus, eventually};
 
 /// What one run of the client printed and how it exited.
 #[derive(Debug)]
@@ -290,6 +290,82 @@ async fn finalize_makes_the_target_active() {
     let status = reembed(&app.base, &["status", "to-v2"]).await;
     status.assert_field("phase", "stable");
     status.assert_field("write_models", "hash-v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_set_by_migrate_is_shown_overridden_by_cutover_and_kept_in_the_history() {
+    let app = TestApp::spawn().await;
+    app.load(&corpus("doc", 40), 40).await;
+    let created = reembed(
+        &app.base,
+        &[
+            "migrate",
+            "--to",
+            "hash-v2",
+            "--id",
+            "gated",
+            "--gate-min-recall-ratio",
+            "0.9",
+            "--shadow-percent",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{created:#?}");
+    created.assert_field("cutover_gate", "min_recall_ratio 0.9");
+    created.assert_field("shadow_percent", "10");
+    created.assert_field("retain_source_vectors", "false");
+    eventually(PATIENCE, "the backfill to drain", || async {
+        let progress = app.progress("gated").await;
+        match progress.remaining {
+            0 => Ok(()),
+            _ => Err(format!("{progress:?}")),
+        }
+    })
+    .await;
+
+    let blocked = reembed(&app.base, &["status"]).await;
+    blocked.assert_field("state", "in_progress");
+    let gate = blocked.field("gate").expect("a gate line");
+    assert!(gate.starts_with("blocked ("), "{gate}");
+    assert_eq!(blocked.field("source_cleanup"), Some("waiting (0 deleted)"));
+    let no_reason = reembed(&app.base, &["cutover"]).await;
+    assert_eq!(no_reason.code, 2, "the reason is required: {no_reason:#?}");
+
+    let cutover = reembed(
+        &app.base,
+        &["cutover", "--reason", "recall checked by hand"],
+    )
+    .await;
+
+    assert_eq!(cutover.code, 0, "{cutover:#?}");
+    app.wait_for_state("gated", "completed", PATIENCE).await;
+    let passed = reembed(&app.base, &["status", "gated"]).await;
+    let gate = passed.field("gate").expect("a gate line");
+    assert!(gate.starts_with("overridden ("), "{gate}");
+    assert!(gate.contains("recall checked by hand"), "{gate}");
+    let history = reembed(&app.base, &["history", "gated"]).await;
+    assert_eq!(history.code, 0, "{history:#?}");
+    let overridden = history
+        .stdout
+        .lines()
+        .find(|line| line.contains(" gate_overridden ("))
+        .expect("the override in the history");
+    assert!(
+        overridden.contains("recall checked by hand"),
+        "{overridden}"
+    );
+    assert!(overridden.contains("(anonymous on "), "{overridden}");
+    let kinds: Vec<&str> = history
+        .stdout
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["created", "started", "gate_overridden", "completed"],
+        "{history:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
