@@ -476,16 +476,29 @@ pub(crate) async fn stored_documents_list_the_given_ids_with_their_embeddings(
     let store = backend.open().await;
     put(
         &*store,
-        vec![write("a", &[SOURCE, TARGET]), write("b", &[SOURCE])],
+        vec![
+            write("a", &[SOURCE, TARGET]),
+            write("b", &[SOURCE]),
+            write("c", &[]),
+        ],
     )
     .await;
     put(&*store, vec![write("a", &[SOURCE])]).await;
-    let ids = ["b", "missing", "a"].map(str::to_owned);
+    let ids = ["c", "b", "missing", "a"].map(str::to_owned);
     let mut stored = store.stored_documents(&ids).await.unwrap();
     stored.sort_by(|x, y| x.id.cmp(&y.id));
     let found: Vec<_> = stored.iter().map(|d| (d.id.as_str(), d.version)).collect();
-    assert_eq!(found, [("a", 2), ("b", 1)]);
-    assert_eq!(stored[0], store.get_document("a").await.unwrap().unwrap());
+    assert_eq!(found, [("a", 2), ("b", 1), ("c", 1)]);
+    for document in &stored {
+        let alone = store.get_document(&document.id).await.unwrap();
+        assert_eq!(Some(document), alone.as_ref(), "as read one by one");
+    }
+    assert_eq!(
+        stored[0].embeddings.len(),
+        2,
+        "a stale vector is listed too"
+    );
+    assert!(stored[2].embeddings.is_empty());
     assert!(store.stored_documents(&[]).await.unwrap().is_empty());
 }
 

@@ -139,6 +139,19 @@ pub(super) fn decode_state(name: &str) -> Result<MigrationState, StoreError> {
         .ok_or_else(|| StoreError::Corrupt(format!("unknown migration state {name:?}")))
 }
 
+/// The vector columns of a documents ⟕ vectors row (`model`, `vector_version`,
+/// `dimensions`): `None` for a document without vectors.
+pub(super) fn decode_joined_vector_info(row: &PgRow) -> Result<Option<VectorInfo>, StoreError> {
+    let Some(model) = column::<Option<String>>(row, "model")? else {
+        return Ok(None);
+    };
+    Ok(Some(VectorInfo {
+        model,
+        version: stored_u64(column(row, "vector_version")?, "vector version")?,
+        dimensions: stored_usize(column(row, "dimensions")?)?,
+    }))
+}
+
 pub(super) fn decode_vector_info(row: &PgRow) -> Result<VectorInfo, StoreError> {
     Ok(VectorInfo {
         model: column(row, "model")?,

@@ -147,6 +147,19 @@ fn decode_vector(data: &[u8], dimensions: usize) -> Result<Vec<f32>, StoreError>
         .collect())
 }
 
+/// The vector columns of a documents ⟕ vectors row (`model`, `vector_version`,
+/// `dimensions`): `None` for a document without vectors.
+pub(super) fn decode_joined_vector_info(row: &SqliteRow) -> Result<Option<VectorInfo>, StoreError> {
+    let Some(model) = column::<Option<String>>(row, "model")? else {
+        return Ok(None);
+    };
+    Ok(Some(VectorInfo {
+        model,
+        version: stored_u64(column(row, "vector_version")?, "vector version")?,
+        dimensions: stored_usize(column(row, "dimensions")?)?,
+    }))
+}
+
 pub(super) fn decode_vector_info(row: &SqliteRow) -> Result<VectorInfo, StoreError> {
     Ok(VectorInfo {
         model: column(row, "model")?,

@@ -11,8 +11,8 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use super::backfill::{apply_delta, dequeue, enqueue};
 use super::codec::{
-    column, decode_document, decode_optional_time, decode_state, decode_vector_info, encode_json,
-    encode_vector, sql_int, store_error, stored_u64,
+    column, decode_document, decode_joined_vector_info, decode_optional_time, decode_state,
+    decode_vector_info, encode_json, encode_vector, sql_int, store_error, stored_u64,
 };
 use super::{SqliteStore, Tx};
 use crate::domain::Counts;
@@ -127,7 +127,8 @@ pub(super) async fn get_document(
 }
 
 /// [`Store::stored_documents`](crate::store::Store::stored_documents) on SQLite: the documents
-/// and their embeddings from one snapshot.
+/// and their embeddings in one statement, so one snapshot without a transaction. Every write
+/// reads this first (`Kept`), so it costs one round trip to the reader, not four.
 pub(super) async fn stored_documents(
     store: &SqliteStore,
     ids: &[String],
@@ -137,24 +138,36 @@ pub(super) async fn stored_documents(
     }
     // One JSON array bind instead of one placeholder per id: no limit on the id count.
     let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut tx = store.begin_read().await?;
     let rows = sqlx::query(
-        "SELECT id, text, metadata, version FROM documents
-         WHERE id IN (SELECT value FROM json_each(?1))",
+        "SELECT d.id, d.text, d.metadata, d.version,
+                v.model, v.version AS vector_version, v.dimensions
+         FROM documents d LEFT JOIN vectors v ON v.doc_id = d.id
+         WHERE d.id IN (SELECT value FROM json_each(?1))
+         ORDER BY d.id, v.model",
     )
     .bind(&ids)
-    .fetch_all(&mut *tx)
+    .fetch_all(&store.reader)
     .await
     .map_err(store_error)?;
-    let vectors = sqlx::query(
-        "SELECT doc_id, model, version, dimensions FROM vectors
-         WHERE doc_id IN (SELECT value FROM json_each(?1)) ORDER BY doc_id, model",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(store_error)?;
-    with_embeddings(&rows, group_by_document(&vectors)?)
+    joined_documents(&rows)
+}
+
+/// The documents of documents ⟕ vectors `rows` ordered by document id, each with its
+/// embeddings.
+fn joined_documents(rows: &[SqliteRow]) -> Result<Vec<StoredDocument>, StoreError> {
+    let mut documents: Vec<StoredDocument> = Vec::new();
+    for row in rows {
+        let id: String = column(row, "id")?;
+        if documents.last().is_none_or(|d| d.id != id) {
+            documents.push(decode_document(row)?);
+        }
+        if let (Some(info), Some(document)) =
+            (decode_joined_vector_info(row)?, documents.last_mut())
+        {
+            document.embeddings.push(info);
+        }
+    }
+    Ok(documents)
 }
 
 /// [`Store::list_documents`](crate::store::Store::list_documents) on SQLite.
