@@ -568,19 +568,9 @@ async fn answers(
 
 /// The graph's vector count from `/metrics`.
 async fn graph_vectors(base: &str) -> anyhow::Result<usize> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
-    let count = text
-        .lines()
-        .filter(|line| line.starts_with("reembed_index_vectors{"))
-        .filter(|line| {
-            line.contains(&format!("model=\"{MODEL}\"")) && line.contains("kind=\"hnsw\"")
-        })
-        .find_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    Ok(count as usize)
+    let gauges = super::index_gauges(base).await?;
+    let graph = gauges.iter().find(|g| g.model == MODEL && g.kind == "hnsw");
+    Ok(graph.map_or(0, |g| g.vectors as usize))
 }
 
 /// Waits until the server's graph holds all `docs` vectors.

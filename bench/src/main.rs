@@ -355,6 +355,69 @@ pub async fn finalize_and_clean_up(base: &str, id: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The gauges `reembed_index_vectors` and `reembed_index_bytes` of every (model, kind) the
+/// server's `/metrics` reports: what its in-memory indexes hold (`exact`: the f32 rows,
+/// `hnsw`: the approximate graph).
+pub async fn index_gauges(base: &str) -> anyhow::Result<Vec<IndexGauge>> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let mut gauges: Vec<IndexGauge> = Vec::new();
+    for line in text.lines() {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        if name != "reembed_index_vectors" && name != "reembed_index_bytes" {
+            continue;
+        }
+        let (labels, value) = rest.rsplit_once("} ").context("a gauge line")?;
+        let label = |key: &str| -> anyhow::Result<String> {
+            let start = labels
+                .find(&format!("{key}=\""))
+                .with_context(|| format!("no {key} in {line}"))?
+                + key.len()
+                + 2;
+            let end = labels[start..].find('"').context("a closed label")? + start;
+            Ok(labels[start..end].to_owned())
+        };
+        let (model, kind) = (label("model")?, label("kind")?);
+        let value = value.trim().parse::<f64>()? as u64;
+        let position = gauges
+            .iter()
+            .position(|g| g.model == model && g.kind == kind);
+        let gauge = match position {
+            Some(at) => &mut gauges[at],
+            None => {
+                gauges.push(IndexGauge {
+                    model,
+                    kind,
+                    vectors: 0,
+                    bytes: 0,
+                });
+                gauges.last_mut().expect("just pushed")
+            }
+        };
+        if name == "reembed_index_vectors" {
+            gauge.vectors = value;
+        } else {
+            gauge.bytes = value;
+        }
+    }
+    Ok(gauges)
+}
+
+/// One in-memory index of the server, as `/metrics` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct IndexGauge {
+    pub model: String,
+    /// `exact` (the f32 rows) or `hnsw` (the graph).
+    pub kind: String,
+    pub vectors: u64,
+    pub bytes: u64,
+}
+
 /// A registry of the built-in models with `active` as the active model.
 pub fn registry(active: &str) -> ModelRegistry {
     let mut models = ModelRegistry::new(active);

@@ -10,7 +10,7 @@ use reembed::index::EXACT_BELOW;
 use super::process::{Memory, ServerProcess};
 use super::query::serve_queries;
 use super::stats::{Goal, median, ms, percentile, ratio};
-use super::{corpus, source_store};
+use super::{IndexGauge, corpus, index_gauges, source_store};
 
 pub struct Sizes {
     steps: Vec<usize>,
@@ -50,13 +50,48 @@ const REPEATS: usize = 3;
 /// What one corpus size measured.
 struct Step {
     docs: usize,
-    loaded: Memory,
+    loaded: Snapshot,
     queries: Vec<Duration>,
     /// Every run's backfill time; the median counts.
     backfills: Vec<Duration>,
-    backfilled: Memory,
+    backfilled: Snapshot,
     /// After finalizing, once the source model's vectors were deleted.
-    cleaned: Memory,
+    cleaned: Snapshot,
+}
+
+/// The server's memory at one moment, and what its in-memory indexes said they held then:
+/// the part of resident memory that is vectors and graphs, the rest being everything else
+/// (id maps, the SQLite cache, the allocator's free lists).
+struct Snapshot {
+    memory: Memory,
+    indexes: Vec<IndexGauge>,
+}
+
+impl Snapshot {
+    async fn of(server: &ServerProcess) -> anyhow::Result<Self> {
+        Ok(Snapshot {
+            memory: server.memory()?,
+            indexes: index_gauges(&server.base).await?,
+        })
+    }
+
+    /// The bytes the indexes of `kind` hold, over every model.
+    fn bytes(&self, kind: &str) -> u64 {
+        let of_kind = self.indexes.iter().filter(|g| g.kind == kind);
+        of_kind.map(|g| g.bytes).sum()
+    }
+
+    /// The vectors each model's graph holds, as `hash-v1 1000, hash-v2 20`.
+    fn graph_nodes(&self) -> String {
+        let mut graphs: Vec<&IndexGauge> =
+            self.indexes.iter().filter(|g| g.kind == "hnsw").collect();
+        graphs.sort_by(|a, b| a.model.cmp(&b.model));
+        let nodes: Vec<String> = graphs
+            .iter()
+            .map(|g| format!("{} {}", g.model, g.vectors))
+            .collect();
+        nodes.join(", ")
+    }
 }
 
 impl Step {
@@ -108,14 +143,14 @@ async fn measure_server(
     server: &ServerProcess,
 ) -> anyhow::Result<Step> {
     let base = &server.base;
-    let loaded = server.memory()?;
+    let loaded = Snapshot::of(server).await?;
     let texts: Vec<String> = corpus(16, 8).map(|(_, text)| text).collect();
     let queries = serve_queries(base, &texts, sizes.queries, false).await?;
     let start = Instant::now();
     super::start_migration(base, MIGRATION, "hash-v2", BOUNDS).await?;
     super::wait_completed(base, MIGRATION).await?;
     let backfill = start.elapsed();
-    let backfilled = server.memory()?;
+    let backfilled = Snapshot::of(server).await?;
     super::finalize_and_clean_up(base, MIGRATION).await?;
     Ok(Step {
         docs,
@@ -123,7 +158,7 @@ async fn measure_server(
         queries,
         backfills: vec![backfill],
         backfilled,
-        cleaned: server.memory()?,
+        cleaned: Snapshot::of(server).await?,
     })
 }
 
@@ -164,8 +199,8 @@ fn scaling_report(sizes: &Sizes, steps: &[Step]) -> String {
                 median(&step.queries).as_secs_f64(),
                 median(&first.queries).as_secs_f64()
             ),
-            mb(step.loaded.resident),
-            mb(step.backfilled.resident),
+            mb(step.loaded.memory.resident),
+            mb(step.backfilled.memory.resident),
         );
     }
     let per_doc = |step: &Step| step.per_doc().as_secs_f64() / first.per_doc().as_secs_f64();
@@ -195,41 +230,55 @@ fn memory_report(empty: Memory, steps: &[Step]) -> String {
          holds the restored `hash-v1` graph and as much of the `hash-v2` graph as was fed by \
          then. After finalize, the `hash-v1` vectors are deleted (issue 14's cleanup): the last \
          row counts only the `hash-v2` vectors, and the `hash-v2` graph may still be growing. \
-         The peak (`VmHWM`) includes the start-up load and the backfill.\n\n\
-         | documents | when | raw vector bytes | resident | ratio | peak |\n\
-         |---|---|---|---|---|---|\n",
+         Rows and graph: the bytes the server's indexes report holding (`reembed_index_bytes`, \
+         f32 rows and approximate graphs, every model), with the vectors each graph holds; \
+         the rest is resident memory above the fixed overhead that they do not account for \
+         (id maps, the SQLite cache, memory the allocator keeps). The peak (`VmHWM`) includes \
+         the start-up load and the backfill.\n\n\
+         | documents | when | raw vector bytes | resident | ratio | rows | graph | graph nodes | rest | peak |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         mb(empty.resident),
     );
     for step in steps {
         let docs = step.docs as u64;
         let rows = [
-            ("loaded", docs * SOURCE_DIMS * 4, step.loaded),
+            ("loaded", docs * SOURCE_DIMS * 4, &step.loaded),
             (
                 "after the backfill",
                 docs * (SOURCE_DIMS + TARGET_DIMS) * 4,
-                step.backfilled,
+                &step.backfilled,
             ),
             (
                 "after finalize and cleanup",
                 docs * TARGET_DIMS * 4,
-                step.cleaned,
+                &step.cleaned,
             ),
         ];
-        for (when, raw, memory) in rows {
+        for (when, raw, snapshot) in rows {
+            let memory = snapshot.memory;
             let above = memory.resident.saturating_sub(empty.resident);
+            let (vectors, graph) = (snapshot.bytes("exact"), snapshot.bytes("hnsw"));
             out += &format!(
-                "| {} | {when} | {} | {} | {} | {} |\n",
+                "| {} | {when} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 step.docs,
                 mb(raw),
                 mb(memory.resident),
                 ratio(above as f64, raw as f64),
+                mb(vectors),
+                mb(graph),
+                snapshot.graph_nodes(),
+                mb(above.saturating_sub(vectors + graph)),
                 mb(memory.peak),
             );
         }
     }
     if let Some(largest) = steps.last() {
         let raw = largest.docs as u64 * SOURCE_DIMS * 4;
-        let above = largest.loaded.resident.saturating_sub(empty.resident);
+        let above = largest
+            .loaded
+            .memory
+            .resident
+            .saturating_sub(empty.resident);
         out += &format!(
             "\nAfter loading {} documents: {} of the raw vector bytes plus {} fixed; goal {}.\n",
             largest.docs,
@@ -238,13 +287,17 @@ fn memory_report(empty: Memory, steps: &[Step]) -> String {
             Goal::AtMost(1.3).verdict(above as f64 / raw as f64),
         );
         let remaining = largest.docs as u64 * TARGET_DIMS * 4;
-        let cleaned = largest.cleaned.resident.saturating_sub(empty.resident);
-        let before = largest.backfilled.resident;
+        let cleaned = largest
+            .cleaned
+            .memory
+            .resident
+            .saturating_sub(empty.resident);
+        let before = largest.backfilled.memory.resident;
         out += &format!(
             "After the cleanup: resident {} → {}, {} of the remaining (`hash-v2`) vector bytes \
              plus {} fixed; goal {}.\n",
             mb(before),
-            mb(largest.cleaned.resident),
+            mb(largest.cleaned.memory.resident),
             ratio(cleaned as f64, remaining as f64),
             mb(empty.resident),
             Goal::AtMost(1.3).verdict(cleaned as f64 / remaining as f64),
