@@ -258,6 +258,23 @@ impl GraphWriter {
         Ok(())
     }
 
+    /// Removes every node at once and gives the graph's memory back: what a graph whose
+    /// model's rows were all deleted (its vectors cleaned up after a switch) needs, where
+    /// removing a million nodes one by one takes minutes of a background thread and holds the
+    /// memory meanwhile.
+    pub fn clear(&mut self) -> Result<(), GraphError> {
+        let index = self
+            .graph
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        index.reset().map_err(failed)?;
+        self.present.clear();
+        index
+            .reserve_capacity_and_threads(INITIAL_CAPACITY, self.graph.slots.count + 1)
+            .map_err(failed)
+    }
+
     /// Gives an emptied graph's memory back: usearch keeps a removed node's slot for reuse,
     /// so a graph whose documents were all removed (its model's vectors deleted after a
     /// switch) would otherwise hold its largest size for good.

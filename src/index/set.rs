@@ -527,6 +527,10 @@ impl Feeder {
     fn catch_up(&mut self) -> bool {
         let mut applied_any = false;
         while !self.index.feed.stopped() {
+            if self.clear_if_emptied() {
+                applied_any = true;
+                continue;
+            }
             let changes = read(&self.index.rows).unsynced_changes(FEED_BATCH);
             if changes.is_empty() {
                 break;
@@ -553,6 +557,29 @@ impl Feeder {
             }
         }
         applied_any
+    }
+
+    /// When every row is gone and the graph still has nodes to remove (a model's vectors
+    /// deleted after a switch), empties the graph in one step instead of node by node;
+    /// whether it did. A row written meanwhile stays unsynced (its stamp is newer than the
+    /// removals taken), so the next round adds it. A graph that refuses is left to the
+    /// node-by-node path.
+    fn clear_if_emptied(&mut self) -> bool {
+        let removals = {
+            let rows = read(&self.index.rows);
+            if !rows.is_empty() || rows.unsynced_len() == 0 || self.writer.present().is_empty() {
+                return false;
+            }
+            rows.unsynced_changes(usize::MAX)
+        };
+        if let Err(error) = self.writer.clear() {
+            tracing::error!(model = %self.model, %error, "could not empty the approximate index at once");
+            return false;
+        }
+        tracing::info!(model = %self.model, removed = removals.len(), "approximate index emptied with its rows");
+        self.writer.measure();
+        write(&self.index.rows).mark_synced(&removals);
+        true
     }
 
     /// Saves the graph, when it has files; a failure is logged, and the next start rebuilds

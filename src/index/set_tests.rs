@@ -616,4 +616,16 @@ fn removing_a_models_vectors_frees_its_rows_and_graph_and_leaves_the_other_model
             .len(),
         5
     );
+    let back: Vec<Vec<f32>> = (0..100).map(|_| corpus.document()).collect();
+    for (id, vector) in ids.iter().zip(&back) {
+        set.upsert("m", id, 2, vector);
+    }
+    wait_for_graph(&set, "m");
+    assert_eq!(
+        size("m", "hnsw").vectors,
+        back.len(),
+        "the emptied graph takes nodes again"
+    );
+    let nearest = set.search("m", &back[7], 1, &Filter::default(), false);
+    assert_eq!(nearest.hits[0].id, ids[7]);
 }
