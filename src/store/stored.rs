@@ -3,7 +3,7 @@
 //! and is reported as [`StoreError::Corrupt`] rather than guessed at.
 
 use crate::domain::{Actor, HistoryKind};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoredDocument, VectorInfo};
 
 /// A count or size stored as a signed 64-bit integer (both backends' integer type); `what`
 /// names it in the error.
@@ -21,6 +21,28 @@ pub(crate) fn stored_history_kind(kind: &str) -> Result<HistoryKind, StoreError>
 pub(crate) fn stored_actor(actor: &str) -> Result<Actor, StoreError> {
     Actor::parse(actor)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown history actor {actor:?}")))
+}
+
+/// The documents of the rows of a documents ⟕ vectors join ordered by document id, each with
+/// its embeddings: a document's first row gives the document (`document`), and every row with
+/// vector columns one of its embeddings (`vector`, `None` for a document without vectors).
+pub(crate) fn documents_from_join<R>(
+    rows: &[R],
+    id: impl Fn(&R) -> Result<String, StoreError>,
+    document: impl Fn(&R) -> Result<StoredDocument, StoreError>,
+    vector: impl Fn(&R) -> Result<Option<VectorInfo>, StoreError>,
+) -> Result<Vec<StoredDocument>, StoreError> {
+    let mut documents: Vec<StoredDocument> = Vec::new();
+    for row in rows {
+        let id = id(row)?;
+        if documents.last().is_none_or(|d| d.id != id) {
+            documents.push(document(row)?);
+        }
+        if let (Some(info), Some(last)) = (vector(row)?, documents.last_mut()) {
+            last.embeddings.push(info);
+        }
+    }
+    Ok(documents)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use super::codec::{
 use super::{PostgresStore, Tx};
 use crate::domain::queue::QueueView;
 use crate::run_to_end::run_to_end_unanswered;
+use crate::store::stored::documents_from_join;
 use crate::store::writes::{DocumentTx, delete_document as remove, write_documents};
 use crate::store::{
     CountsDelta, DocumentWrite, Kept, OverInputLimit, StoreError, StoredDocument, VectorInfo,
@@ -175,25 +176,12 @@ pub(super) async fn stored_documents(
     .fetch_all(&store.pool)
     .await
     .map_err(store_error)?;
-    joined_documents(&rows)
-}
-
-/// The documents of documents ⟕ vectors `rows` ordered by document id, each with its
-/// embeddings.
-fn joined_documents(rows: &[PgRow]) -> Result<Vec<StoredDocument>, StoreError> {
-    let mut documents: Vec<StoredDocument> = Vec::new();
-    for row in rows {
-        let id: String = column(row, "id")?;
-        if documents.last().is_none_or(|d| d.id != id) {
-            documents.push(decode_document(row)?);
-        }
-        if let (Some(info), Some(document)) =
-            (decode_joined_vector_info(row)?, documents.last_mut())
-        {
-            document.embeddings.push(info);
-        }
-    }
-    Ok(documents)
+    documents_from_join(
+        &rows,
+        |row| column(row, "id"),
+        decode_document,
+        decode_joined_vector_info,
+    )
 }
 
 /// The documents of `rows`, each with its embeddings from `embeddings` (none if absent).
