@@ -1,6 +1,6 @@
 //! `reembed migrate` and the lifecycle calls (`pause`, `resume`, `cancel`, `rollback`,
-//! `finalize`, `cutover`): one request each (API.md "Migrations"), printing the migration the server
-//! answers with, or its refusal.
+//! `finalize`, `cutover`): one request each (API.md "Migrations"), printing the migration the
+//! server answers with, or its refusal.
 
 use serde_json::{Map, Value, json};
 
