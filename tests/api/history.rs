@@ -43,8 +43,9 @@ async fn every_change_is_recorded_in_order_with_its_cause_and_kept_across_a_rest
     let refused = app.action(MIGRATION, "pause").await;
     refused.problem(409, "invalid-transition");
 
-    // The window task makes the target active just after the finalize, on its own.
-    let events = history_once(&app, "window_closed").await;
+    // The window task makes the target active just after the finalize, on its own, and the
+    // cleanup then deletes the source vectors in the background, recording when it is done.
+    let events = history_once(&app, "source_vectors_deleted").await;
     assert_eq!(
         kinds(&events),
         [
@@ -55,7 +56,8 @@ async fn every_change_is_recorded_in_order_with_its_cause_and_kept_across_a_rest
             "resumed",
             "completed",
             "finalized",
-            "window_closed"
+            "window_closed",
+            "source_vectors_deleted"
         ],
         "{events:#?}"
     );
@@ -76,6 +78,7 @@ async fn every_change_is_recorded_in_order_with_its_cause_and_kept_across_a_rest
         ("finalized", "anonymous"),
         ("completed", "service"),
         ("window_closed", "service"),
+        ("source_vectors_deleted", "service"),
     ] {
         assert_eq!(by_kind(kind).actor, actor, "{kind}");
     }
