@@ -75,6 +75,12 @@ impl Snapshot {
         })
     }
 
+    /// Resident memory above the `fixed` overhead of a server on an empty store: what the
+    /// goals compare with the vectors' raw bytes.
+    fn above(&self, fixed: Memory) -> u64 {
+        self.memory.resident.saturating_sub(fixed.resident)
+    }
+
     /// The bytes the indexes of `kind` hold, over every model.
     fn bytes(&self, kind: &str) -> u64 {
         let of_kind = self.indexes.iter().filter(|g| g.kind == kind);
@@ -256,7 +262,7 @@ fn memory_report(empty: Memory, steps: &[Step]) -> String {
         ];
         for (when, raw, snapshot) in rows {
             let memory = snapshot.memory;
-            let above = memory.resident.saturating_sub(empty.resident);
+            let above = snapshot.above(empty);
             let (vectors, graph) = (snapshot.bytes("exact"), snapshot.bytes("hnsw"));
             out += &format!(
                 "| {} | {when} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -274,11 +280,7 @@ fn memory_report(empty: Memory, steps: &[Step]) -> String {
     }
     if let Some(largest) = steps.last() {
         let raw = largest.docs as u64 * SOURCE_DIMS * 4;
-        let above = largest
-            .loaded
-            .memory
-            .resident
-            .saturating_sub(empty.resident);
+        let above = largest.loaded.above(empty);
         out += &format!(
             "\nAfter loading {} documents: {} of the raw vector bytes plus {} fixed; goal {}.\n",
             largest.docs,
@@ -287,11 +289,7 @@ fn memory_report(empty: Memory, steps: &[Step]) -> String {
             Goal::AtMost(1.3).verdict(above as f64 / raw as f64),
         );
         let remaining = largest.docs as u64 * TARGET_DIMS * 4;
-        let cleaned = largest
-            .cleaned
-            .memory
-            .resident
-            .saturating_sub(empty.resident);
+        let cleaned = largest.cleaned.above(empty);
         let before = largest.backfilled.memory.resident;
         out += &format!(
             "After the cleanup: resident {} → {}, {} of the remaining (`hash-v2`) vector bytes \
