@@ -25,6 +25,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use roaring::RoaringBitmap;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
@@ -147,6 +148,8 @@ impl Graph {
         let writer = GraphWriter {
             graph: Arc::clone(&graph),
             present: RoaringBitmap::new(),
+            bytes_counted_at: Instant::now(),
+            bytes_stale: false,
         };
         Ok((graph, writer))
     }
@@ -179,7 +182,7 @@ impl Graph {
                 .map_err(failed)?;
         }
         writer.present = present;
-        writer.measure();
+        writer.measure_fully();
         Ok((graph, writer))
     }
 
@@ -208,7 +211,7 @@ impl Graph {
     }
 
     /// The bytes the graph took in memory (stored vectors, links and spare capacity) when its
-    /// writer last measured it.
+    /// writer last counted them, at most [`BYTES_EVERY`] before its last change settled.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -222,12 +225,21 @@ impl Graph {
 /// The first capacity of a graph; it doubles as it fills.
 const INITIAL_CAPACITY: usize = 1024;
 
+/// How often a writer counts its graph's bytes at most. usearch counts them by visiting every
+/// node, tens of milliseconds at a million nodes; counted after every batch of changes, a
+/// feeder emptying a 1M graph node by node spent most of its time counting and fell far
+/// behind the cleanup (bench/RESULTS.md, "Memory").
+const BYTES_EVERY: Duration = Duration::from_secs(1);
+
 /// The only handle that adds to or removes from a [`Graph`]: there is one per graph, and it
 /// is not `Clone`, so changes are serialised by construction.
 pub struct GraphWriter {
     graph: Arc<Graph>,
     /// The handles that have a node, so that a save can list them all.
     present: RoaringBitmap,
+    /// When the graph's bytes were last counted, and whether it changed since.
+    bytes_counted_at: Instant,
+    bytes_stale: bool,
 }
 
 impl GraphWriter {
@@ -298,14 +310,38 @@ impl GraphWriter {
         self.graph.settings
     }
 
-    /// Publishes the graph's size and memory for [`Graph::len`] and [`Graph::bytes`]; called
-    /// by the writer between changes, since reading them during one is unsafe.
-    pub fn measure(&self) {
-        let index = read(&self.graph.index);
-        self.graph.vectors.store(index.size(), Ordering::Relaxed);
-        self.graph
-            .bytes
-            .store(index.memory_usage(), Ordering::Relaxed);
+    /// Publishes the graph's size for [`Graph::len`], and its memory for [`Graph::bytes`]
+    /// when they were last counted [`BYTES_EVERY`] ago or more; called by the writer after
+    /// changes, since reading them during one is unsafe.
+    pub fn measure(&mut self) {
+        self.bytes_stale = true;
+        if self.bytes_counted_at.elapsed() >= BYTES_EVERY {
+            self.measure_fully();
+        } else {
+            self.publish_size();
+        }
+    }
+
+    /// As [`measure`](Self::measure), counting the bytes now: after a change that frees or
+    /// takes much at once (a restore, a clear).
+    pub fn measure_fully(&mut self) {
+        self.publish_size();
+        let bytes = read(&self.graph.index).memory_usage();
+        self.graph.bytes.store(bytes, Ordering::Relaxed);
+        (self.bytes_counted_at, self.bytes_stale) = (Instant::now(), false);
+    }
+
+    /// How long until the bytes of a graph changed since they were counted are due to be
+    /// counted again ([`measure`](Self::measure) counts them from then); `None` when they are
+    /// current.
+    pub fn bytes_due_in(&self) -> Option<Duration> {
+        self.bytes_stale
+            .then(|| BYTES_EVERY.saturating_sub(self.bytes_counted_at.elapsed()))
+    }
+
+    fn publish_size(&self) {
+        let size = read(&self.graph.index).size();
+        self.graph.vectors.store(size, Ordering::Relaxed);
     }
 
     /// The handles that have a node.
@@ -415,4 +451,50 @@ impl Drop for Slot<'_> {
 // The graph holds no invariant of ours that a panic could break; usearch keeps its own.
 fn read(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
     index.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(dims: usize, at: usize) -> Vec<f32> {
+        let mut vector = vec![0.0; dims];
+        vector[at % dims] = 1.0;
+        vector
+    }
+
+    /// A writer publishes the size after every change, but counts the bytes, which visits
+    /// every node, only once they are due or when told to; a caller learns when they are due.
+    #[test]
+    fn the_size_follows_every_change_and_the_bytes_are_counted_once_due() {
+        let (graph, mut writer) = Graph::new(8, GraphSettings::default()).unwrap();
+        writer.measure_fully();
+        let (empty_bytes, counted_at) = (graph.bytes(), Instant::now());
+        assert_eq!(writer.bytes_due_in(), None);
+
+        writer.apply(1, Some(&unit(8, 1))).unwrap();
+        writer.measure();
+        assert_eq!(graph.len(), 1);
+        if counted_at.elapsed() < BYTES_EVERY {
+            assert_eq!(graph.bytes(), empty_bytes, "counted before they were due");
+            let due = writer
+                .bytes_due_in()
+                .expect("a change leaves the bytes due");
+            assert!(due > Duration::ZERO && due <= BYTES_EVERY, "{due:?}");
+        }
+
+        writer.measure_fully();
+        assert!(graph.bytes() > empty_bytes, "a node takes memory");
+        assert_eq!(writer.bytes_due_in(), None);
+
+        std::thread::sleep(BYTES_EVERY);
+        writer.apply(2, Some(&unit(8, 2))).unwrap();
+        writer.measure();
+        assert_eq!(graph.len(), 2);
+        assert_eq!(
+            writer.bytes_due_in(),
+            None,
+            "due bytes are counted by measure"
+        );
+    }
 }

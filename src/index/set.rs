@@ -509,8 +509,14 @@ impl Feeder {
         crate::embed::background::lower_this_threads_priority_to(FEED_NICE);
         let mut unsaved = false;
         let mut saved_at = Instant::now();
-        while self.index.feed.wait(SAVE_EVERY) {
+        let mut timeout = SAVE_EVERY;
+        while self.index.feed.wait(timeout) {
             unsaved |= self.catch_up();
+            // Counts the bytes once they are due, so the gauge settles when changes stop.
+            if self.writer.bytes_due_in() == Some(Duration::ZERO) {
+                self.writer.measure_fully();
+            }
+            timeout = self.writer.bytes_due_in().unwrap_or(SAVE_EVERY);
             if unsaved && saved_at.elapsed() >= SAVE_EVERY {
                 self.save();
                 (unsaved, saved_at) = (false, Instant::now());
@@ -577,7 +583,7 @@ impl Feeder {
             return false;
         }
         tracing::info!(model = %self.model, removed = removals.len(), "approximate index emptied with its rows");
-        self.writer.measure();
+        self.writer.measure_fully();
         write(&self.index.rows).mark_synced(&removals);
         true
     }

@@ -583,6 +583,14 @@ fn removing_a_models_vectors_frees_its_rows_and_graph_and_leaves_the_other_model
             .find(|s| s.model == model && s.kind == kind)
             .expect("a size")
     };
+    let counted = Instant::now() + Duration::from_secs(30);
+    while size("m", "hnsw").bytes == 0 {
+        assert!(
+            Instant::now() < counted,
+            "the graph's bytes were never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let graph_before = size("m", "hnsw").bytes;
     for batch in ids.chunks(1000) {
         set.remove_vectors("m", batch);
