@@ -291,18 +291,10 @@ impl GraphWriter {
     /// so a graph whose documents were all removed (its model's vectors deleted after a
     /// switch) would otherwise hold its largest size for good.
     fn release(&mut self) -> Result<(), GraphError> {
-        let index = self
-            .graph
-            .index
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if index.capacity() <= INITIAL_CAPACITY {
+        if read(&self.graph.index).capacity() <= INITIAL_CAPACITY {
             return Ok(());
         }
-        index.reset().map_err(failed)?;
-        index
-            .reserve_capacity_and_threads(INITIAL_CAPACITY, self.graph.slots.count + 1)
-            .map_err(failed)
+        self.clear()
     }
 
     /// How the graph was built.
